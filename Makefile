@@ -1,0 +1,48 @@
+# Two commands on a fresh machine (handbook §1): `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.avlab-installed
+# torch and torchvision are pinned as a pair: a looser spec pulls a multi-GB download.
+TORCH  := torch==2.14.1 torchvision==0.29.1
+DEMO_RUNS := runs/demo
+# The main job: Attentive AV-FusionNet, its three deep variants, the weighted product and SVR-8F.
+DEMO_EXPERIMENTS := avq/attentive_fusion avq/simple_fusion avq/ca_fusion avq/recursive_fusion \
+                    avq/weighted_product avq/weighted_product_fitted avq/svr_8f
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-full bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	@rm -rf $(DEMO_RUNS)
+	@for exp in $(DEMO_EXPERIMENTS); do \
+	  echo "=== avlab train $$exp"; \
+	  $(BIN)/avlab train $$exp run.root=$(DEMO_RUNS) || exit 1; \
+	done
+	@echo
+	@echo "NOTE: the demo MOS is a pseudo-MOS computed from objective measures (VMAF, audio spectral"
+	@echo "similarity), not subjective ratings; see avlab/demo/avq.py. Numbers compare models, not papers."
+	$(BIN)/avlab compare $(DEMO_RUNS)/avq/*/* --metrics test/plcc,test/srcc,test/rmse,test/importance_audio,test/importance_video
+
+test: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" -n 2 --timeout 900 $(PYTEST_ARGS)
+
+test-full: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --timeout 1800 $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

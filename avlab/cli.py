@@ -1,0 +1,208 @@
+"""The ``avlab`` command line (handbook §2)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from avlab.errors import AvlabError, ConfigError
+
+#: key=value arguments of `avlab predict` that name media rather than config keys.
+PREDICT_INPUT_KEYS = ("input", "reference", "distorted", "output")
+
+EPILOG = """Overrides use OmegaConf dot-list syntax, e.g. trainer.max_epochs=3 data.root=/data/avq seed=1.
+Public keys: data.root, trainer.{max_epochs,accelerator,devices,strategy,precision}, seed, run.root,
+logger.wandb.mode (offline|online|disabled), ckpt_path, cv.folds, splits.repeats."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="avlab", description="Audio-visual deep-learning experiments on PyTorch Lightning.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from avlab import __version__
+
+    p.add_argument("--version", action="version", version=f"avlab {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def exp_cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.add_argument("experiment", nargs="?", help="config name under experiments/ (e.g. avq/attentive_fusion) or a YAML path")
+        sp.add_argument("overrides", nargs="*", help="key=value config overrides")
+        sp.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        sp.add_argument("--list", action="store_true", help="list the available experiments and exit")
+        return sp
+
+    exp_cmd("train", "Fit, then test the best checkpoint; prints test metrics and writes a run directory.")
+    exp_cmd("test", "Test a checkpoint: avlab test EXPERIMENT ckpt_path=PATH.")
+    exp_cmd("predict", "Apply a trained model to new media: avlab predict EXPERIMENT ckpt_path=PATH input=... "
+                       "(avq: reference=REF distorted=DIST).")
+    feats = exp_cmd("features", "Extract and cache features for a dataset: avlab features EXPERIMENT|TASK [key=value ...].")
+    del feats
+
+    data = sub.add_parser("data", help="Demo datasets and dataset checks.")
+    dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    demo = dsub.add_parser("demo", help="Write a task's demo dataset, in the real on-disk format, to DIR.")
+    demo.add_argument("task", help="avq, yt8m, saliency or unqa")
+    demo.add_argument("dir", type=Path)
+    demo.add_argument("--size", default="small", help="small (default, used by `make demo`) or tiny (used by tests)")
+    check = dsub.add_parser("check", help="Validate a dataset folder and report every problem.")
+    check.add_argument("experiment")
+    check.add_argument("overrides", nargs="*")
+
+    cmp_ = sub.add_parser("compare", help="Side-by-side table of several runs' metrics.json and config differences.")
+    cmp_.add_argument("run_dirs", nargs="+", type=Path)
+    cmp_.add_argument("--metrics", default="test/", help="comma-separated metric names, or prefixes ending in / (default test/)")
+    cmp_.add_argument("--no-config-diff", action="store_true", help="omit the table of config differences")
+    return p
+
+
+def _split_inputs(overrides: list[str], keys: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    rest, inputs = [], {}
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if key in keys and "=" in item:
+            inputs[key] = item.split("=", 1)[1]
+        else:
+            rest.append(item)
+    return rest, inputs
+
+
+def _print_metrics(title: str, metrics: dict[str, float], per_split: list[dict[str, float]] | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    if per_split and len(per_split) > 1:
+        for i in range(len(per_split)):
+            table.add_column(f"split {i}", justify="right")
+        table.add_column("mean ± std", justify="right")
+        for key in sorted(k for k in metrics if not k.endswith("_std")):
+            cells = [f"{m.get(key, float('nan')):.4f}" for m in per_split]
+            table.add_row(key, *cells, f"{metrics[key]:.4f} ± {metrics.get(key + '_std', 0.0):.4f}")
+    else:
+        table.add_column("value", justify="right")
+        for key, value in sorted(metrics.items()):
+            table.add_row(key, f"{value:.4f}")
+    Console().print(table)
+
+
+def _task_datamodule(task: str) -> Any:
+    from avlab.config import _compose, experiments_root
+    from avlab.instantiate import resolve_target
+
+    base = experiments_root() / task / "_base.yaml"
+    if not base.is_file():
+        tasks = sorted(p.name for p in experiments_root().iterdir() if (p / "_base.yaml").is_file())
+        from avlab.errors import did_you_mean
+
+        raise ConfigError(f"unknown task `{task}`.{did_you_mean(task, tasks)} Tasks: {', '.join(tasks)}")
+    node = _compose(base).get("data")
+    return resolve_target(node["_target_"], where=f"{task}/_base.yaml data._target_")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return _dispatch(args, parser)
+    except AvlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from avlab import config as config_mod
+
+    if args.command in ("train", "test", "predict", "features"):
+        if args.list:
+            print("\n".join(config_mod.list_experiments()))
+            return 0
+        if not args.experiment:
+            parser.error(f"{args.command} needs an EXPERIMENT (see `avlab {args.command} --list`)")
+        overrides, inputs = _split_inputs(args.overrides, PREDICT_INPUT_KEYS if args.command == "predict" else ())
+        if args.command == "features" and "/" not in args.experiment and not args.experiment.endswith(".yaml"):
+            args.experiment = f"{args.experiment}/_base"
+        cfg = config_mod.load_experiment(args.experiment, overrides)
+        if args.print_config:
+            print(config_mod.to_yaml(cfg))
+            return 0
+        return _run_experiment_command(args.command, cfg, inputs)
+    if args.command == "data":
+        if args.data_command == "demo":
+            dm_cls = _task_datamodule(args.task)
+            out = dm_cls.build_demo(Path(args.dir), size=args.size)
+            print(f"demo dataset for {args.task} written to {out}")
+            return 0
+        if args.data_command == "check":
+            from avlab.instantiate import instantiate
+
+            cfg = config_mod.load_experiment(args.experiment, args.overrides)
+            dm = instantiate(cfg.data)
+            problems = dm.check()
+            for key, value in dm.describe().items():
+                print(f"{key}: {value}")
+            if problems:
+                print(f"{len(problems)} problem(s) found:")
+                for prob in problems:
+                    print(f"  - {prob}")
+                return 1
+            print("no problems found")
+            return 0
+        parser.parse_args(["data", "--help"])
+    if args.command == "compare":
+        from avlab.compare import compare_runs
+
+        print(compare_runs(args.run_dirs, metrics=args.metrics, config_diff=not args.no_config_diff))
+        return 0
+    return 0
+
+
+def _run_experiment_command(command: str, cfg: Any, inputs: dict[str, str]) -> int:
+    from avlab import runner
+
+    if command == "train":
+        result = runner.train(cfg)
+        if runner._is_rank_zero():
+            _print_metrics(f"{cfg.experiment}: test metrics", result.metrics, result.per_split)
+            for line in result.summary_lines:
+                print(line)
+            print(f"run directory: {result.run_dir}")
+        return 0
+    if command == "test":
+        result = runner.test(cfg)
+        if runner._is_rank_zero():
+            _print_metrics(f"{cfg.experiment}: test metrics ({cfg.ckpt_path})", result.metrics)
+            for line in result.summary_lines:
+                print(line)
+            print(f"run directory: {result.run_dir}")
+        return 0
+    if command == "predict":
+        run_dir, result = runner.predict(cfg, inputs)
+        print(json.dumps(result, indent=2, default=str))
+        print(f"run directory: {run_dir}")
+        return 0
+    if command == "features":
+        from avlab.instantiate import instantiate
+
+        dm = instantiate(cfg.data)
+        if not hasattr(dm, "extract_features"):
+            raise ConfigError(f"{type(dm).__name__} has no features to extract")
+        summary = dm.extract_features()
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The run directory (handbook §3): ``run.root/EXPERIMENT/TIMESTAMP[-suffix]/``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+import avlab
+
+#: Set by the launching process so that DDP workers, which re-run the command, share its run directory.
+RUN_DIR_ENV = "AVLAB_RUN_DIR"
+
+
+def git_commit() -> str | None:
+    src = Path(avlab.__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+#: The run directory this process exported; a later run in the same process (a sweep trial, a
+#: test) must get a new directory rather than reuse it.
+_exported: str | None = None
+
+
+def create_run_dir(cfg: DictConfig, *, suffix: str | None = None) -> Path:
+    """A new, never reused run directory; DDP workers reuse the one their launcher created."""
+    global _exported
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited and inherited != _exported:
+        # A worker process that Lightning's launcher started by re-running the command.
+        path = Path(inherited)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if os.environ.get("TORCHELASTIC_RUN_ID", "none") != "none":
+        # torchrun starts every rank at once, so none can tell the others a timestamp: the
+        # rendezvous id (torchrun --rdzv-id) names the directory on all ranks and nodes alike.
+        stamp = f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
+        path = Path(cfg.run.root) / cfg.experiment / "-".join([stamp, *[p for p in (suffix, cfg.run.suffix) if p]])
+        path.mkdir(parents=True, exist_ok=True)
+        return path.resolve()
+    parts = [p for p in (suffix, cfg.run.suffix) if p]
+    base = Path(cfg.run.root) / cfg.experiment / "-".join([stamp, *parts])
+    path, n = base, 1
+    while True:
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            break
+        except FileExistsError:
+            # Never reuse a directory: an earlier run's results must not be overwritten.
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+    path = path.resolve()
+    os.environ[RUN_DIR_ENV] = _exported = str(path)
+    return path
+
+
+def write_config(run_dir: Path, cfg: DictConfig) -> None:
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data["avlab"] = {"version": avlab.__version__, "git_commit": git_commit()}
+    atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(data)))
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def clean_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if hasattr(value, "item"):
+            value = value.item()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(value)
+    return dict(sorted(out.items()))
+
+
+def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> dict[str, float]:
+    clean = clean_metrics(metrics)
+    # JSON has no NaN: write null so every reader can parse the file.
+    serialisable = {k: (None if math.isnan(v) else v) for k, v in clean.items()}
+    atomic_write(run_dir / "metrics.json", json.dumps(serialisable, indent=2) + "\n")
+    return clean

@@ -1,0 +1,340 @@
+"""What ``avlab train``, ``avlab test`` and ``avlab predict`` do, as plain functions.
+
+``train`` fits, tests on the best checkpoint, and writes the run directory (handbook §3). With
+``cv.folds=K`` or ``splits.repeats=N`` it repeats that per fold/split, writes each one's metrics
+to ``folds.csv`` and reports mean and ``_std`` in ``metrics.json``.
+
+A ``model`` whose target is not a LightningModule is a closed-form estimator (weighted product,
+SVR): it is fitted on the DataModule's training arrays instead of by a Trainer, and reports the
+same metrics in the same run directory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning import Callback, LightningModule, Trainer, seed_everything
+from omegaconf import DictConfig, OmegaConf
+
+import avlab
+from avlab.callbacks.rng_state import RNGStateCheckpoint
+from avlab.errors import ConfigError
+from avlab.instantiate import instantiate, resolve_target
+from avlab.rundir import create_run_dir, write_config, write_metrics
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, float]
+    per_split: list[dict[str, float]] = field(default_factory=list)
+    summary_lines: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- trainer assembly
+class ConfigInCheckpoint(Callback):
+    """Stores the resolved config in each checkpoint so test/predict rebuild the same model."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["avlab"] = {"version": avlab.__version__, "config": self.config}
+
+
+def wandb_mode(cfg: DictConfig) -> str:
+    mode = cfg.logger.wandb.mode or os.environ.get("WANDB_MODE")
+    if mode:
+        return "disabled" if mode == "dryrun" else mode
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path(os.path.expanduser("~/.netrc"))
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, tag: str | None) -> list[Any]:
+    loggers: list[Any] = []
+    if cfg.logger.csv.enabled:
+        from lightning.pytorch.loggers import CSVLogger
+
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=tag or ""))
+    mode = wandb_mode(cfg)
+    if mode != "disabled":
+        from lightning.pytorch.loggers import WandbLogger
+
+        w = cfg.logger.wandb
+        tags = list(dict.fromkeys([cfg.task, cfg.experiment, *w.tags]))
+        name = w.name or f"{cfg.experiment}/{run_dir.name}" + (f"/{tag}" if tag else "")
+        loggers.append(
+            WandbLogger(
+                save_dir=str(run_dir), project=w.project, entity=w.entity, group=w.group or cfg.experiment,
+                tags=tags, name=name, mode=mode, log_model=w.log_model, job_type="train",
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+        )
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path, tag: str | None, has_logger: bool) -> tuple[list[Callback], bool]:
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+    c = cfg.callbacks
+    ckpt_dir = run_dir / "checkpoints" / (tag or "")
+    callbacks: list[Callback] = [
+        ModelCheckpoint(
+            dirpath=str(ckpt_dir), filename="best-epoch{epoch:03d}", monitor=c.checkpoint.monitor,
+            mode=c.checkpoint.mode, save_top_k=c.checkpoint.save_top_k, save_last=c.checkpoint.save_last,
+            auto_insert_metric_name=False,
+        ),
+        ConfigInCheckpoint(cfg),
+        RNGStateCheckpoint(),
+    ]
+    if c.early_stopping.enabled:
+        callbacks.append(
+            EarlyStopping(
+                monitor=c.early_stopping.monitor or c.checkpoint.monitor,
+                mode=c.early_stopping.mode or c.checkpoint.mode,
+                patience=c.early_stopping.patience, min_delta=c.early_stopping.min_delta,
+            )
+        )
+    if c.lr_monitor and has_logger:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    bar = c.progress_bar
+    if bar == "auto":
+        bar = "rich" if sys.stdout.isatty() else "none"
+    if bar == "rich":
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar())
+    for node in (c.extra or {}).values():
+        callbacks.append(instantiate(node))
+    return callbacks, bar != "none"
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, tag: str | None = None, **overrides: Any) -> Trainer:
+    loggers = build_loggers(cfg, run_dir, tag)
+    callbacks, progress = build_callbacks(cfg, run_dir, tag, bool(loggers))
+    kwargs = dict(OmegaConf.to_container(cfg.trainer, resolve=True))
+    kwargs.update(overrides)
+    return Trainer(
+        **kwargs, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir),
+        enable_progress_bar=progress,
+    )
+
+
+def finish_loggers(trainer: Trainer) -> None:
+    # One W&B run per fit: without finish(), folds and sweep trials merge into one run.
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+            try:
+                logger.experiment.finish()
+            except Exception:  # noqa: BLE001 - a logging hiccup must not lose the results
+                pass
+
+
+# --------------------------------------------------------------------------- protocols
+def protocol(cfg: DictConfig) -> list[tuple[str | None, int, int]]:
+    if cfg.cv.folds and cfg.cv.folds > 1:
+        return [("fold", i, int(cfg.cv.folds)) for i in range(int(cfg.cv.folds))]
+    if cfg.splits.repeats and cfg.splits.repeats > 1:
+        return [("repeat", i, int(cfg.splits.repeats)) for i in range(int(cfg.splits.repeats))]
+    return [(None, 0, 1)]
+
+
+def aggregate(per_split: list[dict[str, float]]) -> dict[str, float]:
+    if len(per_split) == 1:
+        return dict(per_split[0])
+    keys = sorted({k for m in per_split for k in m})
+    out: dict[str, float] = {}
+    for key in keys:
+        values = np.array([m[key] for m in per_split if key in m and not math.isnan(m[key])], dtype=float)
+        out[key] = float(values.mean()) if values.size else float("nan")
+        out[f"{key}_std"] = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    return out
+
+
+def is_lightning_model(cfg: DictConfig) -> bool:
+    target = resolve_target(cfg.model._target_, where="model._target_")
+    return isinstance(target, type) and issubclass(target, LightningModule)
+
+
+# --------------------------------------------------------------------------- train
+def train(cfg: DictConfig) -> RunResult:
+    run_dir = create_run_dir(cfg)
+    write_config(run_dir, cfg)
+    splits = protocol(cfg)
+    per_split: list[dict[str, float]] = []
+    summary: list[str] = []
+    lightning_model = is_lightning_model(cfg)
+    for kind, index, count in splits:
+        tag = None if kind is None else f"{kind}{index}"
+        seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule = instantiate(cfg.data)
+        datamodule.configure_split(kind, index, count)
+        if lightning_model:
+            metrics, lines = _fit_and_test(cfg, datamodule, run_dir, tag)
+        else:
+            metrics, lines = _fit_estimator(cfg, datamodule, run_dir, tag)
+        per_split.append(metrics)
+        summary.extend(lines if kind is None else [f"[{tag}] {line}" for line in lines])
+    metrics = aggregate(per_split)
+    if _is_rank_zero():
+        if len(per_split) > 1:
+            _write_splits_csv(run_dir, per_split)
+        metrics = write_metrics(run_dir, metrics)
+    return RunResult(run_dir, metrics, per_split, summary)
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+def _attach(module: Any, run_dir: Path) -> None:
+    if hasattr(module, "run_dir"):
+        module.run_dir = run_dir if _is_rank_zero() else None
+
+
+def _fit_and_test(cfg: DictConfig, datamodule: Any, run_dir: Path, tag: str | None) -> tuple[dict[str, float], list[str]]:
+    model = instantiate(cfg.model)
+    _attach(model, run_dir)
+    trainer = build_trainer(cfg, run_dir, tag)
+    ckpt = cfg.ckpt_path if tag in (None, "fold0", "repeat0") else None
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    results = _test(trainer, model, datamodule, cfg, ckpt_path=best or None)
+    finish_loggers(trainer)
+    return results, list(getattr(model, "summary_lines", []))
+
+
+def _test(trainer: Trainer, model: Any, datamodule: Any, cfg: DictConfig, ckpt_path: str | None) -> dict[str, float]:
+    from avlab.rundir import clean_metrics
+
+    trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True)
+    metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    if cfg.get("test_data") is not None:
+        # Cross-dataset evaluation: the same weights on a dataset never seen in training.
+        other = instantiate(cfg.test_data)
+        name = getattr(other, "dataset_name", None) or "cross"
+        trainer.test(model, datamodule=other, verbose=False)
+        for k, v in trainer.callback_metrics.items():
+            if k.startswith("test/"):
+                metrics[f"test/{name}/{k[len('test/'):]}"] = v
+    return clean_metrics(metrics)
+
+
+def _fit_estimator(cfg: DictConfig, datamodule: Any, run_dir: Path, tag: str | None) -> tuple[dict[str, float], list[str]]:
+    import joblib
+
+    estimator = instantiate(cfg.model)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    features, target = datamodule.arrays("train")
+    estimator.fit(features, target)
+    ckpt_dir = run_dir / "checkpoints" / (tag or "")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    joblib.dump(estimator, ckpt_dir / "estimator.joblib")
+    datamodule.setup("test")
+    features, target = datamodule.arrays("test")
+    pred = np.asarray(estimator.predict(features), dtype=float)
+    metrics = {f"test/{k}": v for k, v in datamodule.evaluate(pred, target, split="test", run_dir=run_dir, name=cfg.experiment).items()}
+    lines = []
+    if hasattr(estimator, "describe"):
+        lines.append(estimator.describe())
+    if cfg.get("test_data") is not None:
+        other = instantiate(cfg.test_data)
+        other.prepare_data()
+        other.setup("test")
+        f2, t2 = other.arrays("test")
+        name = getattr(other, "dataset_name", None) or "cross"
+        for k, v in other.evaluate(np.asarray(estimator.predict(f2), dtype=float), t2, split="test").items():
+            metrics[f"test/{name}/{k}"] = v
+    return metrics, lines
+
+
+# --------------------------------------------------------------------------- test / predict
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path {path} does not exist; pass a checkpoint from a run directory's checkpoints/ folder")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - turn any unpickling problem into an actionable message
+        raise ConfigError(f"cannot load checkpoint {path}: {exc}") from exc
+
+
+def model_from_checkpoint(cfg: DictConfig, ckpt_path: str) -> Any:
+    """Rebuild the trained model with the architecture stored in the checkpoint, then load weights."""
+    if str(ckpt_path).endswith(".joblib"):
+        import joblib
+
+        return joblib.load(ckpt_path)  # trusted local file written by avlab train
+    ckpt = load_checkpoint(ckpt_path)
+    stored = (ckpt.get("avlab") or {}).get("config")
+    model_cfg = OmegaConf.create(stored["model"]) if stored else cfg.model
+    model = instantiate(model_cfg)
+    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if unexpected or [m for m in missing if not m.endswith(("_mean", "_std"))]:
+        raise ConfigError(
+            f"checkpoint {ckpt_path} does not fit `{model_cfg._target_}`: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return model
+
+
+def test(cfg: DictConfig) -> RunResult:
+    if not cfg.ckpt_path:
+        raise ConfigError("`avlab test` needs ckpt_path=PATH (a checkpoint from a run directory)")
+    run_dir = create_run_dir(cfg, suffix="test")
+    write_config(run_dir, cfg)
+    seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    model = model_from_checkpoint(cfg, cfg.ckpt_path)
+    if isinstance(model, LightningModule):
+        _attach(model, run_dir)
+        trainer = build_trainer(cfg, run_dir)
+        metrics = _test(trainer, model, datamodule, cfg, ckpt_path=None)
+        finish_loggers(trainer)
+        lines = list(getattr(model, "summary_lines", []))
+    else:
+        datamodule.prepare_data()
+        datamodule.setup("test")
+        features, target = datamodule.arrays("test")
+        pred = np.asarray(model.predict(features), dtype=float)
+        metrics = {f"test/{k}": v for k, v in datamodule.evaluate(pred, target, split="test", run_dir=run_dir).items()}
+        lines = []
+    metrics = write_metrics(run_dir, metrics)
+    return RunResult(run_dir, metrics, [metrics], lines)
+
+
+def predict(cfg: DictConfig, inputs: dict[str, str]) -> tuple[Path, dict[str, Any]]:
+    if not cfg.ckpt_path:
+        raise ConfigError("`avlab predict` needs ckpt_path=PATH (a checkpoint from a run directory)")
+    run_dir = create_run_dir(cfg, suffix="predict")
+    write_config(run_dir, cfg)
+    datamodule = instantiate(cfg.data)
+    model = model_from_checkpoint(cfg, cfg.ckpt_path)
+    if isinstance(model, LightningModule):
+        model.eval()
+        _attach(model, run_dir)
+    if not hasattr(model, "predict_media"):
+        raise ConfigError(f"{type(model).__name__} cannot predict on media")
+    with torch.no_grad():
+        result = model.predict_media(inputs, datamodule, run_dir)
+    return run_dir, result
+
+
+def _write_splits_csv(run_dir: Path, per_split: list[dict[str, float]]) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(per_split)
+    frame.insert(0, "split", range(len(per_split)))
+    frame.to_csv(run_dir / "folds.csv", index=False)
