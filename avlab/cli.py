@@ -104,12 +104,26 @@ def _task_datamodule(task: str) -> Any:
     return resolve_target(node["_target_"], where=f"{task}/_base.yaml data._target_")
 
 
+def _quiet_known_warnings() -> None:
+    """Silence third-party warnings that say nothing actionable to an avlab user."""
+    import warnings
+
+    for pattern in (
+        r".*isinstance\(treespec, LeafSpec\).*",  # Lightning vs newer torch.utils._pytree
+        r".*smaller than the logging interval.*",  # tiny demo datasets have few batches
+        r".*does not have many workers.*",  # num_workers=0 is deliberate on CPU demos
+        r".*litlogger.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    _quiet_known_warnings()
     try:
         return _dispatch(args, parser)
     except AvlabError as exc:
@@ -132,7 +146,8 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         overrides, inputs = _split_inputs(args.overrides, PREDICT_INPUT_KEYS if args.command == "predict" else ())
         if args.command == "features" and "/" not in args.experiment and not args.experiment.endswith(".yaml"):
             args.experiment = f"{args.experiment}/_base"
-        cfg = config_mod.load_experiment(args.experiment, overrides)
+        require = ("data",) if args.command == "features" else ("data", "model")
+        cfg = config_mod.load_experiment(args.experiment, overrides, require=require)
         if args.print_config:
             print(config_mod.to_yaml(cfg))
             return 0

@@ -226,7 +226,8 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
         raise ConfigError(f"cannot parse overrides {overrides}: {exc}") from exc
 
 
-def load_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), *, validate_targets: bool = True) -> DictConfig:
+def load_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), *, validate_targets: bool = True,
+                    require: tuple[str, ...] = ("data", "model")) -> DictConfig:
     """Compose, override and validate an experiment; the result is resolved and read-only-safe."""
     path, display = find_experiment(name)
     cfg = OmegaConf.merge(schema_defaults(), _compose(path))
@@ -236,7 +237,7 @@ def load_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), *, v
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"cannot resolve an interpolation in {display}: {exc}") from exc
-    problems = validate(cfg, validate_targets=validate_targets)
+    problems = validate(cfg, validate_targets=validate_targets, require=require)
     if problems:
         raise ConfigError(f"invalid config for experiment `{display}` ({path}):\n  - " + "\n  - ".join(problems))
     return cfg
@@ -271,12 +272,14 @@ def _leaf_paths(node: Any, prefix: str = "") -> list[str]:
 
 
 # --------------------------------------------------------------------------- validation
-def validate(cfg: DictConfig, *, validate_targets: bool = True) -> list[str]:
+def validate(cfg: DictConfig, *, validate_targets: bool = True, require: tuple[str, ...] = ("data", "model")) -> list[str]:
     problems = _validate_dataclass(cfg, ExperimentConfig, "")
     if cfg.get("task") in (None, "???", ""):
         problems.append("`task` is not set: every experiment names its task (avq, yt8m, saliency, unqa)")
     for section in ("data", "model"):
         node = cfg.get(section)
+        if node is None and section not in require:
+            continue
         if not is_target_node(node):
             problems.append(f"`{section}` must be a node with a `_target_` (the class to build)")
         elif validate_targets:
