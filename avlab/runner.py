@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 import avlab
@@ -48,6 +49,18 @@ class ConfigInCheckpoint(Callback):
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["avlab"] = {"version": avlab.__version__, "config": self.config}
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``, rewritten at the end of every epoch whatever the monitored metric does."""
+
+    def __init__(self, dirpath: str) -> None:
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, save_last=False,
+                         enable_version_counter=False)
+
+    @property
+    def state_key(self) -> str:
+        return "LastCheckpoint"
 
 
 def wandb_mode(cfg: DictConfig) -> str:
@@ -86,19 +99,24 @@ def build_loggers(cfg: DictConfig, run_dir: Path, tag: str | None) -> list[Any]:
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path, tag: str | None, has_logger: bool) -> tuple[list[Callback], bool]:
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 
     c = cfg.callbacks
     ckpt_dir = run_dir / "checkpoints" / (tag or "")
     callbacks: list[Callback] = [
         ModelCheckpoint(
             dirpath=str(ckpt_dir), filename="best-epoch{epoch:03d}", monitor=c.checkpoint.monitor,
-            mode=c.checkpoint.mode, save_top_k=c.checkpoint.save_top_k, save_last=c.checkpoint.save_last,
+            mode=c.checkpoint.mode, save_top_k=c.checkpoint.save_top_k, save_last=False,
             auto_insert_metric_name=False,
         ),
         ConfigInCheckpoint(cfg),
         RNGStateCheckpoint(),
     ]
+    if c.checkpoint.save_last:
+        # Lightning 2.6's save_last refreshes last.ckpt only in epochs that also save a top-k
+        # checkpoint, so a run whose monitor stops improving could only resume from an old epoch.
+        # A second, monitor-free checkpoint overwrites last.ckpt after every epoch instead.
+        callbacks.append(LastCheckpoint(dirpath=str(ckpt_dir)))
     if c.early_stopping.enabled:
         callbacks.append(
             EarlyStopping(

@@ -135,3 +135,11 @@ def test_test_command_and_compare(capsys, toy_experiment: Path) -> None:
 def test_missing_checkpoint_is_a_clear_error(capsys, toy_experiment: Path, tmp_path: Path) -> None:
     assert cli.main(["test", str(toy_experiment), f"ckpt_path={tmp_path / 'nope.ckpt'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_last_checkpoint_follows_every_epoch_even_when_the_monitor_stalls(capsys, toy_experiment: Path) -> None:
+    # mode=max on a falling loss: the best checkpoint stays at epoch 0, last.ckpt must still move on.
+    run_dir, _ = _train(capsys, toy_experiment, "trainer.max_epochs=3", "callbacks.checkpoint.mode=max")
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2
+    assert (run_dir / "checkpoints" / "best-epoch000.ckpt").is_file()
