@@ -1,0 +1,505 @@
+"""AVRSP: relevance-guided audio-visual saliency prediction (paper §III, Fig. 2) and its parts.
+
+Data flow for a clip ``[B, 3, T, H, W]`` and its audio ``[B, L]`` (SoundNet convention)::
+
+    S3DEncoder ─ 4 blocks ─► ASPP + LIP per block ─► X0 (finest, T/2×H/4) … X3 (coarsest, T/8×H/32)
+    MultiScaleSynergy (eq. 8–12) on the P coarsest scales (P = ms_mrg_pairs, Table IV)
+    SoundNet8 ─► audio tokens ─► fusion with the tokens of X̂3 (RAVF eq. 1–7, or a Table V block)
+    RegulatorGate (eq. 13–15) carries the fused feature up through the same P scales
+    Decoder: 4 blocks (conv + upsample), coarse to fine, with the visual and gated skips
+    Head: temporal mean, 1-channel conv, upsample to H×W, sigmoid  ─► saliency of the last frame
+
+Scale naming follows the reference notes' table (X0 finest … X3 coarsest), which is the reading of
+Table IV under which its rows are consistent: with P pairs, MS enhances X3 … X(4−P) and needs
+the inputs X3 … X(3−P) (one finer neighbour more), e.g. P = 3: inputs X3, X2, X1, X0 → outputs
+X3, X2, X1. The fusion therefore happens on the coarsest scale, which MRG's text calls "the
+lowest-resolution audio-visual features".
+
+Random initialisation is the default. ``S3DEncoder(weights=PATH)`` and ``SoundNet8(weights=PATH)``
+load local checkpoints with the key renaming of the reference notes (§3); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from avlab.errors import ConfigError
+
+__all__ = [
+    "ASPP3d",
+    "AVRSP",
+    "LIP3d",
+    "MultiScaleSynergy",
+    "RegulatorGate",
+    "S3DEncoder",
+    "SoundNet8",
+    "build_s3d_features",
+    "load_s3d_weights",
+    "load_soundnet_weights",
+]
+
+log = logging.getLogger(__name__)
+
+#: torchvision's ``s3d().features`` slices of the four encoder blocks (reference notes §3.1).
+S3D_BLOCKS = ((0, 4), (4, 7), (7, 13), (13, 16))
+
+
+# --------------------------------------------------------------------------- S3D
+def build_s3d_features(width_mult: float = 1.0) -> nn.Sequential:
+    """S3D's 16 feature modules: torchvision's exactly at ``width_mult=1``, else with scaled widths.
+
+    The reduced variants keep the topology (every conv, pool and stride) and multiply every channel
+    count by ``width_mult`` (at least 4) — a CPU-sized stand-in for demos and tests, not a published
+    network; only ``width_mult=1`` can load Kinetics weights.
+    """
+    from torchvision.models.video import s3d
+    from torchvision.models.video.s3d import SepInceptionBlock3D, TemporalSeparableConv
+    from torchvision.ops.misc import Conv3dNormActivation
+
+    if width_mult == 1.0:
+        return s3d(weights=None).features
+    if not 0 < width_mult < 1:
+        raise ConfigError(f"model.visual.width_mult must be in (0, 1], got {width_mult}")
+
+    def c(n: int) -> int:
+        return max(4, int(round(n * width_mult)))
+
+    norm = partial(nn.BatchNorm3d, eps=0.001, momentum=0.001)
+
+    def inception(in_planes: int, *outs: int) -> tuple[SepInceptionBlock3D, int]:
+        b0, b1m, b1, b2m, b2, b3 = (c(o) for o in outs)
+        return SepInceptionBlock3D(in_planes, b0, b1m, b1, b2m, b2, b3, norm), b0 + b1 + b2 + b3
+
+    layers: list[nn.Module] = [
+        TemporalSeparableConv(3, c(64), 7, 2, 3, norm),
+        nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
+        Conv3dNormActivation(c(64), c(64), kernel_size=1, stride=1, norm_layer=norm),
+        TemporalSeparableConv(c(64), c(192), 3, 1, 1, norm),
+        nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
+    ]
+    ch = c(192)
+    for spec in ((64, 96, 128, 16, 32, 32), (128, 128, 192, 32, 96, 64)):
+        block, ch = inception(ch, *spec)
+        layers.append(block)
+    layers.append(nn.MaxPool3d(kernel_size=(3, 3, 3), stride=(2, 2, 2), padding=(1, 1, 1)))
+    for spec in ((192, 96, 208, 16, 48, 64), (160, 112, 224, 24, 64, 64), (128, 128, 256, 24, 64, 64),
+                 (112, 144, 288, 32, 64, 64), (256, 160, 320, 32, 128, 128)):
+        block, ch = inception(ch, *spec)
+        layers.append(block)
+    layers.append(nn.MaxPool3d(kernel_size=(2, 2, 2), stride=(2, 2, 2), padding=(0, 0, 0)))
+    for spec in ((256, 160, 320, 32, 128, 128), (384, 192, 384, 48, 128, 128)):
+        block, ch = inception(ch, *spec)
+        layers.append(block)
+    return nn.Sequential(*layers)
+
+
+def _read_state_dict(path: str | Path, what: str) -> dict[str, Tensor]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{what} weights file {path} does not exist; give a local path (nothing is downloaded)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem becomes one clear message
+        raise ConfigError(f"cannot load {what} weights {path}: {exc}") from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{path} does not hold a state dict ({type(obj).__name__})")
+    return {re.sub(r"^(module\.)+", "", k): v for k, v in obj.items() if isinstance(v, Tensor)}
+
+
+def load_s3d_weights(features: nn.Sequential, path: str | Path) -> int:
+    """Load Kinetics S3D weights into torchvision's ``features`` (reference notes §3.1).
+
+    Accepted: torchvision files (``features.N.*``, ``classifier.*`` dropped), kylemin/S3D's
+    ``S3D_kinetics400.pt`` (``base.N.*``, ``fc.*`` dropped) and TASED/ViNet checkpoints
+    (``module.`` prefix, ``base1..base4``). kylemin's 16 ``base`` modules map 1:1 **in state-dict
+    order** onto ``features`` (462 tensors), so the mapping zips the two orders and checks every
+    shape. Returns the number of tensors loaded.
+    """
+    sd = _read_state_dict(path, "S3D")
+    target = features.state_dict()
+    if any(k.startswith("features.") for k in sd):
+        source = {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
+        missing = [k for k in target if k not in source]
+        if missing:
+            raise ConfigError(f"S3D weights {path} lack {len(missing)} tensors, e.g. {missing[:3]}")
+        mapped = {k: source[k] for k in target}
+    else:
+        keys = [k for k in sd if re.match(r"^(backbone\.)?base\d*\.", k)]
+        if len(keys) != len(target):
+            raise ConfigError(
+                f"S3D weights {path}: found {len(keys)} backbone tensors (keys `base.*`/`base1..4.*`), "
+                f"torchvision's S3D has {len(target)}; is it an S3D Kinetics checkpoint (kylemin/S3D)?")
+        mapped = {}
+        for (tk, tv), sk in zip(target.items(), keys):
+            if tuple(sd[sk].shape) != tuple(tv.shape):
+                raise ConfigError(f"S3D weights {path}: `{sk}` has shape {tuple(sd[sk].shape)} but `{tk}` "
+                                  f"needs {tuple(tv.shape)}; the checkpoint is not the S3D architecture")
+            mapped[tk] = sd[sk]
+    for k, v in mapped.items():
+        if tuple(v.shape) != tuple(target[k].shape):
+            raise ConfigError(f"S3D weights {path}: `{k}` has shape {tuple(v.shape)}, expected {tuple(target[k].shape)}")
+    features.load_state_dict(mapped, strict=True)
+    return len(mapped)
+
+
+class S3DEncoder(nn.Module):
+    """S3D visual backbone (torchvision's architecture) returning its four block outputs.
+
+    Args:
+        weights: optional local Kinetics checkpoint (see :func:`load_s3d_weights`); default random.
+        width_mult: channel multiplier; 1.0 is the real S3D (needed for ``weights``).
+        freeze: keep the backbone's parameters fixed (BatchNorm statistics too).
+
+    ``forward(x [B, 3, T, H, W])`` → ``[X0, X1, X2, X3]``, for a 32×224×384 clip
+    192×16×56×96, 480×16×28×48, 832×8×14×24 and 1024×4×7×12.
+    """
+
+    def __init__(self, weights: str | None = None, width_mult: float = 1.0, freeze: bool = False) -> None:
+        super().__init__()
+        features = build_s3d_features(width_mult)
+        if weights:
+            if width_mult != 1.0:
+                raise ConfigError("model.visual.weights needs model.visual.width_mult=1.0 (the real S3D)")
+            n = load_s3d_weights(features, weights)
+            log.info("loaded %d S3D tensors from %s", n, weights)
+        self.blocks = nn.ModuleList(nn.Sequential(*features[a:b]) for a, b in S3D_BLOCKS)
+        self.width_mult, self.freeze = width_mult, freeze
+        self.out_channels = [self._channels(block) for block in self.blocks]
+        if freeze:
+            self.requires_grad_(False)
+
+    @staticmethod
+    def _channels(block: nn.Sequential) -> int:
+        last = block[-1]
+        if hasattr(last, "branch0"):  # an Inception block concatenates its four branches
+            return sum(_last_conv(getattr(last, f"branch{i}")).out_channels for i in range(4))
+        return _last_conv(last).out_channels
+
+    def train(self, mode: bool = True) -> "S3DEncoder":
+        super().train(mode)
+        if self.freeze:  # frozen BN keeps its Kinetics statistics
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm3d):
+                    m.eval()
+        return self
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        out = []
+        for block in self.blocks:
+            x = block(x)
+            out.append(x)
+        return out
+
+
+def _last_conv(module: nn.Module) -> nn.Conv3d:
+    return [m for m in module.modules() if isinstance(m, nn.Conv3d)][-1]
+
+
+# --------------------------------------------------------------------------- SoundNet-8
+#: SoundNet-8 conv1..conv7: (out channels, kernel, stride, padding, max-pool after).
+_SOUNDNET = ((16, 64, 2, 32, 8), (32, 32, 2, 16, 8), (64, 16, 2, 8, 0), (128, 8, 2, 4, 0),
+             (256, 4, 2, 2, 4), (512, 4, 2, 2, 0), (1024, 4, 2, 2, 0))
+
+
+def load_soundnet_weights(net: nn.Module, path: str | Path) -> int:
+    """Load SoundNet-8 conv1–conv7 weights from a local file (STAViS ``soundnet8.pth``, ViNet's
+    ``soundnet8_final.pth`` or a PyTorch port), matching tensors **in order** with shape checks:
+    ports name the layers differently but all store conv/BN tensors in network order. The conv8
+    heads and ``num_batches_tracked`` counters are ignored. Returns the number of tensors loaded."""
+    sd = _read_state_dict(path, "SoundNet")
+    target = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    source = [(k, v) for k, v in sd.items() if not k.endswith("num_batches_tracked") and not re.search(r"conv8", k)]
+    if len(source) < len(target):
+        raise ConfigError(f"SoundNet weights {path}: {len(source)} tensors, SoundNet-8 conv1–7 need {len(target)}")
+    mapped = {}
+    for (tk, tv), (sk, sv) in zip(target.items(), source):
+        if sv.numel() != tv.numel():
+            raise ConfigError(f"SoundNet weights {path}: `{sk}` {tuple(sv.shape)} does not fit `{tk}` {tuple(tv.shape)}")
+        mapped[tk] = sv.reshape(tv.shape)  # Conv1d-style [o, i, k] ports fit our [o, i, k, 1]
+    net.load_state_dict(mapped, strict=False)
+    return len(mapped)
+
+
+class SoundNet8(nn.Module):
+    """SoundNet-8 audio branch, conv1–conv7 (reference notes §3.2), features after conv7.
+
+    Convolutions are 2-D with ``(k, 1)`` kernels on ``[B, 1, L, 1]`` as in the STAViS/ViNet code,
+    so their checkpoints load without reshaping. Input: waveform ``[B, L]`` at 22,050 Hz in ±256
+    (:func:`avlab.media.clips.clip_audio`); 70,560 samples → 3 steps of 1024 channels.
+
+    Args:
+        weights: optional local checkpoint (:func:`load_soundnet_weights`).
+        width_mult: channel multiplier for CPU-sized variants (1.0 = SoundNet-8).
+        freeze: keep the branch fixed.
+    """
+
+    def __init__(self, weights: str | None = None, width_mult: float = 1.0, freeze: bool = False) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        ch = 1
+        for out, k, s, p, pool in _SOUNDNET:
+            out = max(4, int(round(out * width_mult)))
+            layers += [nn.Conv2d(ch, out, (k, 1), (s, 1), (p, 0)), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            if pool:
+                layers.append(nn.MaxPool2d((pool, 1), (pool, 1)))
+            ch = out
+        self.net = nn.Sequential(*layers)
+        self.out_channels = ch
+        if weights:
+            if width_mult != 1.0:
+                raise ConfigError("model.audio.weights needs model.audio.width_mult=1.0 (the real SoundNet-8)")
+            log.info("loaded %d SoundNet tensors from %s", load_soundnet_weights(self.net, weights), weights)
+        self.freeze = freeze
+        if freeze:
+            self.requires_grad_(False)
+
+    def forward(self, wav: Tensor) -> Tensor:
+        """``[B, L]`` → tokens ``[B, L', C]`` (one per SoundNet time step)."""
+        x = self.net(wav.reshape(wav.shape[0], 1, -1, 1))
+        return x.squeeze(-1).transpose(1, 2)
+
+
+# --------------------------------------------------------------------------- ASPP + LIP
+def _cbr(cin: int, cout: int, kernel: int | Sequence[int] = 3, dilation: int | Sequence[int] = 1) -> nn.Sequential:
+    k = (kernel,) * 3 if isinstance(kernel, int) else tuple(kernel)
+    d = (dilation,) * 3 if isinstance(dilation, int) else tuple(dilation)
+    pad = tuple((ki - 1) // 2 * di for ki, di in zip(k, d))
+    return nn.Sequential(nn.Conv3d(cin, cout, k, padding=pad, dilation=d, bias=False), nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
+
+
+class ASPP3d(nn.Module):
+    """Atrous Spatial Pyramid Pooling (Chen et al., DeepLab; AVRSP ref. [28]) for 3-D features.
+
+    Branches: a 1×1×1 conv, one (1, 3, 3) conv per spatial dilation rate, and image-level pooling;
+    concatenated and projected to ``out_channels``. Dilation is spatial only: the temporal extent
+    of the deepest S3D block is 4 steps for a 32-frame clip.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, rates: Sequence[int] = (1, 2, 3)) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList([_cbr(in_channels, out_channels, 1)])
+        for r in rates:
+            self.branches.append(_cbr(in_channels, out_channels, (1, 3, 3), (1, r, r)))
+        # No BatchNorm on the pooled branch: it has one value per channel and sample, which BN
+        # cannot normalise in training with a batch of one.
+        self.pool = nn.Sequential(nn.Conv3d(in_channels, out_channels, 1), nn.ReLU(inplace=True))
+        self.project = _cbr(out_channels * (len(rates) + 2), out_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        outs = [b(x) for b in self.branches]
+        g = self.pool(x.mean(dim=(2, 3, 4), keepdim=True))
+        outs.append(g.expand(-1, -1, *x.shape[2:]))
+        return self.project(torch.cat(outs, dim=1))
+
+
+class LIP3d(nn.Module):
+    """Local Importance-based Pooling (Gao et al., ICCV 2019; AVRSP ref. [29]).
+
+    ``y = avgpool(x · w) / avgpool(w)`` with importance ``w = exp(logit(x))`` from a small conv
+    net (logits bounded by ``12·sigmoid``, as LIP does, to keep ``exp`` finite). The window is
+    (1, 3, 3) with stride 1 by default: the paper applies LIP after every encoder block without
+    saying it downsamples, so here it re-weights locally and keeps the resolution.
+    """
+
+    def __init__(self, channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.logit = nn.Sequential(nn.Conv3d(channels, channels, (1, 3, 3), padding=(0, 1, 1), bias=False),
+                                   nn.BatchNorm3d(channels))
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = torch.exp(12.0 * torch.sigmoid(self.logit(x)))
+        k, s = (1, 3, 3), (1, self.stride, self.stride)
+        # Zero padding of numerator and denominator cancels in the ratio (and works on 2-pixel maps).
+        num = F.avg_pool3d(F.pad(x * w, (1, 1, 1, 1)), k, s)
+        return num / F.avg_pool3d(F.pad(w, (1, 1, 1, 1)), k, s)
+
+
+# --------------------------------------------------------------------------- MS and MRG
+def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    if all(s <= t for s, t in zip(size, x.shape[2:])):
+        return F.adaptive_avg_pool3d(x, tuple(size))  # D: exact average for integer ratios
+    return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=False)  # U
+
+
+class _Resample(nn.Module):
+    """``U`` (upsample then 3-D conv) or ``D`` (downsample then 3-D conv) of eq. (10)–(11)."""
+
+    def __init__(self, channels: int, kernel: int) -> None:
+        super().__init__()
+        self.conv = _cbr(channels, channels, kernel)
+
+    def forward(self, x: Tensor, size: Sequence[int]) -> Tensor:
+        return self.conv(_resize(x, size))
+
+
+class MultiScaleSynergy(nn.Module):
+    """Multi-scale feature Synergy, eq. (8)–(12): ``X̂^m = MS(X^h, X^m, X^l)``.
+
+    ``h``/``l`` are the neighbouring finer/coarser scales (either may be absent at the ends).
+    Reading of the garbled eq. (10)–(11), stated: each scale first mixes with its neighbours,
+    then ``m`` gathers the mixed neighbours, and a residual keeps the input:
+
+    * eq. (9):  ``X1^i = C(X^i)``, i ∈ {h, m, l}
+    * eq. (10): ``X2^h = C(X1^h) + U(X1^m)``; ``X2^m = D(X1^h) + C(X1^m) + U(X1^l)``;
+      ``X2^l = D(X1^m) + C(X1^l)``
+    * eq. (11): ``X3^m = D(X2^h) + C(X2^m) + U(X2^l)``
+    * eq. (12): ``X̂^m = X^m + X3^m``
+    """
+
+    def __init__(self, channels: int, has_h: bool, has_l: bool, kernel: int = 3) -> None:
+        super().__init__()
+        self.has_h, self.has_l = has_h, has_l
+        names = ["m"] + (["h"] if has_h else []) + (["l"] if has_l else [])
+        self.c1 = nn.ModuleDict({n: _cbr(channels, channels, kernel) for n in names})  # eq. (9)
+        self.c2 = nn.ModuleDict({n: _cbr(channels, channels, kernel) for n in names})  # C of eq. (10)
+        self.c3 = _cbr(channels, channels, kernel)  # C of eq. (11)
+        self.up = nn.ModuleDict()
+        self.down = nn.ModuleDict()
+        if has_h:
+            self.up["m_to_h"] = _Resample(channels, kernel)
+            self.down["h_to_m"] = _Resample(channels, kernel)
+            self.down["h2_to_m"] = _Resample(channels, kernel)
+        if has_l:
+            self.up["l_to_m"] = _Resample(channels, kernel)
+            self.down["m_to_l"] = _Resample(channels, kernel)
+            self.up["l2_to_m"] = _Resample(channels, kernel)
+
+    def forward(self, xm: Tensor, xh: Tensor | None = None, xl: Tensor | None = None) -> Tensor:
+        if self.has_h != (xh is not None) or self.has_l != (xl is not None):
+            raise ValueError("MultiScaleSynergy: neighbours given do not match has_h/has_l")
+        sm = xm.shape[2:]
+        x1 = {"m": self.c1["m"](xm)}  # eq. (9)
+        if xh is not None:
+            x1["h"] = self.c1["h"](xh)
+        if xl is not None:
+            x1["l"] = self.c1["l"](xl)
+        x2m = self.c2["m"](x1["m"])  # eq. (10), i = m
+        if xh is not None:
+            x2m = x2m + self.down["h_to_m"](x1["h"], sm)
+        if xl is not None:
+            x2m = x2m + self.up["l_to_m"](x1["l"], sm)
+        x3 = self.c3(x2m)  # eq. (11)
+        if xh is not None:
+            x2h = self.c2["h"](x1["h"]) + self.up["m_to_h"](x1["m"], xh.shape[2:])  # eq. (10), i = h
+            x3 = x3 + self.down["h2_to_m"](x2h, sm)
+        if xl is not None:
+            x2l = self.c2["l"](x1["l"]) + self.down["m_to_l"](x1["m"], xl.shape[2:])  # eq. (10), i = l
+            x3 = x3 + self.up["l2_to_m"](x2l, sm)
+        return xm + x3  # eq. (12)
+
+
+class RegulatorGate(nn.Module):
+    """Multi-scale Regulator Gate, eq. (13)–(15).
+
+    * eq. (13): ``F^l = UpSample(F^{l−1})`` to the size of ``X^l``
+    * eq. (14): ``G^l = GAP(σ(Conv(Cat(F^l, X^l))))`` — one gate value per channel
+    * eq. (15): ``F^l_gated = Conv(G^l ⊙ F^l)``
+    """
+
+    def __init__(self, channels: int, kernel: int = 3) -> None:
+        super().__init__()
+        self.gate_conv = nn.Conv3d(2 * channels, channels, kernel, padding=kernel // 2)
+        self.out_conv = _cbr(channels, channels, kernel)
+
+    def forward(self, f_prev: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        f = _resize(f_prev, x.shape[2:])  # eq. (13)
+        g = torch.sigmoid(self.gate_conv(torch.cat([f, x], dim=1))).mean(dim=(2, 3, 4), keepdim=True)  # eq. (14)
+        return self.out_conv(g * f), g  # eq. (15)
+
+
+# --------------------------------------------------------------------------- AVRSP
+class AVRSP(nn.Module):
+    """The AVRSP network (paper Fig. 2), or its visual-only variant when ``audio is None``.
+
+    Args:
+        visual: the visual backbone; ``forward`` returns four features, finest first, and it has
+            ``out_channels`` (e.g. :class:`S3DEncoder`).
+        audio: the audio backbone (``[B, L] → [B, L', C_a]``, with ``out_channels``), or None.
+        fusion: token fusion block (``(v [B,N,C], a [B,M,C]) → [B,N,C]``; RAVF or a Table V
+            block from :mod:`avlab.models.blocks.fusion_av`). Needed exactly when ``audio`` is set.
+        channels: width C of every scale after ASPP + LIP (and of the fusion tokens).
+        ms_mrg_pairs: number P of MS & MRG pairs, 0–4 (Table IV; the paper's AVRSP uses 3).
+        aspp_rates: spatial dilation rates of ASPP.
+        kernel: kernel size of the 3-D convs of MS, MRG and the decoder.
+    """
+
+    def __init__(self, visual: nn.Module, audio: nn.Module | None = None, fusion: nn.Module | None = None,
+                 channels: int = 128, ms_mrg_pairs: int = 3, aspp_rates: Sequence[int] = (1, 2, 3),
+                 kernel: int = 3) -> None:
+        super().__init__()
+        if not 0 <= ms_mrg_pairs <= 4:
+            raise ConfigError(f"model.ms_mrg_pairs must be 0..4 (Table IV), got {ms_mrg_pairs}")
+        if (audio is None) != (fusion is None):
+            raise ConfigError("model.audio and model.fusion go together: set both (audio-visual) or neither "
+                              "(visual-only, e.g. saliency/avrsp_visual)")
+        self.visual, self.audio, self.fusion = visual, audio, fusion
+        self.channels, self.pairs = channels, ms_mrg_pairs
+        in_ch = list(visual.out_channels)
+        self.aspp = nn.ModuleList(ASPP3d(c, channels, aspp_rates) for c in in_ch)
+        self.lip = nn.ModuleList(LIP3d(channels) for _ in in_ch)
+        #: scales with an MS & MRG pair, coarse to fine: 3, 2, ..., 4 - P
+        self.pair_scales = [3 - i for i in range(ms_mrg_pairs)]
+        self.ms = nn.ModuleDict({str(s): MultiScaleSynergy(channels, has_h=s > 0, has_l=s < 3, kernel=kernel)
+                                 for s in self.pair_scales})
+        self.mrg = nn.ModuleDict({str(s): RegulatorGate(channels, kernel) for s in self.pair_scales})
+        self.audio_proj = nn.Linear(audio.out_channels, channels) if audio is not None else None
+        self.decoder = nn.ModuleList()
+        for s in (3, 2, 1, 0):  # 4 decoder blocks, coarse to fine: conv, then upsample in forward
+            n_in = (1 if s == 3 else 2) + (1 if str(s) in self.mrg else 0)
+            self.decoder.append(_cbr(n_in * channels, channels, kernel))
+        self.head = nn.Sequential(_cbr(channels, channels // 2, (1, 3, 3)))
+        self.out = nn.Conv2d(channels // 2, 1, kernel_size=1)
+
+    @property
+    def is_audio_visual(self) -> bool:
+        return self.audio is not None
+
+    def encode(self, clip: Tensor) -> list[Tensor]:
+        """X0..X3 after ASPP + LIP (paper §III-A)."""
+        feats = self.visual(clip)
+        return [lip(aspp(f)) for f, aspp, lip in zip(feats, self.aspp, self.lip)]
+
+    def forward(self, clip: Tensor, audio: Tensor | None = None) -> Tensor:
+        """``clip [B, 3, T, H, W]`` (+ ``audio [B, L]``) → saliency of the last frame ``[B, H, W]``."""
+        x = self.encode(clip)
+        xe = list(x)
+        for s in self.pair_scales:  # eq. (8): MS on the original neighbours
+            xe[s] = self.ms[str(s)](x[s], x[s - 1] if s > 0 else None, x[s + 1] if s < 3 else None)
+        top = xe[3]
+        if self.audio is not None:
+            if audio is None:
+                raise ValueError("AVRSP: this model is audio-visual; pass the audio clip")
+            b, c, t, h, w = top.shape
+            a = self.audio_proj(self.audio(audio))
+            v = top.flatten(2).transpose(1, 2)  # [B, T·H·W, C] visual tokens
+            top = self.fusion(v, a).transpose(1, 2).reshape(b, c, t, h, w)
+        gated: dict[int, Tensor] = {}
+        f = top
+        for s in self.pair_scales:  # eq. (13)-(15), from the fused feature upwards
+            f, _ = self.mrg[str(s)](f, xe[s])
+            gated[s] = f
+        d = None
+        for block, s in zip(self.decoder, (3, 2, 1, 0)):
+            parts = [top] if s == 3 else [_resize(d, xe[s].shape[2:]), xe[s]]
+            if s in gated:
+                parts.append(gated[s])
+            d = block(torch.cat(parts, dim=1))
+            # upsample: to the next finer scale (done by _resize above), after the finest block ×2
+        d = F.interpolate(d, scale_factor=(1, 2, 2), mode="trilinear", align_corners=False)
+        y = self.head(d).mean(dim=2)  # temporal aggregation of the clip
+        y = F.interpolate(self.out(y), size=clip.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.sigmoid(y.squeeze(1))

@@ -1,0 +1,638 @@
+"""Data of the ``saliency`` task (AVRSP): the six AV eye-tracking datasets and DHF1K.
+
+``layout: stavis`` — the STAViS release layout (reference notes §1.1), read from ``data.root``::
+
+    video_frames/<DB>/<video>/img_00001.jpg ...        frames (any image type; or <video>.mp4 there)
+    video_audio/<DB>/<video>/<video>.wav               one WAV per video
+    annotations/<DB>/<video>/maps/eyeMap_00001.jpg     continuous ground truth
+    annotations/<DB>/<video>/fixMap_00001.mat          binary fixations, MATLAB variable `eyeMap`
+    fold_lists/<DB>_list_{train,test}_{1,2,3}_fps.txt  lines `name nframes fps`
+    fold_lists/DIEM_list_{train,test}_fps.txt          DIEM's single fixed split (used for every fold)
+
+``layout: dhf1k`` — DHF1K for the visual pretraining stage (§1.2)::
+
+    annotation/<id>/maps/0001.png                      continuous ground truth
+    annotation/<id>/fixation/0001.png                  binary fixations (or fixation/maps/0001.mat, `I`)
+    frames in video/<id>/0001.png, <id>/images/0001.png, or a video file video/<id>.{mp4,avi,...}
+    (also the official 3-digit names, video/001.avi), decoded with decord
+
+    ids ≤ 600 are training videos; 601–700 (the official validation set, whose ground truth is
+    public) are the test set, as in papers that evaluate DHF1K locally; > 700 have no ground truth.
+
+Sampling. Training: ``clips_per_video`` random clips of ``clip_len`` consecutive frames per
+training video and epoch (ViNet's "one random clip per video"), target = the continuous map of the
+clip's last frame, resized to ``frame_size``; a target with no fixation is re-drawn (up to 10
+times). Validation: ``val_clips_per_video`` evenly spaced clips of held-out training videos
+(``val_fraction`` of each dataset's training list; the paper only says "validation loss").
+Test: every ``test_stride``-th frame of every test video with the reverse-window rule of
+:func:`avlab.media.clips.window_indices`; ground truth at native resolution.
+
+Frames are resized to ``frame_size`` (bilinear, antialiased) and normalised with ``normalize``
+(``imagenet`` mean/std as ViNet, or ``pm1``: ``2x − 1`` as kylemin/S3D and TASED). Audio follows
+the SoundNet convention (:mod:`avlab.media.clips`).
+
+Bad input (every case is reported by ``avlab data check``):
+
+* a video shorter than ``clip_len`` frames: ``short_videos=error`` (default) raises a DataError that
+  names it; ``skip`` leaves it out with a warning;
+* frame / map / fixation counts that disagree: ``count_mismatch=truncate`` (default) uses the first
+  ``min`` frames with a warning (ViNet trusts the map count); ``error`` raises;
+* a missing WAV: ``missing_audio=error`` (default) raises; ``silence`` uses zeros with a warning;
+* a fixation ``.mat`` without the ``eyeMap`` (or ``I``) variable, or whose shape differs from
+  its continuous map: DataError naming the file.
+* fold-list lines with fewer than 3 fields (blank lines) are skipped; a non-numeric count or fps
+  is a DataError naming the file and line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from avlab.datamodules.base import AvlabDataModule
+from avlab.errors import ConfigError, DataError, MediaError
+from avlab.media.clips import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    VideoFrames,
+    audio_buffer_len,
+    clip_audio,
+    frame_audio_bounds,
+    load_wav,
+    read_image,
+    window_indices,
+)
+
+log = logging.getLogger(__name__)
+
+AV_DATASETS = ("AVAD", "Coutrot_db1", "Coutrot_db2", "DIEM", "ETMD_av", "SumMe")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# --------------------------------------------------------------------------- records and readers
+@dataclass
+class VideoRecord:
+    """One video of a dataset: where its frames, maps, fixations and audio are."""
+
+    dataset: str
+    name: str
+    n_frames: int
+    fps: float
+    frames: list[Path] | Path  # image files, or one video file
+    maps: list[Path]
+    fixations: list[Path]
+    wav: Path | None
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_fold_list(path: Path) -> list[tuple[str, int, float]]:
+    """``name nframes fps`` lines; lines with fewer than 3 fields (blank lines) are skipped."""
+    if not path.is_file():
+        raise DataError(f"fold list {path} does not exist")
+    out = []
+    for no, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if len(parts) < 3:
+            continue  # the real lists contain blank lines (e.g. ETMD_av_list_test_2_fps.txt)
+        try:
+            out.append((parts[0], int(float(parts[1])), float(parts[2])))
+        except ValueError as exc:
+            raise DataError(f"{path}:{no}: expected `name nframes fps`, got {line.strip()!r}") from exc
+    return out
+
+
+def fold_list_path(root: Path, db: str, split: str, fold: int) -> Path:
+    """STAViS fold-list file; DIEM has one fixed split used for every fold."""
+    if db == "DIEM":
+        return root / "fold_lists" / f"DIEM_list_{split}_fps.txt"
+    return root / "fold_lists" / f"{db}_list_{split}_{fold}_fps.txt"
+
+
+def load_fixation(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A binary fixation map ``uint8 [H, W]`` from ``.mat`` (``eyeMap`` or ``I``) or an image."""
+    if path.suffix.lower() == ".mat":
+        import scipy.io
+
+        if not path.is_file():
+            raise DataError(f"fixation file {path} does not exist")
+        try:
+            mat = scipy.io.loadmat(str(path))
+            keys = [k for k in mat if not k.startswith("__")]
+            data = {k: mat[k] for k in keys}
+        except NotImplementedError:  # MATLAB v7.3 files are HDF5
+            import h5py
+
+            with h5py.File(path, "r") as h5:
+                keys = list(h5.keys())
+                data = {k: np.asarray(h5[k]).T for k in keys}
+        except Exception as exc:  # noqa: BLE001 - a corrupt file becomes one clear message
+            raise DataError(f"fixation file {path} cannot be read as MATLAB .mat ({exc})") from exc
+        key = next((k for k in ("eyeMap", "I") if k in data), None)
+        if key is None:
+            raise DataError(f"fixation file {path} has no variable `eyeMap` (STAViS) or `I` (DHF1K); "
+                            f"it holds {', '.join(keys) or 'nothing'}")
+        fix = np.asarray(data[key])
+    else:
+        fix = read_image(path, gray=True)
+    if fix.ndim != 2:
+        raise DataError(f"fixation map {path} must be a 2-D matrix, got shape {fix.shape}")
+    if shape is not None and tuple(fix.shape) != tuple(shape):
+        raise DataError(f"fixation map {path} has shape {fix.shape[0]}×{fix.shape[1]} but its saliency map is "
+                        f"{shape[0]}×{shape[1]}; fixations are never resized, so the two must match")
+    return (fix > 0).astype(np.uint8)
+
+
+def load_map(path: Path) -> np.ndarray:
+    """A continuous saliency map as float32 [H, W] in [0, 1] (``im2double``)."""
+    return read_image(path, gray=True).astype(np.float32) / 255.0
+
+
+def _sorted_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    if not folder.is_dir():
+        return []
+
+    def key(p: Path) -> tuple[int, str]:
+        digits = re.findall(r"\d+", p.stem)
+        return (int(digits[-1]) if digits else -1, p.name)
+
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in suffixes), key=key)
+
+
+# --------------------------------------------------------------------------- torch datasets
+class _FrameSource:
+    """Decoded, resized and normalised frames of the videos, with a small LRU cache.
+
+    The cache makes sliding test windows (which share all but one frame) decode each frame once.
+    """
+
+    def __init__(self, videos: list[VideoRecord], frame_size: tuple[int, int], normalize: str, cache: int = 96) -> None:
+        self.videos, self.frame_size, self.normalize = videos, tuple(frame_size), normalize
+        self.cache: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
+        self.capacity = cache
+        self.readers: dict[int, VideoFrames] = {}
+
+    def raw(self, vid: int, indices: list[int]) -> np.ndarray:
+        rec = self.videos[vid]
+        if isinstance(rec.frames, Path):
+            reader = self.readers.get(vid)
+            if reader is None:
+                reader = self.readers[vid] = VideoFrames(rec.frames)
+            return reader.get(indices)
+        return np.stack([read_image(rec.frames[i]) for i in indices])
+
+    def get(self, vid: int, indices: list[int] | tuple[int, ...]) -> torch.Tensor:
+        """``[3, T, H, W]`` float clip of the frames ``indices`` (in that order)."""
+        missing = sorted({i for i in indices if (vid, i) not in self.cache})
+        if missing:
+            frames = preprocess_frames(torch.from_numpy(self.raw(vid, missing)), self.frame_size, self.normalize)
+            for i, f in zip(missing, frames):
+                self.cache[(vid, i)] = f
+        for i in indices:
+            self.cache.move_to_end((vid, i))
+        out = torch.stack([self.cache[(vid, i)] for i in indices], dim=1)
+        while len(self.cache) > max(self.capacity, len(indices)):
+            self.cache.popitem(last=False)
+        return out
+
+
+def preprocess_frames(frames: torch.Tensor, frame_size: tuple[int, int], normalize: str) -> torch.Tensor:
+    """uint8 ``[N, H, W, 3]`` → float ``[N, 3, h, w]``: bilinear resize (antialiased), normalise."""
+    x = frames.permute(0, 3, 1, 2).float() / 255.0
+    if tuple(x.shape[-2:]) != tuple(frame_size):
+        x = F.interpolate(x, size=tuple(frame_size), mode="bilinear", align_corners=False, antialias=True)
+    if normalize == "imagenet":
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        return (x - mean) / std
+    if normalize == "pm1":
+        return x * 2 - 1
+    raise ConfigError(f"data.normalize must be imagenet or pm1, got {normalize!r}")
+
+
+class _AudioSource:
+    """Per-video waveforms (loaded once) and SoundNet clip excerpts."""
+
+    def __init__(self, videos: list[VideoRecord], clip_len: int, missing_audio: str) -> None:
+        self.videos, self.clip_len, self.missing_audio = videos, clip_len, missing_audio
+        self.buffer = audio_buffer_len(clip_len)
+        self.loaded: dict[int, tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = {}
+
+    def get(self, vid: int, frames: tuple[int, ...] | list[int], reverse: bool) -> torch.Tensor:
+        if vid not in self.loaded:
+            rec = self.videos[vid]
+            if rec.wav is None or not rec.wav.is_file():
+                if self.missing_audio == "silence":
+                    wav = np.zeros(0, np.float32)
+                else:
+                    raise DataError(f"{rec.dataset}/{rec.name}: audio file {rec.wav} does not exist; add it, or set "
+                                    "data.missing_audio=silence to use silence")
+            else:
+                wav = load_wav(rec.wav)
+            self.loaded[vid] = (wav, frame_audio_bounds(rec.n_frames, rec.fps, len(wav)))
+        wav, bounds = self.loaded[vid]
+        return torch.from_numpy(clip_audio(wav, bounds, list(frames), self.buffer, reverse=reverse))
+
+
+class SaliencyClips(Dataset):
+    """Clips of a list of videos: random training clips, fixed validation clips, or test windows."""
+
+    def __init__(self, videos: list[VideoRecord], *, mode: str, clip_len: int, frame_size: tuple[int, int],
+                 normalize: str, audio: bool, missing_audio: str = "error", clips_per_video: int = 1,
+                 val_clips_per_video: int = 2, test_stride: int = 1, dataset_ids: dict[str, int] | None = None,
+                 video_offset: int = 0) -> None:
+        self.videos, self.mode, self.clip_len = videos, mode, clip_len
+        self.frame_size = tuple(frame_size)
+        self.frames = _FrameSource(videos, self.frame_size, normalize, cache=3 * clip_len)
+        self.audio = _AudioSource(videos, clip_len, missing_audio) if audio else None
+        self.clips_per_video = clips_per_video
+        self.dataset_ids = dataset_ids or {}
+        self.video_offset = video_offset
+        self.items: list[tuple[int, int]] = []  # (video, start or target)
+        if mode == "val":
+            for v, rec in enumerate(videos):
+                last = rec.n_frames - clip_len
+                for s in np.unique(np.linspace(0, last, max(1, val_clips_per_video)).round().astype(int)):
+                    self.items.append((v, int(s)))
+        elif mode == "test":
+            for v, rec in enumerate(videos):
+                for t in range(0, rec.n_frames, max(1, test_stride)):
+                    self.items.append((v, t))
+        elif mode != "train":
+            raise ValueError(f"mode must be train, val or test, got {mode}")
+        self._windows: dict[int, list] = {}
+
+    def __len__(self) -> int:
+        return len(self.videos) * self.clips_per_video if self.mode == "train" else len(self.items)
+
+    def _target(self, vid: int, t: int) -> torch.Tensor:
+        gt = torch.from_numpy(load_map(self.videos[vid].maps[t]))[None, None]
+        if tuple(gt.shape[-2:]) != self.frame_size:
+            gt = F.interpolate(gt, size=self.frame_size, mode="bilinear", align_corners=False, antialias=True)
+        return gt[0, 0].clamp_min(0)
+
+    def _clip(self, vid: int, frames: tuple[int, ...], reverse: bool) -> dict[str, torch.Tensor]:
+        out = {"clip": self.frames.get(vid, frames)}
+        if self.audio is not None:
+            out["audio"] = self.audio.get(vid, frames, reverse)
+        return out
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self.mode == "train":
+            vid = i // self.clips_per_video
+            rec = self.videos[vid]
+            # torch's global generator: seeded by seed_everything (and per worker), so runs repeat.
+            for _ in range(10):
+                start = int(torch.randint(0, rec.n_frames - self.clip_len + 1, (1,)))
+                target = self._target(vid, start + self.clip_len - 1)
+                if float(target.max()) > 0:  # a target with no fixation teaches nothing: re-draw
+                    break
+            out = self._clip(vid, tuple(range(start, start + self.clip_len)), False)
+            out.update(target=target, index=torch.tensor(i))
+            return out
+        vid, pos = self.items[i]
+        rec = self.videos[vid]
+        if self.mode == "val":
+            out = self._clip(vid, tuple(range(pos, pos + self.clip_len)), False)
+            out.update(target=self._target(vid, pos + self.clip_len - 1), index=torch.tensor(i))
+            return out
+        if vid not in self._windows:
+            self._windows[vid] = window_indices(rec.n_frames, self.clip_len)
+        w = self._windows[vid][pos]
+        out = self._clip(vid, w.frames, w.reversed)
+        gt = load_map(rec.maps[pos])
+        out.update(
+            target=self._target(vid, pos), gt=torch.from_numpy(gt),
+            fix=torch.from_numpy(load_fixation(rec.fixations[pos], gt.shape)),
+            index=torch.tensor(i), video=torch.tensor(self.video_offset + vid),
+            dataset=torch.tensor(self.dataset_ids.get(rec.dataset, 0)), frame=torch.tensor(pos),
+        )
+        return out
+
+
+def collate_saliency(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack same-shaped tensors; native-resolution ``gt``/``fix`` (sizes differ per video) stay lists."""
+    out: dict[str, Any] = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        out[key] = values if key in ("gt", "fix") else torch.stack(values)
+    return out
+
+
+# --------------------------------------------------------------------------- datamodule
+class SaliencyDataModule(AvlabDataModule):
+    """STAViS AV datasets (``layout=stavis``) or DHF1K (``layout=dhf1k``) → clips for AVRSP.
+
+    Args:
+        root: dataset folder (see the module docstring); unset ⇒ the demo data (its ``stavis/`` or
+            ``DHF1K/`` part).
+        layout: ``stavis`` or ``dhf1k``.
+        datasets: STAViS datasets to use (default all six).
+        fold: STAViS fold 1–3 (DIEM's fixed split is used in every fold). ``cv.folds=3`` runs all three.
+        clip_len: frames per clip (paper: 32).
+        frame_size: ``[height, width]`` of the model input (paper: 224×384).
+        audio: load audio clips (off for visual-only models, which saves the WAV reads).
+        normalize: ``imagenet`` or ``pm1``.
+        clips_per_video: random training clips per video and epoch.
+        val_fraction: share of each dataset's training videos held out for validation.
+        val_clips_per_video: evenly spaced validation clips per held-out video.
+        test_stride: evaluate every k-th frame (1 = every frame, the paper's protocol).
+        short_videos, count_mismatch, missing_audio: policies for bad input (module docstring).
+        split_seed: seed of the validation hold-out.
+    """
+
+    task = "saliency"
+    supported_protocols = ("fold",)
+
+    def __init__(
+        self,
+        root: str | None = None,
+        layout: str = "stavis",
+        datasets: list[str] | None = None,
+        fold: int = 1,
+        clip_len: int = 32,
+        frame_size: list[int] | tuple[int, int] = (224, 384),
+        audio: bool = True,
+        normalize: str = "imagenet",
+        clips_per_video: int = 1,
+        val_fraction: float = 0.2,
+        val_clips_per_video: int = 2,
+        test_stride: int = 1,
+        short_videos: str = "error",
+        count_mismatch: str = "truncate",
+        missing_audio: str = "error",
+        split_seed: int = 0,
+        demo_size: str = "small",
+        batch_size: int = 8,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(root=root, demo_size=demo_size, batch_size=batch_size, num_workers=num_workers)
+        if layout not in ("stavis", "dhf1k"):
+            raise ConfigError(f"data.layout must be stavis or dhf1k, got {layout!r}")
+        self.layout = layout
+        self.datasets = list(datasets) if datasets else list(AV_DATASETS)
+        unknown = [d for d in self.datasets if d not in AV_DATASETS]
+        if unknown and layout == "stavis":
+            from avlab.errors import did_you_mean
+
+            raise ConfigError(f"data.datasets: unknown dataset {unknown[0]!r}.{did_you_mean(unknown[0], AV_DATASETS)} "
+                              f"Known: {', '.join(AV_DATASETS)}")
+        if fold not in (1, 2, 3):
+            raise ConfigError(f"data.fold must be 1, 2 or 3 (the STAViS folds), got {fold}")
+        for name, value, allowed in (("short_videos", short_videos, ("error", "skip")),
+                                     ("count_mismatch", count_mismatch, ("truncate", "error")),
+                                     ("missing_audio", missing_audio, ("error", "silence")),
+                                     ("normalize", normalize, ("imagenet", "pm1"))):
+            if value not in allowed:
+                raise ConfigError(f"data.{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if clip_len < 1:
+            raise ConfigError(f"data.clip_len must be ≥ 1, got {clip_len}")
+        self.fold, self.clip_len = fold, int(clip_len)
+        self.frame_size = (int(frame_size[0]), int(frame_size[1]))
+        self.audio, self.normalize = bool(audio), normalize
+        self.clips_per_video, self.val_fraction = int(clips_per_video), float(val_fraction)
+        self.val_clips_per_video, self.test_stride = int(val_clips_per_video), int(test_stride)
+        self.short_videos, self.count_mismatch, self.missing_audio = short_videos, count_mismatch, missing_audio
+        self.split_seed = split_seed
+        self.splits: dict[str, list[VideoRecord]] = {}
+        self.dataset_names: list[str] = list(self.datasets) if layout == "stavis" else ["DHF1K"]
+
+    # ------------------------------------------------------------------ folders
+    @staticmethod
+    def build_demo(out_dir: Path, size: str = "small") -> Path:
+        from avlab.demo.saliency import build_saliency_demo
+
+        return build_saliency_demo(Path(out_dir), size=size)
+
+    def dataset_root(self, *, build: bool = False) -> Path:
+        root = super().dataset_root(build=build)
+        if self.uses_demo:
+            return root / ("stavis" if self.layout == "stavis" else "DHF1K")
+        return root
+
+    def configure_split(self, kind: str | None, index: int = 0, count: int = 1) -> None:
+        super().configure_split(kind, index, count)
+        if kind == "fold":
+            if self.layout != "stavis" or count != 3:
+                raise ConfigError("cv.folds for saliency must be 3 (the STAViS folds) with data.layout=stavis")
+            self.fold = index + 1
+
+    # ------------------------------------------------------------------ indexing
+    def _stavis_record(self, root: Path, db: str, name: str, n_list: int, fps: float, problems: list[str]) -> VideoRecord | None:
+        fdir = root / "video_frames" / db / name
+        adir = root / "annotations" / db / name
+        frames: list[Path] | Path
+        files = _sorted_files(fdir, IMAGE_SUFFIXES)
+        if files:
+            frames, n_frames = files, len(files)
+        else:
+            videos = [fdir.with_suffix(s) for s in VIDEO_SUFFIXES] + [fdir / f"{name}{s}" for s in VIDEO_SUFFIXES]
+            video = next((v for v in videos if v.is_file()), None)
+            if video is None:
+                problems.append(f"{db}/{name}: no frames in {fdir} (image files) and no video file {fdir}.mp4")
+                return None
+            frames, n_frames = video, len(VideoFrames(video))
+        maps = _sorted_files(adir / "maps", IMAGE_SUFFIXES)
+        fix = _sorted_files(adir, (".mat",))
+        wav = root / "video_audio" / db / name / f"{name}.wav"
+        return self._finish(VideoRecord(db, name, n_frames, fps, frames, maps, fix, wav), n_list, problems)
+
+    def _finish(self, rec: VideoRecord, n_list: int | None, problems: list[str]) -> VideoRecord | None:
+        where = f"{rec.dataset}/{rec.name}"
+        if not rec.maps:
+            problems.append(f"{where}: no continuous saliency maps found")
+            return None
+        counts = {"frames": rec.n_frames, "maps": len(rec.maps), "fixations": len(rec.fixations)}
+        n = min(counts.values())
+        if len(set(counts.values())) > 1:
+            msg = f"{where}: frame/map/fixation counts differ ({', '.join(f'{k} {v}' for k, v in counts.items())})"
+            if self.count_mismatch == "error":
+                problems.append(msg + "; fix the files, or set data.count_mismatch=truncate")
+                return None
+            rec.notes.append(msg + f"; using the first {n} (data.count_mismatch=truncate)")
+        if n_list is not None and n_list != n:
+            rec.notes.append(f"{where}: the fold list says {n_list} frames, {n} found; using {n}")
+        rec.n_frames = n
+        rec.frames = rec.frames[:n] if isinstance(rec.frames, list) else rec.frames
+        rec.maps, rec.fixations = rec.maps[:n], rec.fixations[:n]
+        if rec.n_frames < self.clip_len:
+            msg = f"{where}: {rec.n_frames} frames, shorter than the {self.clip_len}-frame window"
+            if self.short_videos == "error":
+                problems.append(msg + "; remove it from the fold lists, lower data.clip_len, or set data.short_videos=skip")
+            else:
+                log.warning("%s; skipped (data.short_videos=skip)", msg)
+            return None
+        if self.audio and self.layout == "stavis" and (rec.wav is None or not rec.wav.is_file()):
+            msg = f"{where}: audio file {rec.wav} does not exist"
+            if self.missing_audio == "error":
+                problems.append(msg + "; add it, or set data.missing_audio=silence")
+                return None
+            rec.notes.append(msg + "; using silence (data.missing_audio=silence)")
+        return rec
+
+    def _index_stavis(self, root: Path, problems: list[str]) -> dict[str, list[VideoRecord]]:
+        out: dict[str, list[VideoRecord]] = {"train": [], "test": []}
+        for db in self.datasets:
+            for split in ("train", "test"):
+                path = fold_list_path(root, db, split, self.fold)
+                try:
+                    entries = parse_fold_list(path)
+                except DataError as exc:
+                    problems.append(str(exc))
+                    continue
+                for name, n_list, fps in entries:
+                    rec = self._stavis_record(root, db, name, n_list, fps, problems)
+                    if rec is not None:
+                        out[split].append(rec)
+        return out
+
+    def _dhf1k_frames(self, root: Path, vid: str) -> tuple[list[Path] | Path | None, float]:
+        for folder in (root / "video" / vid, root / vid / "images", root / "frames" / vid):
+            files = _sorted_files(folder, IMAGE_SUFFIXES)
+            if files:
+                return files, 30.0
+        names = {vid, f"{int(vid):03d}" if vid.isdigit() else vid}
+        for name in names:
+            for suffix in VIDEO_SUFFIXES:
+                path = root / "video" / f"{name}{suffix}"
+                if path.is_file():
+                    return path, 30.0
+        return None, 30.0
+
+    def _index_dhf1k(self, root: Path, problems: list[str]) -> dict[str, list[VideoRecord]]:
+        out: dict[str, list[VideoRecord]] = {"train": [], "test": []}
+        ann = root / "annotation"
+        if not ann.is_dir():
+            problems.append(f"{root} has no annotation/ folder; is it the DHF1K dataset root?")
+            return out
+        for vdir in sorted(p for p in ann.iterdir() if p.is_dir()):
+            vid = vdir.name
+            if not vid.isdigit() or int(vid) > 700:
+                continue  # ids above 700 are the withheld test set (no ground truth)
+            frames, fps = self._dhf1k_frames(root, vid)
+            if frames is None:
+                problems.append(f"DHF1K/{vid}: no frames (video/{vid}/*.png, {vid}/images/*.png) or video file video/{vid}.mp4")
+                continue
+            n_frames = len(frames) if isinstance(frames, list) else len(VideoFrames(frames))
+            if isinstance(frames, Path):
+                fps = VideoFrames(frames).fps or fps
+            fix = _sorted_files(vdir / "fixation", IMAGE_SUFFIXES) or _sorted_files(vdir / "fixation" / "maps", (".mat",))
+            rec = VideoRecord("DHF1K", vid, n_frames, fps, frames, _sorted_files(vdir / "maps", IMAGE_SUFFIXES), fix, None)
+            rec = self._finish(rec, None, problems)
+            if rec is not None:
+                out["train" if int(vid) <= 600 else "test"].append(rec)
+        return out
+
+    def index(self) -> tuple[dict[str, list[VideoRecord]], list[str]]:
+        """Train/test video records and every problem found (no exception)."""
+        root = self.dataset_root(build=self.uses_demo)
+        problems: list[str] = []
+        if not root.is_dir():
+            return {"train": [], "test": []}, [f"dataset folder {root} does not exist"]
+        found = self._index_stavis(root, problems) if self.layout == "stavis" else self._index_dhf1k(root, problems)
+        return found, problems
+
+    def _hold_out(self, train: list[VideoRecord]) -> tuple[list[VideoRecord], list[VideoRecord]]:
+        rng = np.random.default_rng(self.split_seed)
+        keep, val = [], []
+        for db in dict.fromkeys(r.dataset for r in train):
+            recs = [r for r in train if r.dataset == db]
+            n_val = int(round(self.val_fraction * len(recs)))
+            n_val = min(max(n_val, 1 if self.val_fraction > 0 else 0), len(recs) - 1)
+            chosen = set(rng.permutation(len(recs))[:n_val].tolist())
+            for i, r in enumerate(recs):
+                (val if i in chosen else keep).append(r)
+        return keep, val
+
+    # ------------------------------------------------------------------ lightning hooks
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        found, problems = self.index()
+        if problems:
+            raise DataError(f"{self.dataset_root()} has {len(problems)} problem(s) (run `avlab data check` for all):\n  - "
+                            + "\n  - ".join(problems[:15]))
+        for rec in found["train"] + found["test"]:
+            for note in rec.notes:
+                log.warning(note)
+        if not found["train"] or not found["test"]:
+            raise DataError(f"{self.dataset_root()}: no {'training' if not found['train'] else 'test'} videos for "
+                            f"fold {self.fold} of {', '.join(self.dataset_names)}")
+        train, val = self._hold_out(found["train"])
+        if not val:
+            log.warning("no training video can be held out for validation; validating on training videos")
+            val = train
+        self.splits = {"train": train, "val": val, "test": found["test"]}
+
+    def _dataset(self, split: str) -> SaliencyClips:
+        if not self.splits:
+            self.setup()
+        mode = {"train": "train", "val": "val", "test": "test"}[split]
+        return SaliencyClips(
+            self.splits[split], mode=mode, clip_len=self.clip_len, frame_size=self.frame_size,
+            normalize=self.normalize, audio=self.audio, missing_audio=self.missing_audio,
+            clips_per_video=self.clips_per_video, val_clips_per_video=self.val_clips_per_video,
+            test_stride=self.test_stride, dataset_ids={d: i for i, d in enumerate(self.dataset_names)},
+        )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self._dataset(split), batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, collate_fn=collate_saliency,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def video_names(self, split: str = "test") -> list[tuple[str, str]]:
+        """``(dataset, video)`` per video id of a split (ids are positions in this list)."""
+        return [(r.dataset, r.name) for r in self.splits.get(split, [])]
+
+    # ------------------------------------------------------------------ predict helpers
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[N, H, W, 3]`` → model input frames ``[N, 3, h, w]``."""
+        return preprocess_frames(frames, self.frame_size, self.normalize)
+
+    # ------------------------------------------------------------------ checks
+    def check(self) -> list[str]:
+        found, problems = self.index()
+        for rec in found["train"] + found["test"]:
+            problems.extend(rec.notes)
+            where = f"{rec.dataset}/{rec.name}"
+            try:
+                gt = load_map(rec.maps[0])
+                for i in sorted({0, rec.n_frames // 2, rec.n_frames - 1}):
+                    load_fixation(rec.fixations[i], gt.shape)
+            except (DataError, MediaError) as exc:
+                problems.append(f"{where}: {exc}")
+            if self.audio and self.layout == "stavis" and rec.wav is not None and rec.wav.is_file():
+                try:
+                    import soundfile as sf
+
+                    info = sf.info(str(rec.wav))
+                    if info.duration + 1.0 / rec.fps < rec.n_frames / rec.fps * 0.9:
+                        problems.append(f"{where}: {rec.wav.name} lasts {info.duration:.2f} s but the video "
+                                        f"{rec.n_frames / rec.fps:.2f} s; missing audio is silence")
+                except Exception as exc:  # noqa: BLE001 - any unreadable WAV is a problem to report
+                    problems.append(f"{where}: {rec.wav} cannot be read ({exc})")
+        return problems
+
+    def describe(self) -> dict[str, Any]:
+        found, _ = self.index()
+        return {"root": str(self.dataset_root()), "layout": self.layout, "fold": self.fold,
+                "train videos": len(found["train"]), "test videos": len(found["test"]),
+                "datasets": ", ".join(self.dataset_names)}

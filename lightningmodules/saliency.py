@@ -1,0 +1,392 @@
+"""Training, evaluation and inference of the ``saliency`` task (AVRSP, paper §III–IV).
+
+* Loss: eq. (19) ``KL − 0.1·CC − 0.1·SIM`` (:class:`avlab.metrics.saliency.SaliencyLoss`).
+* Optimiser: AdamW (lr 1e-4, weight decay 1e-5) with ReduceLROnPlateau (factor 0.5) on
+  ``val/loss`` (paper §IV-B, Training Details).
+* Two stages: ``saliency/avrsp_dhf1k_pretrain`` trains the visual branch on DHF1K;
+  ``saliency/avrsp_av`` sets ``model.init_from`` to that run's checkpoint (or run directory) and
+  trains audio-visual. ``init_from`` loads weights only (``weights_only=True``), every tensor whose
+  name and shape match (the visual branch, ASPP/LIP, MS, MRG, decoder); the audio branch and the
+  fusion block start fresh. A missing file or a visual branch that does not fit is a clear error.
+* Test: per-frame metrics at the ground-truth resolution (protocol in
+  :mod:`avlab.metrics.saliency`), gathered from all DDP ranks with :meth:`gather_samples`
+  (de-duplicated by sample index), averaged per video, then over videos — overall
+  (``test/cc`` …) and per dataset (``test/<dataset>/cc`` …).
+* Predict: :func:`predict_video` — sliding window of ``clip_len`` frames, step 1, predicting the
+  last frame; frames ``0..T−2`` from the reversed window (audio reversed too); each frame decoded
+  once, windows batched.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from avlab.errors import ConfigError, MediaError
+from avlab.lightningmodules.base import AvlabModule
+from avlab.media.clips import VideoFrames, audio_buffer_len, clip_audio, frame_audio_bounds, window_indices
+from avlab.metrics.saliency import METRICS, SaliencyLoss, frame_metrics, postprocess, video_average
+from avlab.models.saliency import AVRSP
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SaliencyModule", "predict_video", "resolve_init_checkpoint"]
+
+
+# --------------------------------------------------------------------------- sliding-window inference
+@torch.no_grad()
+def predict_video(
+    net: Callable[[Tensor, Tensor | None], Tensor],
+    video: VideoFrames,
+    preprocess: Callable[[Tensor], Tensor],
+    clip_len: int,
+    *,
+    batch_size: int = 8,
+    wav: np.ndarray | None = None,
+    fps: float | None = None,
+    device: torch.device | str = "cpu",
+    chunk: int = 16,
+) -> Iterator[tuple[int, Tensor, np.ndarray]]:
+    """Yield ``(frame index, map [h, w] at model resolution, native frame uint8 [H, W, 3])`` in order.
+
+    Every frame is decoded once (decord, in chunks of ``chunk`` consecutive frames) and
+    preprocessed once; the model-resolution frames stay in a buffer only while a later window needs
+    them (at most ``2·clip_len − 1 + batch_size + chunk`` frames), so memory does not grow with
+    the video. Windows follow :func:`avlab.media.clips.window_indices` and run ``batch_size`` at a
+    time; with ``wav`` (mono 22,050 Hz in [-1, 1]) each window gets its SoundNet audio clip,
+    time-reversed for reversed windows.
+    """
+    n = len(video)
+    windows = window_indices(n, clip_len)
+    bounds = frame_audio_bounds(n, float(fps or video.fps), len(wav)) if wav is not None else None
+    buffer = audio_buffer_len(clip_len)
+    frames: dict[int, Tensor] = {}
+    natives: dict[int, np.ndarray] = {}
+    decoded = 0
+
+    def ensure(upto: int) -> None:
+        nonlocal decoded
+        while decoded <= upto:
+            hi = min(n, max(upto + 1, decoded + chunk))
+            raw = video.get(np.arange(decoded, hi))
+            proc = preprocess(torch.from_numpy(np.ascontiguousarray(raw)))
+            for j, i in enumerate(range(decoded, hi)):
+                frames[i], natives[i] = proc[j], raw[j]
+            decoded = hi
+
+    for b0 in range(0, n, batch_size):
+        batch = windows[b0:b0 + batch_size]
+        ensure(max(max(w.frames) for w in batch))
+        clips = torch.stack([torch.stack([frames[i] for i in w.frames], dim=1) for w in batch]).to(device)
+        audio = None
+        if bounds is not None:
+            audio = torch.stack([torch.from_numpy(clip_audio(wav, bounds, w.frames, buffer, reverse=w.reversed))
+                                 for w in batch]).to(device)
+        maps = net(clips, audio).float().cpu()
+        for w, m in zip(batch, maps):
+            yield w.target, m, natives.pop(w.target)
+        nxt = b0 + batch_size
+        keep_from = 0 if nxt <= clip_len - 1 else nxt - clip_len + 1  # window nxt's first frame
+        for i in [i for i in frames if i < keep_from]:
+            del frames[i]
+
+
+def resolve_init_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file from ``init_from``: a ``.ckpt`` file, or a run directory (best, else last)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        ckpts = sorted((p / "checkpoints").rglob("best*.ckpt")) or sorted((p / "checkpoints").rglob("last.ckpt"))
+        if not ckpts:
+            raise ConfigError(f"model.init_from={p} is a folder without checkpoints/best*.ckpt or last.ckpt; "
+                              "give the stage-1 run directory or a .ckpt file")
+        return ckpts[-1]
+    if not p.is_file():
+        raise ConfigError(f"model.init_from={p} does not exist; give the stage-1 checkpoint, e.g. "
+                          "runs/saliency/avrsp_dhf1k_pretrain/<time>/checkpoints/last.ckpt")
+    return p
+
+
+class SaliencyModule(AvlabModule):
+    """AVRSP (or its visual-only variant) with the paper's loss, optimiser and evaluation.
+
+    Args:
+        visual: visual backbone node (``model.visual``; :class:`avlab.models.saliency.S3DEncoder`,
+            ``model.visual.weights=PATH`` loads Kinetics S3D weights).
+        audio: audio backbone node (``model.audio``; SoundNet-8) or None for visual-only.
+        fusion: fusion block (``model.fusion``; RAVF or a Table V alternative) or None.
+        channels: width C of the multi-scale features and fusion tokens.
+        ms_mrg_pairs: MS & MRG pairs, 0–4 (Table IV; AVRSP uses 3).
+        aspp_rates: ASPP dilation rates.
+        kernel: 3-D conv kernel of MS, MRG and decoder.
+        lr, weight_decay: AdamW (paper: 1e-4, 1e-5).
+        plateau_factor, plateau_patience: ReduceLROnPlateau on ``val/loss`` (paper: factor 0.5).
+        loss_weights: ``[w_KL, w_CC, w_SIM]`` of eq. (19) (paper: 1, −0.1, −0.1).
+        init_from: stage-1 checkpoint (or run directory) to start from; weights only.
+        blur_sigma, blur_ksize: the evaluation blur (protocol step 2; 0 disables it).
+        predict_batch_size: windows per forward pass in ``avlab predict``.
+        n_plot_frames: test frames drawn in ``plots/saliency_examples.png``.
+    """
+
+    def __init__(
+        self,
+        visual: nn.Module,
+        audio: nn.Module | None = None,
+        fusion: nn.Module | None = None,
+        channels: int = 128,
+        ms_mrg_pairs: int = 3,
+        aspp_rates: Sequence[int] = (1, 2, 3),
+        kernel: int = 3,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-5,
+        plateau_factor: float = 0.5,
+        plateau_patience: int = 3,
+        loss_weights: Sequence[float] = (1.0, -0.1, -0.1),
+        init_from: str | None = None,
+        blur_sigma: float = 2.0,
+        blur_ksize: int = 11,
+        predict_batch_size: int = 8,
+        n_plot_frames: int = 4,
+    ) -> None:
+        super().__init__()
+        self.net = AVRSP(visual, audio, fusion, channels=channels, ms_mrg_pairs=ms_mrg_pairs,
+                         aspp_rates=tuple(aspp_rates), kernel=kernel)
+        if len(loss_weights) != 3:
+            raise ConfigError(f"model.loss_weights must be [w_kl, w_cc, w_sim], got {list(loss_weights)}")
+        self.loss_fn = SaliencyLoss(*loss_weights)
+        self.lr, self.weight_decay = lr, weight_decay
+        self.plateau_factor, self.plateau_patience = plateau_factor, plateau_patience
+        self.init_from = init_from
+        self._initialised = False
+        self.blur_sigma, self.blur_ksize = blur_sigma, blur_ksize
+        self.predict_batch_size, self.n_plot_frames = predict_batch_size, n_plot_frames
+        self._test: list[dict[str, Tensor]] = []
+        self._plots: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ stage chaining
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.init_from and not self._initialised:
+            self.load_init(self.init_from)
+        self._initialised = True
+
+    def load_init(self, path: str | Path) -> dict[str, int]:
+        """Load matching weights from a checkpoint (stage 1 → stage 2); see the module docstring."""
+        ckpt_path = resolve_init_checkpoint(path)
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - an unreadable file becomes one clear message
+            raise ConfigError(f"cannot load model.init_from={ckpt_path}: {exc}") from exc
+        sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else {}
+        own = self.state_dict()
+        loadable = {k: v for k, v in sd.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+        mismatched = [k for k in sd if k in own and tuple(own[k].shape) != tuple(sd[k].shape)]
+        visual = [k for k in own if k.startswith("net.visual.")]
+        missing_visual = [k for k in visual if k not in loadable]
+        if missing_visual or (mismatched and any(k.startswith("net.visual.") for k in mismatched)):
+            raise ConfigError(
+                f"model.init_from={ckpt_path} does not fit this model's visual branch: "
+                f"{len(missing_visual)} of {len(visual)} tensors missing or of another shape (e.g. "
+                f"{(missing_visual or mismatched)[:2]}); use the same model.visual / model.channels as stage 1")
+        self.load_state_dict(loadable, strict=False)
+        skipped = [k for k in own if k not in loadable]
+        log.info("init_from %s: loaded %d tensors, %d start fresh (%s...)", ckpt_path, len(loadable), len(skipped),
+                 ", ".join(sorted({k.split('.')[1] for k in skipped})[:4]))
+        if mismatched:
+            log.warning("init_from: %d tensors of another shape were skipped, e.g. %s", len(mismatched), mismatched[:3])
+        return {"loaded": len(loadable), "fresh": len(skipped), "mismatched": len(mismatched)}
+
+    # ------------------------------------------------------------------ forward and loops
+    def forward(self, clip: Tensor, audio: Tensor | None = None) -> Tensor:
+        return self.net(clip, audio if self.net.is_audio_visual else None)
+
+    def _predict(self, batch: dict[str, Any]) -> Tensor:
+        if self.net.is_audio_visual and "audio" not in batch:
+            raise ConfigError("this model is audio-visual but the data has no audio; set data.audio=true")
+        return self(batch["clip"], batch.get("audio"))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        pred = self._predict(batch)
+        loss = self.loss_fn(pred, batch["target"])  # eq. (19)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(pred), add_dataloader_idx=False)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        pred = self._predict(batch)
+        loss = self.loss_fn(pred, batch["target"])
+        terms = SaliencyLoss.terms(pred, batch["target"])
+        n = len(pred)
+        self.log("val/loss", loss, prog_bar=True, batch_size=n, sync_dist=True, add_dataloader_idx=False)
+        self.log("val/cc", torch.nan_to_num(terms["cc"]).mean(), batch_size=n, sync_dist=True, add_dataloader_idx=False)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        pred = self._predict(batch)
+        loss = self.loss_fn(pred, batch["target"])
+        rows = {m: [] for m in METRICS}
+        for i in range(len(pred)):
+            fm = frame_metrics(pred[i].detach(), batch["gt"][i].to(pred.device), batch["fix"][i].to(pred.device),
+                               blur_sigma=self.blur_sigma, blur_ksize=self.blur_ksize)
+            for m in METRICS:
+                rows[m].append(fm[m].to(torch.float64))
+        out = {m: torch.stack(v).to(self.device) for m, v in rows.items()}
+        out.update(index=batch["index"], video=batch["video"], dataset=batch["dataset"], frame=batch["frame"],
+                   loss=loss.detach().to(torch.float64).expand(len(pred)).clone())
+        self._test.append(out)
+        if self.is_main_process and len(self._plots) < self.n_plot_frames:
+            for i in range(min(len(pred), self.n_plot_frames - len(self._plots))):
+                self._plots.append({"pred": pred[i].detach().cpu(), "gt": batch["gt"][i].cpu(),
+                                    "fix": batch["fix"][i].cpu(), "frame": int(batch["frame"][i]),
+                                    "video": int(batch["video"][i])})
+
+    def on_test_epoch_end(self) -> None:
+        if not self._test:
+            return
+        merged = {k: torch.cat([o[k] for o in self._test]) for k in self._test[0]}
+        self._test = []
+        g = {k: v.cpu().numpy() for k, v in self.gather_samples(merged).items()}
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        names = list(getattr(dm, "dataset_names", [])) or ["all"]
+        groups = {names[d]: np.unique(g["video"][g["dataset"] == d]).tolist() for d in np.unique(g["dataset"])}
+        metrics: dict[str, float] = {}
+        for m in METRICS:
+            avg = video_average(g[m], g["video"], groups if len(names) > 1 or names != ["all"] else None)
+            metrics[m] = avg.pop("")
+            for name, value in avg.items():
+                metrics[f"{name}/{m}"] = value
+        metrics["loss"] = float(np.mean(g["loss"]))
+        metrics["n_videos"] = float(len(np.unique(g["video"])))
+        metrics["n_frames"] = float(len(g["video"]))
+        self.log_metrics("test", metrics, sync_dist=False)
+        nan_frames = {m: int(np.isnan(g[m]).sum()) for m in METRICS}
+        self.summary_lines = [
+            f"saliency test: {int(metrics['n_frames'])} frames of {int(metrics['n_videos'])} videos; "
+            f"frame → video → mean over videos; frames without a defined value dropped: "
+            + ", ".join(f"{m} {k}" for m, k in nan_frames.items()),
+            f"protocol: prediction resized to the GT size (bicubic), Gaussian blur σ={self.blur_sigma} "
+            f"({self.blur_ksize}×{self.blur_ksize}), min-max; fixations never resized",
+        ]
+        if self.run_dir is not None and self.is_main_process:
+            self._write_outputs(g, dm)
+
+    def _write_outputs(self, g: dict[str, np.ndarray], dm: Any) -> None:
+        import pandas as pd
+
+        videos = dm.video_names("test") if dm is not None and hasattr(dm, "video_names") else []
+        table = pd.DataFrame({k: g[k] for k in ("video", "dataset", "frame", *METRICS)})
+        per_video = table.groupby("video")[list(METRICS)].mean()  # pandas' mean skips NaN frames
+        if videos:
+            per_video.insert(0, "dataset", [videos[v][0] if v < len(videos) else "" for v in per_video.index])
+            per_video.insert(1, "name", [videos[v][1] if v < len(videos) else "" for v in per_video.index])
+        per_video.to_csv(Path(self.run_dir) / "saliency_per_video.csv")
+        if self._plots and self.plots_dir is not None:
+            self._plot_examples(self.plots_dir / "saliency_examples.png")
+        self._plots = []
+
+    def _plot_examples(self, path: Path) -> None:
+        from avlab.plots import _pyplot
+
+        plt = _pyplot()
+        n = len(self._plots)
+        fig, axes = plt.subplots(n, 2, figsize=(6, 1.8 * n), dpi=100, squeeze=False)
+        for row, item in zip(axes, self._plots):
+            pp = postprocess(item["pred"].double(), tuple(item["gt"].shape), self.blur_sigma, self.blur_ksize)
+            row[0].imshow(item["gt"].numpy(), cmap="gray")
+            ys, xs = np.nonzero(item["fix"].numpy())
+            row[0].scatter(xs, ys, s=4, c="red")
+            row[0].set_title(f"video {item['video']} frame {item['frame'] + 1}: GT + fixations", fontsize=7)
+            row[1].imshow(pp.numpy(), cmap="jet")
+            row[1].set_title("prediction (post-processed)", fontsize=7)
+            for ax in row:
+                ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=self.plateau_factor,
+                                                           patience=self.plateau_patience)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss", "interval": "epoch"}}
+
+    # ------------------------------------------------------------------ avlab predict
+    def predict_media(self, inputs: dict[str, str], datamodule: Any, out_dir: Path) -> dict[str, Any]:
+        """Saliency maps for every frame of ``input=VIDEO``: PNGs and an overlay MP4 with the audio."""
+        from avlab.media.ffmpeg import ffmpeg_exe, load_audio, probe
+
+        if "input" not in inputs:
+            raise ConfigError("saliency predict needs input=VIDEO.mp4")
+        path = Path(inputs["input"]).expanduser()
+        info = probe(path)  # clear MediaError for a missing, empty or corrupt file
+        if not info.has_video:
+            raise MediaError(f"{path} has no video stream")
+        video = VideoFrames(path)
+        n, fps = len(video), video.fps or info.fps
+        clip_len = int(datamodule.clip_len)
+        if n < clip_len:
+            raise MediaError(f"{path} has {n} frames, fewer than the {clip_len}-frame window of this model")
+        notes = []
+        wav = None
+        if self.net.is_audio_visual:
+            if info.has_audio:
+                wav = load_audio(path, sr=22050, mono=True)[0][0]
+            else:
+                wav = np.zeros(0, np.float32)
+                notes.append("the video has no audio track: the audio branch saw silence")
+        stem = path.stem
+        maps_dir = Path(out_dir) / "maps"
+        maps_dir.mkdir(parents=True, exist_ok=True)
+        overlay = Path(out_dir) / f"{stem}_saliency.mp4"
+        h, w = info.height, info.width
+        w2, h2 = w + (w % 2), h + (h % 2)  # yuv420p needs even sides
+        # -t: the overlay lasts as long as the video (every frame kept), whatever the audio length.
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{w}x{h}", "-r", f"{fps}", "-i", "-", "-i", str(path), "-map", "0:v:0", "-map", "1:a:0?",
+               "-vf", f"pad={w2}:{h2}", "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p",
+               "-c:a", "aac", "-b:a", "128k", "-t", f"{n / fps:.6f}", "-y", str(overlay)]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        from PIL import Image
+
+        lut = _colormap()
+        device = self.device
+        was_training = self.training
+        self.eval()
+        count, start = 0, time.perf_counter()
+        try:
+            for t, m, frame in predict_video(self, video, datamodule.preprocess, clip_len,
+                                             batch_size=self.predict_batch_size, wav=wav, fps=fps, device=device):
+                smap = postprocess(m, (h, w), self.blur_sigma, self.blur_ksize, dtype=torch.float32).numpy()
+                u8 = np.clip(np.round(smap * 255), 0, 255).astype(np.uint8)
+                Image.fromarray(u8, mode="L").save(maps_dir / f"{stem}_{t + 1:05d}.png", compress_level=1)
+                alpha = (0.65 * smap)[..., None]
+                blend = (1 - alpha) * frame.astype(np.float32) + alpha * lut[u8].astype(np.float32)
+                assert proc.stdin is not None
+                proc.stdin.write(np.clip(blend, 0, 255).astype(np.uint8).tobytes())
+                count += 1
+        finally:
+            if proc.stdin:
+                proc.stdin.close()
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            proc.wait()
+            self.train(was_training)
+        elapsed = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise MediaError(f"ffmpeg could not write the overlay {overlay}: {err[-800:]}")
+        return {"input": str(path), "frames": n, "maps_written": count, "maps_dir": str(maps_dir), "overlay": str(overlay),
+                "fps": fps, "audio": bool(self.net.is_audio_visual and info.has_audio),
+                "windows_per_second": count / elapsed if elapsed > 0 else math.nan, "notes": notes}
+
+
+def _colormap() -> np.ndarray:
+    """``jet`` as a 256×3 uint8 lookup table (for the overlay video)."""
+    from matplotlib import colormaps
+
+    return (colormaps["jet"](np.arange(256))[:, :3] * 255).astype(np.uint8)
