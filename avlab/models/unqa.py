@@ -1,0 +1,532 @@
+"""UNQA network (paper §III): spatial, motion and audio extractors and the regression modules.
+
+* :class:`SpatialExtractor` — eq. 1–6: a ConvNeXt V2 backbone (timm, random init unless a local
+  ``weights`` file is given), the feature maps of three stages average-pooled to the last stage's
+  size and concatenated, ``F̃ + Conv(MHSA(Conv(F̃)))``, then global mean and std pooling.
+* :class:`SlowFast` / :class:`MotionExtractor` — eq. 7: a compact SlowFast-R50 written here
+  (pytorchvideo is not installed), frozen; depth and width are configurable so CPU demos can use a
+  reduced variant with the same topology. Its features are cached by the LightningModule because
+  the extractor never trains.
+* :class:`AudioExtractor` — Fig. 5: log-mel spectrogram → overlapping segments → framewise CNN →
+  self-attention over segments → attention pooling (NISQA-style, as the paper describes).
+* :class:`UNQANet` — eq. 8 feature sets and four modality regressors of two FC layers; step one
+  adds one regressor per database. Ablation regressors (Table IX): a single MLP or a Transformer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from avlab.errors import ConfigError
+from avlab.models.blocks.heads import MLPHead
+
+__all__ = [
+    "MODALITIES", "FEATURES_OF", "SpatialExtractor", "SlowFast", "MotionExtractor", "AudioExtractor",
+    "UNQANet", "load_local_weights",
+]
+
+#: The four input modalities, in the order of the paper's regressors.
+MODALITIES = ("audio", "image", "video", "av")
+#: Eq. 8: which extractor outputs form the feature of each modality (s: spatial, m: motion, a: audio).
+FEATURES_OF: dict[str, tuple[str, ...]] = {"audio": ("a",), "image": ("s",), "video": ("s", "m"), "av": ("s", "m", "a")}
+_EXTRACTOR_KEY = {"spatial": "s", "motion": "m", "audio": "a"}
+
+
+def load_local_weights(path: str | Path, what: str) -> dict[str, Tensor]:
+    """Read a local state dict (``.pt``/``.pth``/``.ckpt``/``.safetensors``); never downloads."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"{what}: weights file {p} does not exist (weights are only read from a local path)")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state: Any = load_file(str(p))
+    else:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state"):
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = state[key]
+    out = {}
+    for k, v in state.items():
+        # Strip wrappers added by DDP / Lightning / fine-tuning scripts.
+        for prefix in ("module.", "model.", "backbone.", "encoder."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def _fork_init(init_seed: int | None):
+    """A context that seeds module initialisation without touching the global RNG stream."""
+    return torch.random.fork_rng(devices=[]) if init_seed is not None else _Null()
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# =========================================================================== spatial (eq. 1–6)
+class SpatialExtractor(nn.Module):
+    """Multi-stage ConvNeXt V2 features + MHSA, pooled to mean and std (eq. 1–6).
+
+    Args:
+        backbone: timm ConvNeXt V2 name (``convnextv2_atto`` for CPU demos; the paper's 1120-d
+            μ and σ match ``convnextv2_nano``'s last three stages, 160 + 320 + 640).
+        stages: backbone stages whose maps are used (0-based; the paper takes 3 of 4).
+        attn_dim: width of the 1×1 conv before the MHSA; default = the concatenated width.
+        num_heads: MHSA heads.
+        use_mhsa: False gives the "w/o MHSA" ablation of Table VIII (F_s = F̃).
+        weights: local timm or official ConvNeXt V2 checkpoint; None = random initialisation.
+    """
+
+    def __init__(self, backbone: str = "convnextv2_atto", stages: Sequence[int] = (1, 2, 3), attn_dim: int | None = None,
+                 num_heads: int = 4, use_mhsa: bool = True, weights: str | None = None) -> None:
+        super().__init__()
+        import timm
+
+        if not backbone.startswith("convnext"):
+            raise ConfigError(f"model.net.spatial.backbone must be a timm ConvNeXt (V2) model, got {backbone!r}")
+        self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0)
+        if weights:
+            from timm.models.convnext import checkpoint_filter_fn
+
+            # checkpoint_filter_fn renames the official (facebookresearch) keys to timm's layout.
+            state = checkpoint_filter_fn(load_local_weights(weights, "model.net.spatial.weights"), self.backbone)
+            state = {k: v for k, v in state.items() if not k.startswith("head")}
+            missing, _ = self.backbone.load_state_dict(state, strict=False)
+            missing = [m for m in missing if not m.startswith("head")]
+            if missing:
+                raise ConfigError(f"model.net.spatial.weights {weights} lacks {len(missing)} backbone tensors, e.g. {missing[:3]}")
+        self.stages = tuple(int(s) for s in stages)
+        n_stages = len(self.backbone.stages)
+        if not self.stages or any(s < 0 or s >= n_stages for s in self.stages) or list(self.stages) != sorted(self.stages):
+            raise ConfigError(f"model.net.spatial.stages must be increasing indices in 0..{n_stages - 1}, got {list(stages)}")
+        widths = [self.backbone.feature_info[s]["num_chs"] for s in self.stages]
+        self.channels = int(sum(widths))
+        self.use_mhsa = bool(use_mhsa)
+        d = int(attn_dim or self.channels)
+        if d % num_heads:
+            raise ConfigError(f"model.net.spatial.attn_dim ({d}) must be divisible by num_heads ({num_heads})")
+        if self.use_mhsa:
+            self.conv_in = nn.Conv2d(self.channels, d, 1)
+            self.mhsa = nn.MultiheadAttention(d, num_heads, batch_first=True)
+            self.conv_out = nn.Conv2d(d, self.channels, 1)
+        # ImageNet statistics: inputs arrive in [0, 1].
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.out_dim = 2 * self.channels
+
+    def frame_features(self, x: Tensor) -> Tensor:
+        """``[N, 3, H, W]`` in [0, 1] → ``[N, 2·ΣC_i]`` (eq. 1–6) for single frames."""
+        x = (x - self.mean) / self.std
+        x = self.backbone.stem(x)
+        maps = []
+        for i, stage in enumerate(self.backbone.stages):
+            x = stage(x)
+            if i in self.stages:
+                maps.append(x)
+            if i >= self.stages[-1]:
+                break
+        h, w = maps[-1].shape[-2:]
+        # Eq. 1: average-pool the shallower maps to the last used stage's H_N × W_N.
+        pooled = [F.adaptive_avg_pool2d(m, (h, w)) if m.shape[-2:] != (h, w) else m for m in maps]
+        feat = torch.cat(pooled, dim=1)  # eq. 2
+        if self.use_mhsa:
+            q = self.conv_in(feat)
+            n, d, hh, ww = q.shape
+            tokens = q.flatten(2).transpose(1, 2)  # [N, H·W, d]: MHSA over spatial positions
+            att, _ = self.mhsa(tokens, tokens, tokens, need_weights=False)
+            feat = feat + self.conv_out(att.transpose(1, 2).reshape(n, d, hh, ww))  # eq. 3
+        mu = feat.mean(dim=(2, 3))  # eq. 4
+        sigma = feat.flatten(2).std(dim=2, unbiased=False)  # eq. 5
+        return torch.cat([mu, sigma], dim=1)  # eq. 6
+
+    def forward(self, frames: Tensor) -> Tensor:
+        """``[B, T, 3, H, W]`` (T = 1 for images) → ``[B, out_dim]``; frames are averaged over T."""
+        if frames.dim() != 5:
+            raise ValueError(f"SpatialExtractor expects [B, T, 3, H, W], got {list(frames.shape)}")
+        b, t = frames.shape[:2]
+        # The paper reshapes B×T into the batch (images are single-frame videos); the clip-level
+        # spatial feature is the mean of its frames' features.
+        feats = self.frame_features(frames.flatten(0, 1))
+        return feats.view(b, t, -1).mean(dim=1)
+
+
+# =========================================================================== motion (eq. 7)
+class _Bottleneck3d(nn.Module):
+    """ResNet bottleneck with a temporal kernel in the first conv (SlowFast's "res" block)."""
+
+    def __init__(self, c_in: int, c_inner: int, c_out: int, kt: int, stride: int) -> None:
+        super().__init__()
+        self.a = nn.Conv3d(c_in, c_inner, (kt, 1, 1), padding=(kt // 2, 0, 0), bias=False)
+        self.a_bn = nn.BatchNorm3d(c_inner)
+        self.b = nn.Conv3d(c_inner, c_inner, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1), bias=False)
+        self.b_bn = nn.BatchNorm3d(c_inner)
+        self.c = nn.Conv3d(c_inner, c_out, 1, bias=False)
+        self.c_bn = nn.BatchNorm3d(c_out)
+        self.shortcut = None
+        if c_in != c_out or stride != 1:
+            self.shortcut = nn.Sequential(nn.Conv3d(c_in, c_out, 1, stride=(1, stride, stride), bias=False), nn.BatchNorm3d(c_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu(self.a_bn(self.a(x)))
+        y = F.relu(self.b_bn(self.b(y)))
+        y = self.c_bn(self.c(y))
+        return F.relu(y + (x if self.shortcut is None else self.shortcut(x)))
+
+
+def _stage(c_in: int, c_inner: int, c_out: int, depth: int, kt: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(*[_Bottleneck3d(c_in if i == 0 else c_out, c_inner, c_out, kt, stride if i == 0 else 1) for i in range(depth)])
+
+
+class SlowFast(nn.Module):
+    """SlowFast network (Feichtenhofer et al. 2019), ResNet-50 layout by default.
+
+    Slow pathway: ``width`` stem channels, temporal kernels 1/1/1/3/3 (stem, res2–res5), frames
+    subsampled by ``alpha``. Fast pathway: ``width / beta_inv`` channels, temporal kernels 5/3/3/3/3.
+    Lateral connections after the stem and res2–res4: a (5,1,1) conv with temporal stride ``alpha``
+    and ``2×`` the fast channels, concatenated to the slow pathway. Output: global-average-pooled
+    slow and fast features concatenated (2048 + 256 = 2304 for R50).
+
+    ``depths=(3, 4, 6, 3), width=64`` is R50; CPU demos use e.g. ``depths=(1, 1, 1, 1), width=16``,
+    which keeps the topology (a "reduced variant", documented in ``docs/unqa.md``).
+    """
+
+    def __init__(self, depths: Sequence[int] = (3, 4, 6, 3), width: int = 64, alpha: int = 4, beta_inv: int = 8,
+                 fusion_ratio: int = 2, fusion_kernel: int = 5) -> None:
+        super().__init__()
+        if len(depths) != 4:
+            raise ConfigError(f"model.net.motion.depths must list 4 stage depths (res2..res5), got {list(depths)}")
+        if width % beta_inv:
+            raise ConfigError(f"model.net.motion.width ({width}) must be divisible by beta_inv ({beta_inv})")
+        self.alpha = int(alpha)
+        ws, wf = int(width), int(width) // int(beta_inv)
+        self.slow_stem = nn.Sequential(nn.Conv3d(3, ws, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
+                                       nn.BatchNorm3d(ws), nn.ReLU(inplace=True))
+        self.fast_stem = nn.Sequential(nn.Conv3d(3, wf, (5, 7, 7), stride=(1, 2, 2), padding=(2, 3, 3), bias=False),
+                                       nn.BatchNorm3d(wf), nn.ReLU(inplace=True))
+        kts_slow, kts_fast = (1, 1, 3, 3), (3, 3, 3, 3)
+        self.fuse = nn.ModuleList()
+        self.slow_stages = nn.ModuleList()
+        self.fast_stages = nn.ModuleList()
+        slow_c, fast_c = ws, wf
+        for i, depth in enumerate(depths):
+            # Lateral fusion before res2..res5 (i.e. after the stem and after res2..res4).
+            self.fuse.append(nn.Sequential(
+                nn.Conv3d(fast_c, fusion_ratio * fast_c, (fusion_kernel, 1, 1), stride=(self.alpha, 1, 1),
+                          padding=(fusion_kernel // 2, 0, 0), bias=False),
+                nn.BatchNorm3d(fusion_ratio * fast_c), nn.ReLU(inplace=True)))
+            stride = 1 if i == 0 else 2
+            inner_s, inner_f = ws * 2**i, wf * 2**i
+            self.slow_stages.append(_stage(slow_c + fusion_ratio * fast_c, inner_s, 4 * inner_s, depth, kts_slow[i], stride))
+            self.fast_stages.append(_stage(fast_c, inner_f, 4 * inner_f, depth, kts_fast[i], stride))
+            slow_c, fast_c = 4 * inner_s, 4 * inner_f
+        self.out_dim = slow_c + fast_c
+        self.register_buffer("mean", torch.tensor([0.45, 0.45, 0.45]).view(1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.225, 0.225, 0.225]).view(1, 3, 1, 1, 1), persistent=False)
+
+    def forward(self, clip: Tensor) -> Tensor:
+        """``[B, 3, T, H, W]`` in [0, 1] (T a multiple of ``alpha``) → ``[B, out_dim]``."""
+        clip = (clip - self.mean) / self.std
+        fast = self.fast_stem(clip)
+        slow = self.slow_stem(clip[:, :, :: self.alpha])
+        slow = F.max_pool3d(slow, (1, 3, 3), (1, 2, 2), (0, 1, 1))
+        fast = F.max_pool3d(fast, (1, 3, 3), (1, 2, 2), (0, 1, 1))
+        for fuse, s_stage, f_stage in zip(self.fuse, self.slow_stages, self.fast_stages):
+            lateral = fuse(fast)
+            if lateral.shape[2] != slow.shape[2]:  # odd frame counts: align the temporal length
+                lateral = F.adaptive_avg_pool3d(lateral, slow.shape[2:])
+            slow = s_stage(torch.cat([slow, lateral], dim=1))
+            fast = f_stage(fast)
+        return torch.cat([slow.mean(dim=(2, 3, 4)), fast.mean(dim=(2, 3, 4))], dim=1)
+
+
+class MotionExtractor(nn.Module):
+    """Frozen SlowFast motion feature F_m (eq. 7); always in eval mode, never trained.
+
+    Args:
+        depths, width, alpha, beta_inv: :class:`SlowFast` architecture (R50 by default).
+        weights: local state dict of this architecture (key names of :class:`SlowFast`); None =
+            a deterministic random initialisation seeded by ``init_seed`` (so cached features stay
+            valid across runs and seeds).
+        init_seed: seed of the random initialisation.
+    """
+
+    def __init__(self, depths: Sequence[int] = (3, 4, 6, 3), width: int = 64, alpha: int = 4, beta_inv: int = 8,
+                 weights: str | None = None, init_seed: int = 0) -> None:
+        super().__init__()
+        with _fork_init(init_seed):
+            torch.manual_seed(int(init_seed))
+            self.net = SlowFast(depths=depths, width=width, alpha=alpha, beta_inv=beta_inv)
+        self.weights = weights
+        if weights:
+            state = load_local_weights(weights, "model.net.motion.weights")
+            missing, unexpected = self.net.load_state_dict(state, strict=False)
+            if missing:
+                raise ConfigError(
+                    f"model.net.motion.weights {weights}: {len(missing)} SlowFast tensors missing (e.g. {missing[:3]}); "
+                    "the file must use avlab's SlowFast key names (see docs/unqa.md for converting pytorchvideo checkpoints)")
+        self.out_dim = self.net.out_dim
+        self.alpha = int(alpha)
+        self.signature = {"depths": list(depths), "width": int(width), "alpha": int(alpha), "beta_inv": int(beta_inv),
+                          "init_seed": int(init_seed), "weights": str(weights) if weights else None}
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.net.eval()
+
+    def train(self, mode: bool = True) -> "MotionExtractor":
+        # The extractor is frozen: BatchNorm must keep its (pretrained) statistics.
+        super().train(False)
+        return self
+
+    @torch.no_grad()
+    def forward(self, clip: Tensor) -> Tensor:
+        return self.net(clip)
+
+
+# =========================================================================== audio (Fig. 5)
+class _FrameCNN(nn.Module):
+    """Framewise module: a small 2-D CNN over one mel segment ``[1, n_mels, seg_len]`` → ``dim``."""
+
+    def __init__(self, dim: int, channels: Sequence[int] = (16, 32, 64)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_prev = 1
+        for i, c in enumerate(channels):
+            layers += [nn.Conv2d(c_prev, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+            if i < len(channels) - 1:
+                layers.append(nn.MaxPool2d((2, 2), ceil_mode=True))
+            c_prev = c
+        self.body = nn.Sequential(*layers)
+        self.proj = nn.Linear(c_prev, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.body(x).mean(dim=(2, 3)))
+
+
+class AudioExtractor(nn.Module):
+    """Mel segments → framewise CNN → self-attention → attention pooling (Fig. 5, NISQA-style).
+
+    Args:
+        sample_rate: expected input rate (the datamodule resamples to it).
+        n_mels, n_fft, hop: log-mel spectrogram settings (window ``n_fft``, hann).
+        seg_len, seg_hop: mel frames per segment and the hop between overlapping segments.
+        dim: feature width d_a; num_heads, num_layers: the time-dependency Transformer.
+    """
+
+    def __init__(self, sample_rate: int = 16000, n_mels: int = 48, n_fft: int = 512, hop: int = 160, seg_len: int = 15,
+                 seg_hop: int = 4, dim: int = 128, num_heads: int = 4, num_layers: int = 1, dropout: float = 0.1) -> None:
+        super().__init__()
+        import librosa
+
+        self.sample_rate, self.n_fft, self.hop = int(sample_rate), int(n_fft), int(hop)
+        self.seg_len, self.seg_hop = int(seg_len), int(seg_hop)
+        mel = librosa.filters.mel(sr=self.sample_rate, n_fft=self.n_fft, n_mels=n_mels, fmax=self.sample_rate / 2)
+        self.register_buffer("mel_fb", torch.as_tensor(mel, dtype=torch.float32), persistent=False)
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        self.frame_cnn = _FrameCNN(dim)
+        layer = nn.TransformerEncoderLayer(dim, num_heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True)
+        self.time = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.pos = nn.Parameter(torch.zeros(1, 512, dim))
+        self.att_pool = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1))
+        self.out_dim = int(dim)
+
+    def log_mel(self, wave: Tensor) -> Tensor:
+        """``[B, n]`` → ``[B, n_mels, frames]`` log-mel (dB, floor −80 dB relative to 1)."""
+        spec = torch.stft(wave, self.n_fft, self.hop, window=self.window, center=True, return_complex=True).abs() ** 2
+        mel = torch.matmul(self.mel_fb, spec)
+        return 10.0 * torch.log10(mel.clamp_min(1e-8)) / 20.0  # /20: keeps the CNN input near unit scale
+
+    def forward(self, wave: Tensor, length: Tensor | None = None) -> Tensor:
+        """``[B, n]`` waveforms (zero-padded; ``length`` = valid samples per item) → ``[B, dim]``."""
+        mel = self.log_mel(wave)
+        b, n_mels, frames = mel.shape
+        if frames < self.seg_len:
+            mel = F.pad(mel, (0, self.seg_len - frames))
+            frames = self.seg_len
+        segs = mel.unfold(2, self.seg_len, self.seg_hop)  # [B, n_mels, S, seg_len]
+        s = segs.shape[2]
+        x = self.frame_cnn(segs.permute(0, 2, 1, 3).reshape(b * s, 1, n_mels, self.seg_len)).view(b, s, -1)
+        if s > self.pos.shape[1]:
+            raise ValueError(f"AudioExtractor: {s} segments exceed the positional table ({self.pos.shape[1]}); shorten the audio")
+        x = x + self.pos[:, :s]
+        mask = None
+        if length is not None:
+            valid_frames = (length.to(x.device) // self.hop) + 1
+            n_valid = ((valid_frames - self.seg_len).clamp_min(0) // self.seg_hop + 1).clamp(1, s)
+            mask = torch.arange(s, device=x.device)[None, :] >= n_valid[:, None]  # True = padding
+        x = self.time(x, src_key_padding_mask=mask)
+        score = self.att_pool(x).squeeze(-1)
+        if mask is not None:
+            score = score.masked_fill(mask, float("-inf"))
+        w = torch.softmax(score, dim=1)
+        return (w.unsqueeze(-1) * x).sum(dim=1)
+
+
+# =========================================================================== regressors (eq. 8)
+class _TokenTransformer(nn.Module):
+    """Table IX "Transformer" regressor: one shared head over tokens of the available features."""
+
+    def __init__(self, dims: dict[str, int], d_model: int = 128, num_heads: int = 4, hidden: int = 128) -> None:
+        super().__init__()
+        self.proj = nn.ModuleDict({k: nn.Linear(d, d_model) for k, d in dims.items()})
+        self.type_emb = nn.ParameterDict({k: nn.Parameter(torch.zeros(1, d_model)) for k in dims})
+        self.cls = nn.Parameter(torch.zeros(1, 1, d_model))
+        layer = nn.TransformerEncoderLayer(d_model, num_heads, dim_feedforward=2 * d_model, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.head = MLPHead(d_model, [hidden], 1)
+
+    def forward(self, feats: dict[str, Tensor]) -> Tensor:
+        tokens = [self.proj[k](v) + self.type_emb[k] for k, v in feats.items()]
+        b = tokens[0].shape[0]
+        x = torch.cat([self.cls.expand(b, -1, -1), torch.stack(tokens, dim=1)], dim=1)
+        return self.head(self.encoder(x)[:, 0]).squeeze(-1)
+
+
+class UNQANet(nn.Module):
+    """Extractors + regressors of UNQA.
+
+    Args:
+        spatial, motion, audio: the three extractors; set one to ``null`` for the "w/o S/M/A"
+            ablations of Table VII (eq. 8 then drops that feature; a modality left with no feature
+            cannot be scored and its databases must be dropped from the config).
+        regressor: ``modality`` (paper: four regressors), ``mlp`` (one MLP over the zero-filled
+            concatenation) or ``transformer`` (one Transformer over feature tokens) — Table IX.
+        hidden: hidden width of every two-FC-layer regressor.
+        dropout: dropout between the two FC layers.
+    """
+
+    def __init__(self, spatial: SpatialExtractor | None = None, motion: MotionExtractor | None = None,
+                 audio: AudioExtractor | None = None, regressor: str = "modality", hidden: int = 128,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.spatial, self.motion, self.audio = spatial, motion, audio
+        if regressor not in ("modality", "mlp", "transformer"):
+            raise ConfigError(f"model.net.regressor must be modality, mlp or transformer, got {regressor!r}")
+        self.regressor = regressor
+        self.hidden, self.dropout = int(hidden), float(dropout)
+        self.dims = {k: m.out_dim for k, m in (("s", spatial), ("m", motion), ("a", audio)) if m is not None}
+        if not self.dims:
+            raise ConfigError("model.net needs at least one of spatial, motion and audio")
+        if regressor == "modality":
+            self.modality_heads = nn.ModuleDict({m: self._head(self.feature_dim(m)) for m in MODALITIES if self.feature_keys(m)})
+        elif regressor == "mlp":
+            self.shared_head = self._head(sum(self.dims.values()))
+        else:
+            self.shared_head = _TokenTransformer(self.dims, hidden=self.hidden)
+        self.database_heads = nn.ModuleDict()
+        self.database_modality: dict[str, str] = {}
+
+    def _head(self, in_dim: int) -> MLPHead:
+        # "two fully connected layers" (§III-D)
+        return MLPHead(in_dim, [self.hidden], 1, activation="relu", dropout=self.dropout)
+
+    # ------------------------------------------------------------------ feature sets (eq. 8)
+    def feature_keys(self, modality: str) -> tuple[str, ...]:
+        """Eq. 8 feature set of ``modality`` restricted to the enabled extractors."""
+        return tuple(k for k in FEATURES_OF[modality] if k in self.dims)
+
+    def feature_dim(self, modality: str) -> int:
+        return sum(self.dims[k] for k in self.feature_keys(modality))
+
+    def can_score(self, modality: str) -> bool:
+        return bool(self.feature_keys(modality))
+
+    def add_database_heads(self, databases: Mapping[str, str]) -> None:
+        """Step one's M database-specific regressors, ``{name: modality}``, in a fixed order."""
+        for name in sorted(databases):
+            modality = databases[name]
+            if modality not in FEATURES_OF:
+                raise ConfigError(f"database `{name}`: unsupported modality {modality!r}; use one of {', '.join(MODALITIES)}")
+            if not self.can_score(modality):
+                continue
+            self.database_heads[name] = self._head(self.feature_dim(modality))
+            self.database_modality[name] = modality
+
+    def extract(self, frames: Tensor | None = None, motion: Tensor | None = None, wave: Tensor | None = None,
+                wave_len: Tensor | None = None) -> dict[str, Tensor]:
+        """Run the available extractors; ``motion`` is the (cached) F_m of eq. 7."""
+        out: dict[str, Tensor] = {}
+        if frames is not None and self.spatial is not None:
+            out["s"] = self.spatial(frames)
+        if motion is not None and self.motion is not None:
+            out["m"] = motion
+        if wave is not None and self.audio is not None:
+            out["a"] = self.audio(wave, wave_len)
+        return out
+
+    def _concat(self, feats: dict[str, Tensor], modality: str) -> Tensor:
+        keys = self.feature_keys(modality)
+        missing = [k for k in keys if k not in feats]
+        if missing:
+            raise ValueError(f"{modality} input lacks features {missing}")
+        return torch.cat([feats[k] for k in keys], dim=1)  # eq. 8
+
+    def _shared(self, feats: dict[str, Tensor], modality: str) -> Tensor:
+        keys = self.feature_keys(modality)
+        if self.regressor == "transformer":
+            return self.shared_head({k: feats[k] for k in keys})
+        b = next(iter(feats.values())).shape[0]
+        ref = next(iter(feats.values()))
+        # Single MLP: absent features are zero-filled so every modality shares one input layout.
+        parts = [feats[k] if k in keys else ref.new_zeros(b, d) for k, d in self.dims.items()]
+        return self.shared_head(torch.cat(parts, dim=1)).squeeze(-1)
+
+    def modality_score(self, feats: dict[str, Tensor], modality: str, has_audio: Tensor | None = None) -> Tensor:
+        """Score with the modality regressor; AV items without audio use the video regressor."""
+        if modality == "av" and has_audio is not None and not bool(has_audio.all()):
+            out = torch.empty(has_audio.shape[0], device=has_audio.device, dtype=next(iter(feats.values())).dtype)
+            with_a, without = has_audio.bool(), ~has_audio.bool()
+            if with_a.any():
+                out[with_a] = self.modality_score({k: v[with_a] for k, v in feats.items()}, "av")
+            if without.any():
+                sub = {k: v[without] for k, v in feats.items() if k != "a"}
+                out[without] = self.modality_score(sub, "video")
+            return out
+        if self.regressor != "modality":
+            return self._shared(feats, modality)
+        if modality not in self.modality_heads:
+            raise ConfigError(f"no regressor for {modality} inputs: its eq. 8 features {FEATURES_OF[modality]} are all disabled")
+        return self.modality_heads[modality](self._concat(feats, modality)).squeeze(-1)
+
+    def database_score(self, feats: dict[str, Tensor], database: str) -> Tensor:
+        """Step one: score with the database-specific regressor of ``database``."""
+        if database not in self.database_heads:
+            raise ConfigError(f"database `{database}` has no step-one regressor (is it in model.databases?)")
+        modality = self.database_modality[database]
+        return self.database_heads[database](self._concat(feats, modality)).squeeze(-1)
+
+    # ------------------------------------------------------------------ parameter groups for the schedule
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named parts that the three-step schedule freezes or trains."""
+        groups: dict[str, list[nn.Parameter]] = {"spatial": [], "audio": [], "database_heads": [], "modality_heads": []}
+        if self.spatial is not None:
+            groups["spatial"] = list(self.spatial.parameters())
+        if self.audio is not None:
+            groups["audio"] = list(self.audio.parameters())
+        groups["database_heads"] = list(self.database_heads.parameters())
+        groups["modality_heads"] = list(self.modality_heads.parameters()) if self.regressor == "modality" else list(self.shared_head.parameters())
+        return groups
+
+
+def count_parameters(module: nn.Module) -> int:
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+def uniform_indices(n: int, k: int) -> np.ndarray:
+    """``k`` frame indices spread uniformly over ``n`` frames (repeats when ``n < k``)."""
+    if n <= 0:
+        raise ValueError("uniform_indices: no frames")
+    return np.clip(np.round(np.linspace(0, n - 1, k)).astype(int), 0, n - 1) if k > 1 else np.array([n // 2])
+

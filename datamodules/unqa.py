@@ -1,0 +1,475 @@
+"""Data of the ``unqa`` task: several quality databases of four modalities, trained jointly.
+
+``data.databases`` is a mapping ``{name: {format, path, modality, mos_range, role}}``; each entry is
+one database in its native score-file format (:mod:`avlab.datamodules.unqa_readers`). Adding or
+dropping a database is a config edit (``data.databases.NAME=null`` drops one).
+
+Splits (paper §V-A): each training database is split at random 7:1:2 into train/val/test by content
+group (LIVE-SJTU by source clip); ``splits.repeats=N`` draws N such splits (seed
+``[split_seed, i]``). A ``role: test`` database is never trained on and fully tested
+(cross-database evaluation, Table XII).
+
+Training batches come from one database at a time, in the order drawn by
+:class:`avlab.callbacks.task_sampling.WeightedTaskSampling` (adaptive weighted task sampling); the
+training set is an ``IterableDataset`` of ready batches so Lightning never injects a
+``DistributedSampler`` (each rank already gets its own rank-strided items). Validation and test
+have one loader per database, and metrics are computed per database on predictions gathered from
+every rank.
+
+Media preprocessing (paper §V-A, scaled by config): images and video frames are resized so their
+short side is ``resize_short`` and centre-cropped to ``image_size`` (paper 520 → 384); videos give
+``frames`` frames to the spatial extractor and ``motion_chunks`` clips of ``motion_frames`` frames at
+``motion_size`` (paper 224) to the frozen SlowFast; audio is mono at ``audio_sr`` Hz, the first
+``audio_seconds`` seconds (zero-padded).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from avlab.datamodules.base import AvlabDataModule
+from avlab.datamodules.unqa_readers import IMAGE_EXTENSIONS, DatabaseSpec, parse_databases, read_database
+from avlab.errors import DataError, MediaError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MediaLoader", "UNQADataModule", "detect_modality"]
+
+
+# --------------------------------------------------------------------------- media decoding
+def detect_modality(path: str | Path) -> str:
+    """``image``, ``video``, ``audio`` or ``av`` (a video with an audio track) of a media file."""
+    p = Path(path)
+    if p.suffix.lower() in IMAGE_EXTENSIONS:
+        if not p.is_file():
+            raise MediaError(f"{p} does not exist")
+        return "image"
+    from avlab.media.ffmpeg import probe
+
+    info = probe(p)
+    if info.has_video and info.n_frames > 1:
+        return "av" if info.has_audio else "video"
+    if info.has_video:
+        return "image"
+    return "audio"
+
+
+class MediaLoader:
+    """Decodes and preprocesses one stimulus (shared by training, testing and ``avlab predict``)."""
+
+    def __init__(self, image_size: int = 64, resize_short: int | None = None, frames: int = 4, motion_frames: int = 8,
+                 motion_size: int = 64, motion_chunks: int = 1, audio_sr: int = 16000, audio_seconds: float = 2.0) -> None:
+        self.image_size, self.resize_short = int(image_size), int(resize_short or image_size)
+        self.frames, self.motion_frames, self.motion_size = int(frames), int(motion_frames), int(motion_size)
+        self.motion_chunks = max(1, int(motion_chunks))
+        self.audio_sr, self.audio_len = int(audio_sr), int(round(audio_seconds * audio_sr))
+
+    # ---------------------------------------------------------------- pixels
+    @staticmethod
+    def _resize_crop(x: Tensor, short: int, crop: int) -> Tensor:
+        """``[N, 3, H, W]`` float → short side ``short`` (bilinear, antialiased), centre crop ``crop``."""
+        h, w = x.shape[-2:]
+        s = short / min(h, w)
+        nh, nw = max(crop, round(h * s)), max(crop, round(w * s))
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+        top, left = (nh - crop) // 2, (nw - crop) // 2
+        return x[..., top:top + crop, left:left + crop].clamp(0, 1)
+
+    def image(self, path: str) -> Tensor:
+        """``[1, 3, S, S]`` in [0, 1]."""
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                arr = np.array(im.convert("RGB"))  # a writable copy for torch.from_numpy
+        except (OSError, ValueError) as exc:
+            raise MediaError(f"cannot read image {path}: {exc}") from exc
+        x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0
+        return self._resize_crop(x, self.resize_short, self.image_size)
+
+    def _read_frames(self, path: str, indices_fn: Any, yuv: tuple[int, int] | None) -> np.ndarray:
+        if yuv is not None or str(path).lower().endswith(".yuv"):
+            if yuv is None:
+                raise MediaError(f"{path}: raw YUV needs its width and height (from the score file)")
+            return _read_yuv420(path, yuv[0], yuv[1], indices_fn)
+        import decord
+
+        try:
+            vr = decord.VideoReader(str(path), num_threads=1)
+        except Exception as exc:  # noqa: BLE001 - decord raises its own error types
+            raise MediaError(f"cannot decode video {path}: {exc}") from exc
+        idx = indices_fn(len(vr))
+        return vr.get_batch(list(map(int, idx))).asnumpy()
+
+    def video_frames(self, path: str, yuv: tuple[int, int] | None = None) -> Tensor:
+        """``frames`` frames spread over the video → ``[T, 3, S, S]`` for the spatial extractor."""
+        from avlab.models.unqa import uniform_indices
+
+        arr = self._read_frames(path, lambda n: uniform_indices(n, self.frames), yuv)
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+        return self._resize_crop(x, self.resize_short, self.image_size)
+
+    def motion_clips(self, path: str, yuv: tuple[int, int] | None = None) -> Tensor:
+        """``[chunks, 3, motion_frames, M, M]``: one clip per temporal chunk (SlowFast input)."""
+        def indices(n: int) -> np.ndarray:
+            out = []
+            for c in range(self.motion_chunks):
+                lo, hi = c * n // self.motion_chunks, max(c * n // self.motion_chunks + 1, (c + 1) * n // self.motion_chunks)
+                # consecutive frames from the chunk's start when it is long enough, else spread/repeated
+                span = np.arange(lo, min(hi, lo + self.motion_frames))
+                if len(span) < self.motion_frames:
+                    span = np.clip(np.round(np.linspace(lo, hi - 1, self.motion_frames)).astype(int), 0, n - 1)
+                out.append(span)
+            return np.concatenate(out)
+
+        arr = self._read_frames(path, indices, yuv)
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+        x = self._resize_crop(x, self.motion_size, self.motion_size)
+        x = x.view(self.motion_chunks, self.motion_frames, 3, self.motion_size, self.motion_size)
+        return x.permute(0, 2, 1, 3, 4).contiguous()
+
+    # ---------------------------------------------------------------- audio
+    def audio(self, path: str) -> tuple[Tensor, int, bool]:
+        """``(wave [n], valid samples, has_audio)``: mono, ``audio_sr``, first ``audio_seconds``."""
+        wave: np.ndarray | None = None
+        if str(path).lower().endswith((".wav", ".flac")):
+            import soundfile as sf
+
+            try:
+                data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+                wave = data.mean(axis=1)
+                if sr != self.audio_sr:
+                    import librosa
+
+                    wave = librosa.resample(wave, orig_sr=sr, target_sr=self.audio_sr)
+            except RuntimeError:
+                wave = None
+        if wave is None:
+            from avlab.media.ffmpeg import load_audio, probe
+
+            if not probe(path).has_audio:  # missing modality: an AV item without audio
+                return torch.zeros(self.audio_len), 0, False
+            data, _ = load_audio(path, sr=self.audio_sr, mono=True)
+            wave = data[0]
+        wave = np.asarray(wave, dtype=np.float32)[: self.audio_len]
+        out = torch.zeros(self.audio_len)
+        out[: len(wave)] = torch.from_numpy(wave)
+        return out, len(wave), len(wave) > 0
+
+
+def _read_yuv420(path: str, width: int, height: int, indices_fn: Any) -> np.ndarray:
+    """Frames of a raw 8-bit YUV 4:2:0 file as RGB ``[T, H, W, 3]`` uint8 (BT.601 full-range)."""
+    frame = width * height * 3 // 2
+    size = Path(path).stat().st_size
+    n = size // frame
+    if n == 0:
+        raise MediaError(f"{path}: smaller than one {width}x{height} YUV 4:2:0 frame; check the resolution")
+    out = []
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    for i in indices_fn(n):
+        buf = mm[int(i) * frame:(int(i) + 1) * frame]
+        y = buf[: width * height].reshape(height, width).astype(np.float32)
+        u = buf[width * height: width * height * 5 // 4].reshape(height // 2, width // 2).repeat(2, 0).repeat(2, 1).astype(np.float32) - 128
+        v = buf[width * height * 5 // 4:].reshape(height // 2, width // 2).repeat(2, 0).repeat(2, 1).astype(np.float32) - 128
+        rgb = np.stack([y + 1.402 * v, y - 0.344136 * u - 0.714136 * v, y + 1.772 * u], axis=-1)
+        out.append(np.clip(rgb, 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+# --------------------------------------------------------------------------- datasets
+class _Items(Dataset):
+    """Map-style view of some stimuli (by global id); used for validation and testing."""
+
+    def __init__(self, dm: "UNQADataModule", uids: np.ndarray) -> None:
+        self.dm, self.uids = dm, np.asarray(uids, dtype=int)
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.dm.load_item(int(self.uids[i]))
+
+
+class _PlannedBatches(IterableDataset):
+    """Yields the collated batches of the current epoch plan (one database per batch)."""
+
+    def __init__(self, dm: "UNQADataModule") -> None:
+        self.dm = dm
+
+    def __len__(self) -> int:
+        return self.dm.steps_per_epoch()
+
+    def __iter__(self):
+        plan = self.dm.current_plan()
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        # Worker w decodes steps w, w + nw, ...; the DataLoader interleaves workers round-robin,
+        # so batches still come out in plan order.
+        for step in range(wid, len(plan), nw):
+            _, uids = plan[step]
+            yield self.dm.collate([self.dm.load_item(int(u)) for u in uids])
+
+
+# --------------------------------------------------------------------------- datamodule
+class UNQADataModule(AvlabDataModule):
+    """Joint audio/image/video/AV quality databases (UNQA).
+
+    Args:
+        root: folder holding the database folders; unset ⇒ the demo databases.
+        databases: ``{name: {format, path, modality, mos_range, role}}`` (see module docstring);
+            ``None`` = the demo databases.
+        split_ratios: train/val/test fractions per database (paper 7:1:2).
+        split_seed: base seed of the random splits.
+        image_size, resize_short, frames, motion_frames, motion_size, motion_chunks, audio_sr,
+            audio_seconds: preprocessing (see module docstring).
+        logistic: ``"4"``/``"5"`` also reports PLCC after a logistic fit (``plcc_logistic``);
+            ``None`` reports raw PLCC only.
+        cache_decoded: keep decoded stimuli in memory (small databases / demo only).
+        dataset_name: prefix for cross-dataset test metrics (``test_data``).
+    """
+
+    task = "unqa"
+    supported_protocols = ("repeat",)
+
+    def __init__(self, root: str | None = None, databases: dict[str, Any] | None = None,
+                 split_ratios: list[float] | tuple[float, float, float] = (0.7, 0.1, 0.2), split_seed: int = 0,
+                 image_size: int = 64, resize_short: int | None = None, frames: int = 4, motion_frames: int = 8,
+                 motion_size: int = 64, motion_chunks: int = 1, audio_sr: int = 16000, audio_seconds: float = 2.0,
+                 logistic: str | None = "4", cache_decoded: bool = False, dataset_name: str | None = None,
+                 demo_size: str = "small", batch_size: int = 8, num_workers: int = 0) -> None:
+        super().__init__(root=root, demo_size=demo_size, batch_size=batch_size, num_workers=num_workers)
+        if databases is None:
+            from avlab.demo.unqa import DEMO_DATABASES
+
+            databases = DEMO_DATABASES
+        self.specs: list[DatabaseSpec] = parse_databases(databases)
+        ratios = [float(r) for r in split_ratios]
+        if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1.0) > 1e-6:
+            raise DataError(f"data.split_ratios must be three fractions summing to 1 (train, val, test), got {list(split_ratios)}")
+        if batch_size < 2:
+            raise DataError("data.batch_size must be >= 2: the rank losses compare items within a batch")
+        self.split_ratios = ratios
+        self.split_seed = int(split_seed)
+        self.media = MediaLoader(image_size, resize_short, frames, motion_frames, motion_size, motion_chunks, audio_sr, audio_seconds)
+        self.logistic = logistic
+        self.cache_decoded = bool(cache_decoded)
+        self.dataset_name = dataset_name
+        self.table: pd.DataFrame | None = None
+        self.parts: dict[str, dict[int, np.ndarray]] = {}
+        self.motion: np.ndarray | None = None
+        self.motion_signature: Any = None
+        self.task_sampler: Any = None
+        self._plan: list[tuple[int, np.ndarray]] | None = None
+        self._memo: dict[int, dict[str, Any]] = {}
+
+    @staticmethod
+    def build_demo(out_dir: Path, size: str = "small") -> Path:
+        from avlab.demo.unqa import build_unqa_demo
+
+        return build_unqa_demo(Path(out_dir), size=size)
+
+    # ------------------------------------------------------------------ names
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    @property
+    def modalities(self) -> list[str]:
+        return [s.modality for s in self.specs]
+
+    def database_modalities(self, role: str | None = "train") -> dict[str, str]:
+        return {s.name: s.modality for s in self.specs if role is None or s.role == role}
+
+    # ------------------------------------------------------------------ reading
+    def read_all(self) -> tuple[pd.DataFrame, list[str]]:
+        root = self.dataset_root(build=False)
+        frames, problems = [], []
+        for d, spec in enumerate(self.specs):
+            table, probs = read_database(spec, root)
+            problems.extend(probs)
+            if len(table):
+                table = table.assign(db=d, db_name=spec.name, modality=spec.modality,
+                                     mos_lo=spec.mos_range[0], mos_hi=spec.mos_range[1])
+                frames.append(table)
+            elif not probs:
+                problems.append(f"database `{spec.name}`: its score file lists no stimuli")
+        table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        return table, problems
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.table is None:
+            self.dataset_root(build=True)
+            table, problems = self.read_all()
+            if problems:
+                raise DataError(f"{len(problems)} problem(s) in the unqa databases:\n  - " + "\n  - ".join(problems[:30]))
+            for col in ("width", "height", "fps"):
+                if col not in table:
+                    table[col] = np.nan
+            table["uid"] = np.arange(len(table))
+            # Normalised MOS in [0, 1] via the declared nominal range (IBM rescale): step one's MAE
+            # then weighs databases on 0–5 and 0–100 scales alike.
+            table["mos_norm"] = (table["mos"] - table["mos_lo"]) / (table["mos_hi"] - table["mos_lo"])
+            self.table = table
+        self._make_splits()
+
+    def _make_splits(self) -> None:
+        index = self.split_index if self.split_kind == "repeat" else 0
+        parts: dict[str, dict[int, np.ndarray]] = {"train": {}, "val": {}, "test": {}}
+        for d, spec in enumerate(self.specs):
+            rows = self.table[self.table["db"] == d]
+            uids = rows["uid"].to_numpy()
+            if spec.role == "test":
+                parts["test"][d] = uids
+                continue
+            groups = np.array(sorted(rows["group"].astype(str).unique()))
+            rng = np.random.default_rng([self.split_seed, index, d])
+            groups = rng.permutation(groups)
+            g = len(groups)
+            n_test = max(1, int(round(self.split_ratios[2] * g))) if g >= 3 else 0
+            n_val = max(1, int(round(self.split_ratios[1] * g))) if g >= 3 else 0
+            n_train = g - n_test - n_val
+            if n_train < 1:
+                raise DataError(f"database `{spec.name}` has only {g} content group(s); it needs at least 3 to split 7:1:2")
+            split_of = {grp: ("train" if i < n_train else "val" if i < n_train + n_val else "test") for i, grp in enumerate(groups)}
+            which = rows["group"].astype(str).map(split_of).to_numpy()
+            for part in ("train", "val", "test"):
+                parts[part][d] = uids[which == part]
+        self.parts = parts
+
+    # ------------------------------------------------------------------ items
+    def row(self, uid: int) -> pd.Series:
+        return self.table.iloc[uid]
+
+    def _yuv(self, row: pd.Series) -> tuple[int, int] | None:
+        if str(row["media"]).lower().endswith(".yuv"):
+            return int(row["width"]), int(row["height"])
+        return None
+
+    def load_item(self, uid: int) -> dict[str, Any]:
+        if uid in self._memo:
+            return self._memo[uid]
+        r = self.row(uid)
+        item: dict[str, Any] = {"uid": uid, "db": int(r["db"]), "mos": float(r["mos"]), "mos_norm": float(r["mos_norm"]),
+                                "modality": r["modality"]}
+        try:
+            if r["modality"] == "image":
+                item["frames"] = self.media.image(r["media"])
+            elif r["modality"] in ("video", "av"):
+                item["frames"] = self.media.video_frames(r["media"], self._yuv(r))
+            if r["modality"] in ("audio", "av"):
+                src = r["audio"] if isinstance(r["audio"], str) and r["audio"] else r["media"]
+                item["wave"], item["wave_len"], item["has_audio"] = self.media.audio(src)
+        except MediaError as exc:
+            raise MediaError(f"database `{r['db_name']}` ({r['where']}): {exc}") from exc
+        if self.cache_decoded:
+            self._memo[uid] = item
+        return item
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Stack items of one database into a batch; adds cached motion features when available."""
+        out: dict[str, Any] = {
+            "uid": torch.tensor([it["uid"] for it in items]), "db": torch.tensor([it["db"] for it in items]),
+            "mos": torch.tensor([it["mos"] for it in items], dtype=torch.float32),
+            "mos_norm": torch.tensor([it["mos_norm"] for it in items], dtype=torch.float32),
+            "modality": items[0]["modality"],
+        }
+        if "frames" in items[0]:
+            out["frames"] = torch.stack([it["frames"] for it in items])
+        if "wave" in items[0]:
+            out["wave"] = torch.stack([it["wave"] for it in items])
+            out["wave_len"] = torch.tensor([it["wave_len"] for it in items])
+            out["has_audio"] = torch.tensor([bool(it["has_audio"]) for it in items])
+        if self.motion is not None and out["modality"] in ("video", "av"):
+            out["motion"] = torch.from_numpy(self.motion[out["uid"].numpy()])
+        return out
+
+    def _collate_list(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.collate(items)
+
+    # ------------------------------------------------------------------ motion features (set by the module)
+    def video_uids(self) -> np.ndarray:
+        return self.table.loc[self.table["modality"].isin(["video", "av"]), "uid"].to_numpy()
+
+    def set_motion_features(self, features: np.ndarray, signature: Any) -> None:
+        self.motion, self.motion_signature = np.asarray(features, dtype=np.float32), signature
+
+    # ------------------------------------------------------------------ task-sampled training
+    def train_plan_inputs(self) -> tuple[list[np.ndarray], list[str], list[str]]:
+        """Training ids per database (in config order), their modalities and names."""
+        return [self.parts["train"].get(d, np.array([], dtype=int)) for d in range(len(self.specs))], self.modalities, self.names
+
+    def _sampler(self) -> Any:
+        if self.task_sampler is None:
+            from avlab.callbacks.task_sampling import TaskSampler
+
+            warnings.warn("no WeightedTaskSampling callback configured: using plain weighted task sampling "
+                          "(audio_repeat=1) whose state is not checkpointed", RuntimeWarning, stacklevel=2)
+            self.task_sampler = TaskSampler(seed=self.split_seed, audio_repeat=1)
+        return self.task_sampler
+
+    def _world(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.world_size, t.global_rank) if t is not None else (1, 0)
+
+    def steps_per_epoch(self) -> int:
+        idx, mods, _ = self.train_plan_inputs()
+        world, _ = self._world()
+        return int(sum(self._sampler().steps_per_database([len(i) for i in idx], mods, self.batch_size * world)))
+
+    def set_train_plan(self, plan: list[tuple[int, np.ndarray]]) -> None:
+        self._plan = plan
+
+    def current_plan(self) -> list[tuple[int, np.ndarray]]:
+        if self._plan is None:  # no callback drew one: draw it here (single process semantics)
+            world, rank = self._world()
+            idx, mods, _ = self.train_plan_inputs()
+            self._plan = self._sampler().plan_epoch(idx, mods, self.batch_size, world, rank)
+        plan, self._plan = self._plan, None
+        return plan
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_PlannedBatches(self), batch_size=None, num_workers=self.num_workers)
+
+    def _eval_loaders(self, part: str) -> list[DataLoader]:
+        return [DataLoader(_Items(self, self.parts[part][d]), batch_size=self.batch_size, shuffle=False,
+                           num_workers=self.num_workers, collate_fn=self._collate_list)
+                for d in self.eval_databases(part)]
+
+    def eval_databases(self, part: str) -> list[int]:
+        """Database indices with items in ``part`` (one val/test dataloader each, in this order)."""
+        return [d for d in range(len(self.specs)) if len(self.parts[part].get(d, [])) > 0]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")
+
+    # ------------------------------------------------------------------ checks
+    def check(self) -> list[str]:
+        try:
+            root = self.dataset_root(build=False)
+        except DataError as exc:
+            return [str(exc)]
+        if not root.exists():
+            return [f"{root} does not exist"]
+        _, problems = self.read_all()
+        return problems
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"root": str(self.dataset_root())}
+        for spec in self.specs:
+            out[f"database {spec.name}"] = f"{spec.format}, {spec.modality}, MOS {spec.mos_range[0]:g}-{spec.mos_range[1]:g}, role {spec.role}"
+        if self.table is not None:
+            out["stimuli"] = len(self.table)
+        return out
