@@ -112,9 +112,16 @@ def _quiet_known_warnings() -> None:
         r".*isinstance\(treespec, LeafSpec\).*",  # Lightning vs newer torch.utils._pytree
         r".*smaller than the logging interval.*",  # tiny demo datasets have few batches
         r".*does not have many workers.*",  # num_workers=0 is deliberate on CPU demos
-        r".*litlogger.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
+    import logging
+
+    class _DropAdverts(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "litlogger" not in record.getMessage()
+
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropAdverts())
 
 
 def main(argv: list[str] | None = None) -> int:
