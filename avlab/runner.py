@@ -329,7 +329,8 @@ def test(cfg: DictConfig) -> RunResult:
         pred = np.asarray(model.predict(features), dtype=float)
         metrics = {f"test/{k}": v for k, v in datamodule.evaluate(pred, target, split="test", run_dir=run_dir).items()}
         lines = []
-    metrics = write_metrics(run_dir, metrics)
+    if _is_rank_zero():
+        metrics = write_metrics(run_dir, metrics)
     return RunResult(run_dir, metrics, [metrics], lines)
 
 
