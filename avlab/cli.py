@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("experiment", nargs="?", help="config name under experiments/ (e.g. avq/attentive_fusion) or a YAML path")
         sp.add_argument("overrides", nargs="*", help="key=value config overrides")
         sp.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        sp.add_argument("--overlay", action="append", default=[], metavar="NAME",
+                        help="merge another config file after the experiment (repeatable), e.g. saliency/_cpu")
         sp.add_argument("--list", action="store_true", help="list the available experiments and exit")
         return sp
 
@@ -154,7 +156,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.command == "features" and "/" not in args.experiment and not args.experiment.endswith(".yaml"):
             args.experiment = f"{args.experiment}/_base"
         require = ("data",) if args.command == "features" else ("data", "model")
-        cfg = config_mod.load_experiment(args.experiment, overrides, require=require)
+        cfg = config_mod.load_experiment(args.experiment, overrides, require=require, overlays=args.overlay)
         if args.print_config:
             print(config_mod.to_yaml(cfg))
             return 0

@@ -227,10 +227,17 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
 
 
 def load_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), *, validate_targets: bool = True,
-                    require: tuple[str, ...] = ("data", "model")) -> DictConfig:
-    """Compose, override and validate an experiment; the result is resolved and read-only-safe."""
+                    require: tuple[str, ...] = ("data", "model"), overlays: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose, override and validate an experiment; the result is resolved.
+
+    ``overlays`` are further config files (names or paths) merged after the experiment and before
+    the overrides, like profiles: ``saliency/_cpu`` shrinks any saliency experiment to CPU scale.
+    """
     path, display = find_experiment(name)
     cfg = OmegaConf.merge(schema_defaults(), _compose(path))
+    for overlay in overlays:
+        overlay_path, _ = find_experiment(overlay, relative_to=path.parent)
+        cfg = _merge(cfg, _compose(overlay_path))
     cfg = _merge(cfg, parse_overrides(list(overrides)))
     cfg.experiment = display
     try:

@@ -143,3 +143,11 @@ def test_last_checkpoint_follows_every_epoch_even_when_the_monitor_stalls(capsys
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 2
     assert (run_dir / "checkpoints" / "best-epoch000.ckpt").is_file()
+
+
+def test_overlay_profiles_merge_between_experiment_and_overrides(capsys) -> None:
+    cfg = load_experiment("saliency/avrsp_av", ["trainer.max_epochs=2"], overlays=["saliency/_cpu"])
+    assert cfg.data.clip_len == 8 and cfg.model.visual.width_mult == 0.125
+    assert cfg.trainer.max_epochs == 2  # the command line still wins
+    assert cli.main(["train", "saliency/avrsp_av", "--overlay", "saliency/_cpu", "--print-config"]) == 0
+    assert "clip_len: 8" in capsys.readouterr().out
