@@ -33,7 +33,13 @@ demo: $(STAMP)
 	@echo
 	@echo "NOTE: the demo MOS is a pseudo-MOS computed from objective measures (VMAF, audio spectral"
 	@echo "similarity), not subjective ratings; see avlab/demo/avq.py. Numbers compare models, not papers."
-	$(BIN)/avlab compare $(DEMO_RUNS)/avq/*/* --metrics test/plcc,test/srcc,test/rmse,test/importance_audio,test/importance_video
+	$(BIN)/avlab compare $(DEMO_RUNS)/avq/*/* --no-config-diff --metrics test/plcc,test/srcc,test/rmse
+	@echo "Modality importance of Attentive AV-FusionNet per held-out source (eq. 6-8; alpha=0.7, beta=0.3):"
+	@$(BIN)/python -c "import pandas as pd, glob; \
+	  t = pd.read_csv(glob.glob('$(DEMO_RUNS)/avq/attentive_fusion/*/modality_importance_by_source.csv')[0], index_col=0); \
+	  t['dominant'] = ['audio' if a > v else 'video' for a, v in zip(t.importance_audio, t.importance_video)]; \
+	  print(t.round(3).to_string())"
+	@ls -d $(DEMO_RUNS)/avq/attentive_fusion/* | sed 's/^/run directory: /'
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" -n 2 --timeout 900 $(PYTEST_ARGS)
