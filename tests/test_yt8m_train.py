@@ -169,3 +169,15 @@ def test_ddp_evaluation_reads_each_record_once_and_matches_single_process(tiny: 
     assert sorted(result["ids"]) == sorted(ids) and len(set(ids)) == len(ids) == 128  # 2 ranks x 2 workers, once each
     for key, value in metric.compute().items():
         assert result["metrics"][key] == pytest.approx(float(value), abs=1e-6), key
+
+
+def test_attend_fusion_beats_both_single_modality_ablations_on_gap(capsys, tmp_path: Path):
+    """On the (small) demo data some labels can only be seen and others only heard."""
+    gap = {}
+    for name in ("attend_fusion", "attend_fusion_audio_only", "attend_fusion_visual_only"):
+        assert cli.main(["train", f"yt8m/{name}", "--overlay", "yt8m/_cpu", "logger.wandb.mode=disabled",
+                         f"run.root={tmp_path}"]) == 0
+        run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("run directory: "))
+        gap[name] = json.loads((run_dir / "metrics.json").read_text())["test/gap"]
+    assert gap["attend_fusion"] > gap["attend_fusion_audio_only"] + 0.05, gap
+    assert gap["attend_fusion"] > gap["attend_fusion_visual_only"] + 0.05, gap
