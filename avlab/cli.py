@@ -54,6 +54,23 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("experiment")
     check.add_argument("overrides", nargs="*")
 
+    sweep = sub.add_parser(
+        "sweep", help="Run or resume an Optuna study: avlab sweep SWEEP [--trials N] [--storage URL] [--study NAME] [key=value ...].",
+        description="Run or resume an Optuna hyper-parameter study over an experiment (docs/sweeps.md).",
+        epilog="key=value overrides apply to every trial. Example: avlab sweep avq/table2 --trials 6 cv.folds=3 "
+               "trainer.max_epochs=20 logger.wandb.mode=disabled", formatter_class=argparse.RawDescriptionHelpFormatter)
+    sweep.add_argument("sweep", nargs="?", help="search space under sweeps/ (e.g. avq/table2) or a YAML path")
+    sweep.add_argument("overrides", nargs="*", help="key=value config overrides applied to every trial")
+    sweep.add_argument("--trials", type=int, default=None,
+                       help="trials to run now (default: the sweep file's `trials`); a resumed study gets this many more")
+    sweep.add_argument("--storage", default=None,
+                       help="Optuna storage URL (default sqlite:///RUN_ROOT/sweeps/STUDY/study.db); "
+                            "postgresql://USER@HOST:PORT/DB lets several workers share one study")
+    sweep.add_argument("--study", default=None, help="study name (default: the sweep's name); an existing study is resumed")
+    sweep.add_argument("--pruner", choices=["median", "hyperband", "percentile", "successive_halving", "none"], default=None,
+                       help="replace the sweep file's pruner (default arguments)")
+    sweep.add_argument("--list", action="store_true", help="list the available sweeps and exit")
+
     cmp_ = sub.add_parser("compare", help="Side-by-side table of several runs' metrics.json and config differences.")
     cmp_.add_argument("run_dirs", nargs="+", type=Path)
     cmp_.add_argument("--metrics", default="test/", help="comma-separated metric names, or prefixes ending in / (default test/)")
@@ -128,7 +145,14 @@ def _quiet_known_warnings() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    # parse_known_args: overrides may also come after options (`EXP --overlay X key=value`), where
+    # argparse no longer assigns them to the positional list.
+    args, extra = parser.parse_known_args(argv)
+    stray = [t for t in extra if t.startswith("-") or "=" not in t or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     if args.command is None:
         parser.print_help()
         return 0
@@ -183,6 +207,17 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print("no problems found")
             return 0
         parser.parse_args(["data", "--help"])
+    if args.command == "sweep":
+        from avlab import sweep as sweep_mod
+
+        if args.list:
+            print("\n".join(sweep_mod.list_sweeps()))
+            return 0
+        if not args.sweep:
+            parser.error("sweep needs a SWEEP (see `avlab sweep --list`)")
+        result = sweep_mod.run_sweep(args.sweep, trials=args.trials, storage=args.storage, study_name=args.study,
+                                     overrides=args.overrides, pruner=args.pruner)
+        return 130 if result is not None and result.interrupted else 0
     if args.command == "compare":
         from avlab.compare import compare_runs
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,43 @@ class RunResult:
     metrics: dict[str, float]
     per_split: list[dict[str, float]] = field(default_factory=list)
     summary_lines: list[str] = field(default_factory=list)
+    #: Per fit, in fit order: the ``val/`` metrics of the epoch the best checkpoint comes from
+    #: (``callbacks.checkpoint.monitor``/``mode``), i.e. of the weights that were tested. Sweeps
+    #: read their objective here. Empty for closed-form estimators, which have no validation loop.
+    val_metrics: list[dict[str, float]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- trainer assembly
+class ValidationHistory(Callback):
+    """Every validation pass's logged metrics, so the caller can read those of the selected epoch.
+
+    ``ModelCheckpoint`` keeps only the monitored value of its best epoch; a sweep whose objective is
+    another metric (or the mean of several folds) needs the other values of that same epoch.
+    """
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        from avlab.rundir import clean_metrics
+
+        self.epochs.append(clean_metrics(dict(trainer.callback_metrics)))
+
+    def selected(self, monitor: str, mode: str) -> dict[str, float]:
+        """``val/`` metrics of the first epoch with the best ``monitor`` (the one ModelCheckpoint
+        keeps, since it replaces its best only on a strict improvement); the last epoch if the
+        monitor was never logged."""
+        scored = [(m[monitor], i) for i, m in enumerate(self.epochs) if monitor in m and not math.isnan(m[monitor])]
+        if scored:
+            sign = 1.0 if mode == "min" else -1.0
+            chosen = self.epochs[min(scored, key=lambda t: (sign * t[0], t[1]))[1]]
+        else:
+            chosen = self.epochs[-1] if self.epochs else {}
+        return {k: v for k, v in chosen.items() if k.startswith("val/")}
+
+
 class ConfigInCheckpoint(Callback):
     """Stores the resolved config in each checkpoint so test/predict rebuild the same model."""
 
@@ -139,9 +174,11 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, tag: str | None, has_logger:
     return callbacks, bar != "none"
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, tag: str | None = None, **overrides: Any) -> Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, tag: str | None = None,
+                  extra_callbacks: Sequence[Callback] = (), **overrides: Any) -> Trainer:
     loggers = build_loggers(cfg, run_dir, tag)
     callbacks, progress = build_callbacks(cfg, run_dir, tag, bool(loggers))
+    callbacks.extend(extra_callbacks)
     kwargs = dict(OmegaConf.to_container(cfg.trainer, resolve=True))
     kwargs.update(overrides)
     return Trainer(
@@ -187,11 +224,14 @@ def is_lightning_model(cfg: DictConfig) -> bool:
 
 
 # --------------------------------------------------------------------------- train
-def train(cfg: DictConfig) -> RunResult:
+def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> RunResult:
+    """Fit and test (once, or per fold/split). ``extra_callbacks`` join every fit's Trainer, after
+    the config's own; ``avlab sweep`` passes its Optuna pruning callback this way."""
     run_dir = create_run_dir(cfg)
     write_config(run_dir, cfg)
     splits = protocol(cfg)
     per_split: list[dict[str, float]] = []
+    val_metrics: list[dict[str, float]] = []
     summary: list[str] = []
     lightning_model = is_lightning_model(cfg)
     for kind, index, count in splits:
@@ -200,7 +240,8 @@ def train(cfg: DictConfig) -> RunResult:
         datamodule = instantiate(cfg.data)
         datamodule.configure_split(kind, index, count)
         if lightning_model:
-            metrics, lines = _fit_and_test(cfg, datamodule, run_dir, tag)
+            metrics, lines, val = _fit_and_test(cfg, datamodule, run_dir, tag, extra_callbacks)
+            val_metrics.append(val)
         else:
             metrics, lines = _fit_estimator(cfg, datamodule, run_dir, tag)
         per_split.append(metrics)
@@ -210,7 +251,7 @@ def train(cfg: DictConfig) -> RunResult:
         if len(per_split) > 1:
             _write_splits_csv(run_dir, per_split)
         metrics = write_metrics(run_dir, metrics)
-    return RunResult(run_dir, metrics, per_split, summary)
+    return RunResult(run_dir, metrics, per_split, summary, val_metrics)
 
 
 def _is_rank_zero() -> bool:
@@ -222,16 +263,19 @@ def _attach(module: Any, run_dir: Path) -> None:
         module.run_dir = run_dir if _is_rank_zero() else None
 
 
-def _fit_and_test(cfg: DictConfig, datamodule: Any, run_dir: Path, tag: str | None) -> tuple[dict[str, float], list[str]]:
+def _fit_and_test(cfg: DictConfig, datamodule: Any, run_dir: Path, tag: str | None,
+                  extra_callbacks: Sequence[Callback] = ()) -> tuple[dict[str, float], list[str], dict[str, float]]:
     model = instantiate(cfg.model)
     _attach(model, run_dir)
-    trainer = build_trainer(cfg, run_dir, tag)
+    history = ValidationHistory()
+    trainer = build_trainer(cfg, run_dir, tag, extra_callbacks=[history, *extra_callbacks])
     ckpt = cfg.ckpt_path if tag in (None, "fold0", "repeat0") else None
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     results = _test(trainer, model, datamodule, cfg, ckpt_path=best or None)
     finish_loggers(trainer)
-    return results, list(getattr(model, "summary_lines", []))
+    val = history.selected(cfg.callbacks.checkpoint.monitor, cfg.callbacks.checkpoint.mode)
+    return results, list(getattr(model, "summary_lines", [])), val
 
 
 def _test(trainer: Trainer, model: Any, datamodule: Any, cfg: DictConfig, ckpt_path: str | None) -> dict[str, float]:
