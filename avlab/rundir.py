@@ -35,6 +35,14 @@ def git_commit() -> str | None:
 _exported: str | None = None
 
 
+def _launcher_run_id() -> str | None:
+    if os.environ.get("TORCHELASTIC_RUN_ID", "none") != "none":
+        return f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"  # torchrun --rdzv-id
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
+        return f"slurm-{os.environ['SLURM_JOB_ID']}"
+    return None
+
+
 def create_run_dir(cfg: DictConfig, *, suffix: str | None = None) -> Path:
     """A new, never reused run directory; DDP workers reuse the one their launcher created."""
     global _exported
@@ -45,10 +53,11 @@ def create_run_dir(cfg: DictConfig, *, suffix: str | None = None) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         return path
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    if os.environ.get("TORCHELASTIC_RUN_ID", "none") != "none":
-        # torchrun starts every rank at once, so none can tell the others a timestamp: the
-        # rendezvous id (torchrun --rdzv-id) names the directory on all ranks and nodes alike.
-        stamp = f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
+    launcher_id = _launcher_run_id()
+    if launcher_id:
+        # torchrun and srun start every rank at once, so none can tell the others a timestamp:
+        # the launcher's job id names the directory on all ranks and nodes alike.
+        stamp = launcher_id
         path = Path(cfg.run.root) / cfg.experiment / "-".join([stamp, *[p for p in (suffix, cfg.run.suffix) if p]])
         path.mkdir(parents=True, exist_ok=True)
         return path.resolve()
