@@ -42,10 +42,10 @@ demo: $(STAMP)
 	@ls -d $(DEMO_RUNS)/avq/attentive_fusion/* | sed 's/^/run directory: /'
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" -n 2 --timeout 900 $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" -n 2 --dist loadgroup --timeout 900 $(PYTEST_ARGS)
 
 test-full: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --timeout 1800 $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup --timeout 1800 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	@# tf_reader.py is the TensorFlow side of yt8m_reader.py: it runs in .venv-bench, started by that script.

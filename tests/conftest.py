@@ -57,3 +57,12 @@ run:
 """
     )
     return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # DDP tests start 2 gloo processes each: running two of them at once on a 2-core machine
+    # oversubscribes it and lets their rendezvous ports race. With `--dist loadgroup` (make test)
+    # they all run on one xdist worker, one after another.
+    for item in items:
+        if item.get_closest_marker("ddp"):
+            item.add_marker(pytest.mark.xdist_group("ddp"))
