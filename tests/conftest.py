@@ -56,6 +56,9 @@ run:
   root: {tmp_path / 'runs'}
 """
     )
+    from avlab.config import load_experiment
+
+    assert load_experiment(str(path)).task == "toy", "the toy experiment must validate before tests use it"
     return path
 
 

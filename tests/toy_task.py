@@ -92,6 +92,8 @@ class ToyModule(AvlabModule):
         merged = {k: torch.cat([o[k] for o in self._test]) for k in self._test[0]}
         self._test = []
         g = self.gather_samples(merged)
+        # gather_samples' contract, checked on every use: each test sample exactly once, in order.
+        assert torch.equal(g["index"], torch.unique(g["index"])), "duplicate or unordered samples after gathering"
         rmse = torch.sqrt(torch.mean((g["pred"] - g["y"]) ** 2))
         self.log_metrics("test", {"rmse": rmse, "n": float(len(g["y"]))})
         self.summary_lines = [f"toy: {len(g['y'])} test samples"]
