@@ -141,12 +141,17 @@ class ExperimentConfig:
 
 
 # --------------------------------------------------------------------------- locating files
+def package_root(package: str) -> Path:
+    """Folder of a packaged config tree (``avlab.experiments``, ``avlab.sweeps``)."""
+    return Path(str(importlib.resources.files(package)))
+
+
 def experiments_root() -> Path:
-    return Path(str(importlib.resources.files("avlab.experiments")))
+    return package_root("avlab.experiments")
 
 
-def list_experiments() -> list[str]:
-    root = experiments_root()
+def list_yaml(root: Path) -> list[str]:
+    """Names (``task/name``) of the YAML files under ``root``; ``_``-prefixed files are building blocks."""
     return sorted(
         str(p.relative_to(root).with_suffix(""))
         for p in root.rglob("*.yaml")
@@ -154,29 +159,38 @@ def list_experiments() -> list[str]:
     )
 
 
-def find_experiment(name: str, *, relative_to: Path | None = None) -> tuple[Path, str]:
-    """Path of an experiment and its display name (``task/name``)."""
+def list_experiments() -> list[str]:
+    return list_yaml(experiments_root())
+
+
+def find_yaml(name: str, root: Path, *, kind: str, list_command: str,
+              relative_to: Path | None = None) -> tuple[Path, str]:
+    """Path of a named YAML file under ``root`` (or a YAML path) and its display name."""
     as_path = Path(name).expanduser()
     if name.endswith((".yaml", ".yml")) and as_path.is_file():
         path = as_path.resolve()
         try:
-            return path, str(path.relative_to(experiments_root()).with_suffix(""))
+            return path, str(path.relative_to(root).with_suffix(""))
         except ValueError:
             return path, path.stem
-    candidates = [experiments_root() / f"{name}.yaml"]
+    candidates = [root / f"{name}.yaml"]
     if relative_to is not None:
-        candidates.append(relative_to / f"{name}.yaml")
-        candidates.append(relative_to / name)
+        candidates += [relative_to / f"{name}.yaml", relative_to / name]
     for c in candidates:
         if c.is_file():
             return c, name
-    known = list_experiments()
-    hint = closest(name, known)
+    hint = closest(name, list_yaml(root))
     raise ConfigError(
-        f"unknown experiment `{name}`."
+        f"unknown {kind} `{name}`."
         + (f" Did you mean `{hint[0]}`?" if hint else "")
-        + " Run `avlab train --list` to see all experiments, or pass a path to a .yaml file."
+        + f" Run `{list_command}` to see all {kind}s, or pass a path to a .yaml file."
     )
+
+
+def find_experiment(name: str, *, relative_to: Path | None = None) -> tuple[Path, str]:
+    """Path of an experiment and its display name (``task/name``)."""
+    return find_yaml(name, experiments_root(), kind="experiment", list_command="avlab train --list",
+                     relative_to=relative_to)
 
 
 # --------------------------------------------------------------------------- loading

@@ -51,7 +51,6 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import importlib.resources
 import inspect
 import json
 import math
@@ -72,6 +71,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from avlab.config import find_yaml, list_yaml, package_root
 from avlab.errors import AvlabError, ConfigError, closest, did_you_mean
 
 
@@ -141,28 +141,16 @@ class SweepSpec:
 
 
 def sweeps_root() -> Path:
-    return Path(str(importlib.resources.files("avlab.sweeps")))
+    return package_root("avlab.sweeps")
 
 
 def list_sweeps() -> list[str]:
-    root = sweeps_root()
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    return list_yaml(sweeps_root())
 
 
 def find_sweep(name: str) -> tuple[Path, str]:
     """Path of a sweep file and its display name (``avq/table2``)."""
-    as_path = Path(name).expanduser()
-    if name.endswith((".yaml", ".yml")) and as_path.is_file():
-        path = as_path.resolve()
-        try:
-            return path, str(path.relative_to(sweeps_root()).with_suffix(""))
-        except ValueError:
-            return path, path.stem
-    candidate = sweeps_root() / f"{name}.yaml"
-    if candidate.is_file():
-        return candidate, name
-    raise ConfigError(f"unknown sweep `{name}`.{did_you_mean(name, list_sweeps())}"
-                      " Run `avlab sweep --list` to see all sweeps, or pass a path to a .yaml file.")
+    return find_yaml(name, sweeps_root(), kind="sweep", list_command="avlab sweep --list")
 
 
 def load_sweep(name: str) -> SweepSpec:

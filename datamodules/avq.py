@@ -397,7 +397,6 @@ class AVQDataModule(AvlabDataModule):
             "vmaf": self.video[idx].mean(axis=1).astype(float),
             "audio_bitrate_kbps": t["audio_bitrate_kbps"].to_numpy(float),
         }
-        self._last_arrays_index = idx
         return feats, t["mos"].to_numpy(float)
 
     def meta(self, split: str, index: np.ndarray | None = None) -> pd.DataFrame:
@@ -412,8 +411,8 @@ class AVQDataModule(AvlabDataModule):
             raise FeatureError(f"{int(np.isnan(pred).sum())} predictions are NaN; the model diverged (lower the learning rate)")
         metrics = quality_metrics(pred, target, logistic=self.logistic)
         if run_dir is not None:
-            idx = index if index is not None else getattr(self, "_last_arrays_index", self.split_indices[split])
-            frame = self.meta(split, np.asarray(idx))
+            # Rows follow split_indices[split] (sorted), which is also the order arrays(split) returns.
+            frame = self.meta(split, None if index is None else np.asarray(index))
             frame["predicted"] = pred
             prefix = f"{self.dataset_name}_" if self.dataset_name else ""
             frame.to_csv(Path(run_dir) / f"{prefix}predictions_{split}.csv", index=False)

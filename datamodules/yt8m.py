@@ -118,6 +118,19 @@ def feature_dims(features: str) -> tuple[int, int]:
     return RGB_DIM * k, AUDIO_DIM * k
 
 
+def check_schema(schema: str, features: str) -> tuple[int, int]:
+    """Validate a (schema, features) pair; returns the model's ``(visual_dim, audio_dim)``."""
+    if schema not in SCHEMAS:
+        raise ConfigError(f"data.schema must be one of {', '.join(SCHEMAS)}; found {schema!r}")
+    dims = feature_dims(features)
+    if schema == "video" and features == "mf_std":
+        raise ConfigError(
+            "data.features=mf_std needs frame-level records: video-level files hold only the means "
+            "(mean_rgb, mean_audio). Set data.schema=frame and point data.root at the frame-level shards."
+        )
+    return dims
+
+
 def split_record_key(index: int) -> tuple[int, int]:
     """``(shard_number, record_number)`` of a sample's ``index`` (see the module docstring)."""
     return index >> _RECORD_KEY_SHIFT, index & ((1 << _RECORD_KEY_SHIFT) - 1)
@@ -278,14 +291,7 @@ class YT8MRecordDataset(IterableDataset):
         source: str | None = None,
     ) -> None:
         super().__init__()
-        if schema not in SCHEMAS:
-            raise ConfigError(f"data.schema must be one of {', '.join(SCHEMAS)}; found {schema!r}")
-        feature_dims(features)
-        if schema == "video" and features == "mf_std":
-            raise ConfigError(
-                "data.features=mf_std needs frame-level records: video-level files hold only the means "
-                "(mean_rgb, mean_audio). Set data.schema=frame and point data.root at the frame-level shards."
-            )
+        check_schema(schema, features)
         if num_classes < 1:
             raise ConfigError(f"data.num_classes must be positive; found {num_classes}")
         if max_frames is not None and max_frames < 1:
@@ -747,14 +753,7 @@ class YT8MDataModule(AvlabDataModule):
         feature_cache: bool = False,
     ) -> None:
         super().__init__(root=root, demo_size=demo_size, batch_size=batch_size, num_workers=num_workers)
-        if schema not in SCHEMAS:
-            raise ConfigError(f"data.schema must be one of {', '.join(SCHEMAS)}; found {schema!r}")
-        self.visual_dim, self.audio_dim = feature_dims(features)
-        if schema == "video" and features == "mf_std":
-            raise ConfigError(
-                "data.features=mf_std needs frame-level records (video-level files hold only means); "
-                "set data.schema=frame"
-            )
+        self.visual_dim, self.audio_dim = check_schema(schema, features)
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be positive; found {batch_size}")
         self.schema, self.features, self.num_classes = schema, features, int(num_classes)
