@@ -5,7 +5,7 @@ Frames
     :func:`decode_video` / :class:`VideoFrames` decode them from a video file with decord. Both
     return ``uint8`` arrays ``[T, H, W, 3]``.
 
-Audio (the SoundNet convention of the reference notes, §1.1 "Audio (per clip)")
+Audio (the per-clip SoundNet convention of the STAViS release)
     The waveform is mono at 22,050 Hz, scaled from [-1, 1] to ±256 (SoundNet's original
     ``2^-23`` scaling of int32 PCM). Frame ``k`` (0-based here) is centred at ``k / fps`` seconds
     and owns the samples ``[k·Fs/fps − n/2, k·Fs/fps + n/2]`` with ``n = Fs / fps`` (clipped to the
@@ -13,7 +13,7 @@ Audio (the SoundNet convention of the reference notes, §1.1 "Audio (per clip)")
     window of its own length (to soften the cut edges) and writes it centred into a zero buffer of
     ``int(22050 / 10 · clip_len)`` samples (70,560 for 32 frames, which SoundNet-8 maps to 3 steps).
 
-Windows (reverse-window inference, reference notes §5)
+Windows (reverse-window inference, as in STAViS and ViNet)
     :func:`window_indices` gives, for every target frame, the frame indices of its input window:
     ``[t−T+1 .. t]`` when ``t ≥ T−1`` (predict the last frame), else the time-reversed window
     ``[t+T−1 .. t]`` whose last frame is ``t``.

@@ -1,6 +1,6 @@
 """Quality-assessment metrics shared by every quality task (numpy / scipy).
 
-Conventions (reference notes ``quality.md`` §0.4, §1.9):
+Conventions (those of the VQEG reports and the public IQA/VQA toolkits):
 
 * SRCC and KRCC are computed on the raw predictions (rank measures are invariant to any
   monotone mapping, so a logistic fit cannot change them).

@@ -5,8 +5,8 @@
   ``L_SRCC = 1 − SRCC`` (eq. 14–15) with a differentiable *soft* rank of the predictions.
 
 Why a soft rank: the exact rank is piecewise constant, so its gradient is zero almost everywhere
-and eq. 15 cannot train anything as written. No public peer has a differentiable SRCC loss
-(reference notes §0.3, §1.10); ``torchsort`` needs a C++ build, so this module uses the
+and eq. 15 cannot train anything as written. No public IQA/VQA toolkit ships a differentiable SRCC
+loss; ``torchsort`` needs a C++ build, so this module uses the
 pure-PyTorch pairwise-sigmoid soft rank ``r_i = ½ + Σ_j σ((x_i − x_j)/τ)``, which tends to the exact
 (1-based) rank as τ → 0. The predictions are z-scored first so τ is a fraction of their spread
 and the loss does not depend on the arbitrary scale of a modality head's output. O(B²) memory is
