@@ -1,23 +1,8 @@
 """Data of the ``saliency`` task (AVRSP): the six AV eye-tracking datasets and DHF1K.
 
-``layout: stavis`` — the STAViS release layout (reference notes §1.1), read from ``data.root``::
-
-    video_frames/<DB>/<video>/img_00001.jpg ...        frames (any image type; or <video>.mp4 there)
-    video_audio/<DB>/<video>/<video>.wav               one WAV per video
-    annotations/<DB>/<video>/maps/eyeMap_00001.jpg     continuous ground truth
-    annotations/<DB>/<video>/fixMap_00001.mat          binary fixations, MATLAB variable `eyeMap`
-    fold_lists/<DB>_list_{train,test}_{1,2,3}_fps.txt  lines `name nframes fps`
-    fold_lists/DIEM_list_{train,test}_fps.txt          DIEM's single fixed split (used for every fold)
-
-``layout: dhf1k`` — DHF1K for the visual pretraining stage (§1.2)::
-
-    annotation/<id>/maps/0001.png                      continuous ground truth
-    annotation/<id>/fixation/0001.png                  binary fixations (or fixation/maps/0001.mat, `I`)
-    frames in video/<id>/0001.png, <id>/images/0001.png, or a video file video/<id>.{mp4,avi,...}
-    (also the official 3-digit names, video/001.avi), decoded with decord
-
-    ids ≤ 600 are training videos; 601–700 (the official validation set, whose ground truth is
-    public) are the test set, as in papers that evaluate DHF1K locally; > 700 have no ground truth.
+The on-disk layouts (``data.layout``: ``stavis``, the STAViS release layout, or ``dhf1k``) and the
+bad-input policies are read by :mod:`avlab.datamodules.saliency_readers`; this module turns the
+video records they return into clips, batches and per-sample metadata.
 
 Sampling. Training: ``clips_per_video`` random clips of ``clip_len`` consecutive frames per
 training video and epoch (ViNet's "one random clip per video"), target = the continuous map of the
@@ -31,38 +16,36 @@ Frames are resized to ``frame_size`` (bilinear, antialiased) and normalised with
 (``imagenet`` mean/std as ViNet, or ``pm1``: ``2x − 1`` as kylemin/S3D and TASED). Audio follows
 the SoundNet convention (:mod:`avlab.media.clips`).
 
-Bad input (every case is reported by ``avlab data check``):
-
-* a video shorter than ``clip_len`` frames: ``short_videos=error`` (default) raises a DataError that
-  names it; ``skip`` leaves it out with a warning;
-* frame / map / fixation counts that disagree: ``count_mismatch=truncate`` (default) uses the first
-  ``min`` frames with a warning (ViNet trusts the map count); ``error`` raises;
-* a missing WAV: ``missing_audio=error`` (default) raises; ``silence`` uses zeros with a warning;
-* a fixation ``.mat`` without the ``eyeMap`` (or ``I``) variable, or whose shape differs from
-  its continuous map: DataError naming the file.
-* fold-list lines with fewer than 3 fields (blank lines) are skipped; a non-numeric count or fps
-  is a DataError naming the file and line.
+Bad input is reported by ``avlab data check`` (every case) and by ``setup`` (an error naming the
+files): the policies ``short_videos``, ``count_mismatch`` and ``missing_audio`` are documented in
+:mod:`avlab.datamodules.saliency_readers`.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from avlab.datamodules.base import AvlabDataModule
+from avlab.datamodules.saliency_readers import (
+    AV_DATASETS,
+    DHF1KLayout,
+    RecordPolicy,
+    STAViSLayout,
+    VideoRecord,
+    load_fixation,
+    load_map,
+    parse_fold_list,
+)
 from torch.utils.data import DataLoader, Dataset
 
-from avlab.datamodules.base import AvlabDataModule
 from avlab.errors import ConfigError, DataError, MediaError
 from avlab.media.clips import (
-    IMAGE_SUFFIXES,
-    VIDEO_SUFFIXES,
     VideoFrames,
     audio_buffer_len,
     clip_audio,
@@ -74,98 +57,12 @@ from avlab.media.clips import (
 
 log = logging.getLogger(__name__)
 
-AV_DATASETS = ("AVAD", "Coutrot_db1", "Coutrot_db2", "DIEM", "ETMD_av", "SumMe")
+# parse_fold_list and load_fixation are re-exported: they are part of this task's public data API.
+__all__ = ["AV_DATASETS", "SaliencyClips", "SaliencyDataModule", "VideoRecord", "collate_saliency",
+           "load_fixation", "load_map", "parse_fold_list", "preprocess_frames"]
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-# --------------------------------------------------------------------------- records and readers
-@dataclass
-class VideoRecord:
-    """One video of a dataset: where its frames, maps, fixations and audio are."""
-
-    dataset: str
-    name: str
-    n_frames: int
-    fps: float
-    frames: list[Path] | Path  # image files, or one video file
-    maps: list[Path]
-    fixations: list[Path]
-    wav: Path | None
-    notes: list[str] = field(default_factory=list)
-
-
-def parse_fold_list(path: Path) -> list[tuple[str, int, float]]:
-    """``name nframes fps`` lines; lines with fewer than 3 fields (blank lines) are skipped."""
-    if not path.is_file():
-        raise DataError(f"fold list {path} does not exist")
-    out = []
-    for no, line in enumerate(path.read_text().splitlines(), start=1):
-        parts = line.split()
-        if len(parts) < 3:
-            continue  # the real lists contain blank lines (e.g. ETMD_av_list_test_2_fps.txt)
-        try:
-            out.append((parts[0], int(float(parts[1])), float(parts[2])))
-        except ValueError as exc:
-            raise DataError(f"{path}:{no}: expected `name nframes fps`, got {line.strip()!r}") from exc
-    return out
-
-
-def fold_list_path(root: Path, db: str, split: str, fold: int) -> Path:
-    """STAViS fold-list file; DIEM has one fixed split used for every fold."""
-    if db == "DIEM":
-        return root / "fold_lists" / f"DIEM_list_{split}_fps.txt"
-    return root / "fold_lists" / f"{db}_list_{split}_{fold}_fps.txt"
-
-
-def load_fixation(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """A binary fixation map ``uint8 [H, W]`` from ``.mat`` (``eyeMap`` or ``I``) or an image."""
-    if path.suffix.lower() == ".mat":
-        import scipy.io
-
-        if not path.is_file():
-            raise DataError(f"fixation file {path} does not exist")
-        try:
-            mat = scipy.io.loadmat(str(path))
-            keys = [k for k in mat if not k.startswith("__")]
-            data = {k: mat[k] for k in keys}
-        except NotImplementedError:  # MATLAB v7.3 files are HDF5
-            import h5py
-
-            with h5py.File(path, "r") as h5:
-                keys = list(h5.keys())
-                data = {k: np.asarray(h5[k]).T for k in keys}
-        except Exception as exc:  # noqa: BLE001 - a corrupt file becomes one clear message
-            raise DataError(f"fixation file {path} cannot be read as MATLAB .mat ({exc})") from exc
-        key = next((k for k in ("eyeMap", "I") if k in data), None)
-        if key is None:
-            raise DataError(f"fixation file {path} has no variable `eyeMap` (STAViS) or `I` (DHF1K); "
-                            f"it holds {', '.join(keys) or 'nothing'}")
-        fix = np.asarray(data[key])
-    else:
-        fix = read_image(path, gray=True)
-    if fix.ndim != 2:
-        raise DataError(f"fixation map {path} must be a 2-D matrix, got shape {fix.shape}")
-    if shape is not None and tuple(fix.shape) != tuple(shape):
-        raise DataError(f"fixation map {path} has shape {fix.shape[0]}×{fix.shape[1]} but its saliency map is "
-                        f"{shape[0]}×{shape[1]}; fixations are never resized, so the two must match")
-    return (fix > 0).astype(np.uint8)
-
-
-def load_map(path: Path) -> np.ndarray:
-    """A continuous saliency map as float32 [H, W] in [0, 1] (``im2double``)."""
-    return read_image(path, gray=True).astype(np.float32) / 255.0
-
-
-def _sorted_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    if not folder.is_dir():
-        return []
-
-    def key(p: Path) -> tuple[int, str]:
-        digits = re.findall(r"\d+", p.stem)
-        return (int(digits[-1]) if digits else -1, p.name)
-
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in suffixes), key=key)
 
 
 # --------------------------------------------------------------------------- torch datasets
@@ -426,111 +323,15 @@ class SaliencyDataModule(AvlabDataModule):
                 raise ConfigError("cv.folds for saliency must be 3 (the STAViS folds) with data.layout=stavis")
             self.fold = index + 1
 
-    # ------------------------------------------------------------------ indexing
-    def _stavis_record(self, root: Path, db: str, name: str, n_list: int, fps: float, problems: list[str]) -> VideoRecord | None:
-        fdir = root / "video_frames" / db / name
-        adir = root / "annotations" / db / name
-        frames: list[Path] | Path
-        files = _sorted_files(fdir, IMAGE_SUFFIXES)
-        if files:
-            frames, n_frames = files, len(files)
-        else:
-            videos = [fdir.with_suffix(s) for s in VIDEO_SUFFIXES] + [fdir / f"{name}{s}" for s in VIDEO_SUFFIXES]
-            video = next((v for v in videos if v.is_file()), None)
-            if video is None:
-                problems.append(f"{db}/{name}: no frames in {fdir} (image files) and no video file {fdir}.mp4")
-                return None
-            frames, n_frames = video, len(VideoFrames(video))
-        maps = _sorted_files(adir / "maps", IMAGE_SUFFIXES)
-        fix = _sorted_files(adir, (".mat",))
-        wav = root / "video_audio" / db / name / f"{name}.wav"
-        return self._finish(VideoRecord(db, name, n_frames, fps, frames, maps, fix, wav), n_list, problems)
+    def reader(self) -> STAViSLayout | DHF1KLayout:
+        """The layout reader of ``data.layout`` with this DataModule's datasets and fold."""
+        if self.layout == "stavis":
+            return STAViSLayout(list(self.datasets), self.fold)
+        return DHF1KLayout()
 
-    def _finish(self, rec: VideoRecord, n_list: int | None, problems: list[str]) -> VideoRecord | None:
-        where = f"{rec.dataset}/{rec.name}"
-        if not rec.maps:
-            problems.append(f"{where}: no continuous saliency maps found")
-            return None
-        counts = {"frames": rec.n_frames, "maps": len(rec.maps), "fixations": len(rec.fixations)}
-        n = min(counts.values())
-        if len(set(counts.values())) > 1:
-            msg = f"{where}: frame/map/fixation counts differ ({', '.join(f'{k} {v}' for k, v in counts.items())})"
-            if self.count_mismatch == "error":
-                problems.append(msg + "; fix the files, or set data.count_mismatch=truncate")
-                return None
-            rec.notes.append(msg + f"; using the first {n} (data.count_mismatch=truncate)")
-        if n_list is not None and n_list != n:
-            rec.notes.append(f"{where}: the fold list says {n_list} frames, {n} found; using {n}")
-        rec.n_frames = n
-        rec.frames = rec.frames[:n] if isinstance(rec.frames, list) else rec.frames
-        rec.maps, rec.fixations = rec.maps[:n], rec.fixations[:n]
-        if rec.n_frames < self.clip_len:
-            msg = f"{where}: {rec.n_frames} frames, shorter than the {self.clip_len}-frame window"
-            if self.short_videos == "error":
-                problems.append(msg + "; remove it from the fold lists, lower data.clip_len, or set data.short_videos=skip")
-            else:
-                log.warning("%s; skipped (data.short_videos=skip)", msg)
-            return None
-        if self.audio and self.layout == "stavis" and (rec.wav is None or not rec.wav.is_file()):
-            msg = f"{where}: audio file {rec.wav} does not exist"
-            if self.missing_audio == "error":
-                problems.append(msg + "; add it, or set data.missing_audio=silence")
-                return None
-            rec.notes.append(msg + "; using silence (data.missing_audio=silence)")
-        return rec
-
-    def _index_stavis(self, root: Path, problems: list[str]) -> dict[str, list[VideoRecord]]:
-        out: dict[str, list[VideoRecord]] = {"train": [], "test": []}
-        for db in self.datasets:
-            for split in ("train", "test"):
-                path = fold_list_path(root, db, split, self.fold)
-                try:
-                    entries = parse_fold_list(path)
-                except DataError as exc:
-                    problems.append(str(exc))
-                    continue
-                for name, n_list, fps in entries:
-                    rec = self._stavis_record(root, db, name, n_list, fps, problems)
-                    if rec is not None:
-                        out[split].append(rec)
-        return out
-
-    def _dhf1k_frames(self, root: Path, vid: str) -> tuple[list[Path] | Path | None, float]:
-        for folder in (root / "video" / vid, root / vid / "images", root / "frames" / vid):
-            files = _sorted_files(folder, IMAGE_SUFFIXES)
-            if files:
-                return files, 30.0
-        names = {vid, f"{int(vid):03d}" if vid.isdigit() else vid}
-        for name in names:
-            for suffix in VIDEO_SUFFIXES:
-                path = root / "video" / f"{name}{suffix}"
-                if path.is_file():
-                    return path, 30.0
-        return None, 30.0
-
-    def _index_dhf1k(self, root: Path, problems: list[str]) -> dict[str, list[VideoRecord]]:
-        out: dict[str, list[VideoRecord]] = {"train": [], "test": []}
-        ann = root / "annotation"
-        if not ann.is_dir():
-            problems.append(f"{root} has no annotation/ folder; is it the DHF1K dataset root?")
-            return out
-        for vdir in sorted(p for p in ann.iterdir() if p.is_dir()):
-            vid = vdir.name
-            if not vid.isdigit() or int(vid) > 700:
-                continue  # ids above 700 are the withheld test set (no ground truth)
-            frames, fps = self._dhf1k_frames(root, vid)
-            if frames is None:
-                problems.append(f"DHF1K/{vid}: no frames (video/{vid}/*.png, {vid}/images/*.png) or video file video/{vid}.mp4")
-                continue
-            n_frames = len(frames) if isinstance(frames, list) else len(VideoFrames(frames))
-            if isinstance(frames, Path):
-                fps = VideoFrames(frames).fps or fps
-            fix = _sorted_files(vdir / "fixation", IMAGE_SUFFIXES) or _sorted_files(vdir / "fixation" / "maps", (".mat",))
-            rec = VideoRecord("DHF1K", vid, n_frames, fps, frames, _sorted_files(vdir / "maps", IMAGE_SUFFIXES), fix, None)
-            rec = self._finish(rec, None, problems)
-            if rec is not None:
-                out["train" if int(vid) <= 600 else "test"].append(rec)
-        return out
+    def policy(self) -> RecordPolicy:
+        return RecordPolicy(self.clip_len, self.short_videos, self.count_mismatch,
+                            self.audio and self.layout == "stavis", self.missing_audio)
 
     def index(self) -> tuple[dict[str, list[VideoRecord]], list[str]]:
         """Train/test video records and every problem found (no exception)."""
@@ -538,15 +339,14 @@ class SaliencyDataModule(AvlabDataModule):
         problems: list[str] = []
         if not root.is_dir():
             return {"train": [], "test": []}, [f"dataset folder {root} does not exist"]
-        found = self._index_stavis(root, problems) if self.layout == "stavis" else self._index_dhf1k(root, problems)
-        return found, problems
+        return self.reader().index(root, self.policy(), problems), problems
 
     def _hold_out(self, train: list[VideoRecord]) -> tuple[list[VideoRecord], list[VideoRecord]]:
         rng = np.random.default_rng(self.split_seed)
         keep, val = [], []
         for db in dict.fromkeys(r.dataset for r in train):
             recs = [r for r in train if r.dataset == db]
-            n_val = int(round(self.val_fraction * len(recs)))
+            n_val = round(self.val_fraction * len(recs))
             n_val = min(max(n_val, 1 if self.val_fraction > 0 else 0), len(recs) - 1)
             chosen = set(rng.permutation(len(recs))[:n_val].tolist())
             for i, r in enumerate(recs):

@@ -1,0 +1,326 @@
+"""On-disk layouts of the ``saliency`` task: the STAViS release layout and DHF1K.
+
+A layout reader turns a dataset folder into train/test :class:`VideoRecord` lists and a list of
+every problem found (it never raises for a problem in the data, so ``avlab data check`` can report
+them all). :data:`LAYOUTS` maps ``data.layout`` to its reader; a new layout is one more class with
+``name`` and ``index(root, policy, problems)``.
+
+``stavis`` — the STAViS release layout of AVAD, Coutrot_db1/2, DIEM, ETMD_av and SumMe::
+
+    video_frames/<DB>/<video>/img_00001.jpg ...        frames (any image type; or <video>.mp4 there)
+    video_audio/<DB>/<video>/<video>.wav               one WAV per video
+    annotations/<DB>/<video>/maps/eyeMap_00001.jpg     continuous ground truth
+    annotations/<DB>/<video>/fixMap_00001.mat          binary fixations, MATLAB variable `eyeMap`
+    fold_lists/<DB>_list_{train,test}_{1,2,3}_fps.txt  lines `name nframes fps`
+    fold_lists/DIEM_list_{train,test}_fps.txt          DIEM's single fixed split (used for every fold)
+
+``dhf1k`` — DHF1K, for the visual pretraining stage::
+
+    annotation/<id>/maps/0001.png                      continuous ground truth
+    annotation/<id>/fixation/0001.png                  binary fixations (or fixation/maps/0001.mat, `I`)
+    frames in video/<id>/0001.png, <id>/images/0001.png, or a video file video/<id>.{mp4,avi,...}
+    (also the official 3-digit names, video/001.avi), decoded with decord
+
+    ids ≤ 600 are training videos; 601–700 (the official validation set, whose ground truth is
+    public) are the test set, as in papers that evaluate DHF1K locally; > 700 have no ground truth.
+
+Policies for bad input (:class:`RecordPolicy`, from the DataModule's config):
+
+* a video shorter than ``clip_len`` frames: ``short_videos=error`` reports it; ``skip`` leaves it
+  out with a warning;
+* frame / map / fixation counts that disagree: ``count_mismatch=truncate`` uses the first ``min``
+  frames with a note (ViNet trusts the map count); ``error`` reports it;
+* a missing WAV (when audio is read): ``missing_audio=error`` reports it; ``silence`` notes it;
+* fold-list lines with fewer than 3 fields (blank lines, as in the real lists) are skipped; a
+  non-numeric count or fps is a DataError naming the file and line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+import numpy as np
+
+from avlab.errors import DataError
+from avlab.media.clips import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoFrames, read_image
+
+__all__ = [
+    "AV_DATASETS",
+    "LAYOUTS",
+    "DHF1KLayout",
+    "RecordPolicy",
+    "STAViSLayout",
+    "SaliencyLayout",
+    "VideoRecord",
+    "fold_list_path",
+    "load_fixation",
+    "load_map",
+    "parse_fold_list",
+]
+
+log = logging.getLogger(__name__)
+
+AV_DATASETS = ("AVAD", "Coutrot_db1", "Coutrot_db2", "DIEM", "ETMD_av", "SumMe")
+
+
+@dataclass
+class VideoRecord:
+    """One video of a dataset: where its frames, maps, fixations and audio are."""
+
+    dataset: str
+    name: str
+    n_frames: int
+    fps: float
+    frames: list[Path] | Path  # image files, or one video file
+    maps: list[Path]
+    fixations: list[Path]
+    wav: Path | None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RecordPolicy:
+    """How a reader treats short videos, count mismatches and missing audio (module docstring)."""
+
+    clip_len: int
+    short_videos: str = "error"
+    count_mismatch: str = "truncate"
+    audio: bool = True
+    missing_audio: str = "error"
+
+
+# --------------------------------------------------------------------------- files
+def parse_fold_list(path: Path) -> list[tuple[str, int, float]]:
+    """``name nframes fps`` lines; lines with fewer than 3 fields (blank lines) are skipped."""
+    if not path.is_file():
+        raise DataError(f"fold list {path} does not exist")
+    out = []
+    for no, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if len(parts) < 3:
+            continue  # the real lists contain blank lines (e.g. ETMD_av_list_test_2_fps.txt)
+        try:
+            out.append((parts[0], int(float(parts[1])), float(parts[2])))
+        except ValueError as exc:
+            raise DataError(f"{path}:{no}: expected `name nframes fps`, got {line.strip()!r}") from exc
+    return out
+
+
+def fold_list_path(root: Path, db: str, split: str, fold: int) -> Path:
+    """STAViS fold-list file; DIEM has one fixed split used for every fold."""
+    if db == "DIEM":
+        return root / "fold_lists" / f"DIEM_list_{split}_fps.txt"
+    return root / "fold_lists" / f"{db}_list_{split}_{fold}_fps.txt"
+
+
+def _read_mat(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(str(path))
+        keys = [k for k in mat if not k.startswith("__")]
+        return {k: mat[k] for k in keys}, keys
+    except NotImplementedError:  # MATLAB v7.3 files are HDF5
+        import h5py
+
+        with h5py.File(path, "r") as h5:
+            keys = list(h5.keys())
+            return {k: np.asarray(h5[k]).T for k in keys}, keys
+    except Exception as exc:
+        raise DataError(f"fixation file {path} cannot be read as MATLAB .mat ({exc})") from exc
+
+
+def load_fixation(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A binary fixation map ``uint8 [H, W]`` from ``.mat`` (``eyeMap`` or ``I``) or an image."""
+    if path.suffix.lower() == ".mat":
+        if not path.is_file():
+            raise DataError(f"fixation file {path} does not exist")
+        data, keys = _read_mat(path)
+        key = next((k for k in ("eyeMap", "I") if k in data), None)
+        if key is None:
+            raise DataError(f"fixation file {path} has no variable `eyeMap` (STAViS) or `I` (DHF1K); "
+                            f"it holds {', '.join(keys) or 'nothing'}")
+        fix = np.asarray(data[key])
+    else:
+        fix = read_image(path, gray=True)
+    if fix.ndim != 2:
+        raise DataError(f"fixation map {path} must be a 2-D matrix, got shape {fix.shape}")
+    if shape is not None and tuple(fix.shape) != tuple(shape):
+        raise DataError(f"fixation map {path} has shape {fix.shape[0]}×{fix.shape[1]} but its saliency map is "
+                        f"{shape[0]}×{shape[1]}; fixations are never resized, so the two must match")
+    return (fix > 0).astype(np.uint8)
+
+
+def load_map(path: Path) -> np.ndarray:
+    """A continuous saliency map as float32 [H, W] in [0, 1] (``im2double``)."""
+    return read_image(path, gray=True).astype(np.float32) / 255.0
+
+
+def sorted_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files of ``folder`` with one of ``suffixes``, ordered by the last number in their name."""
+    if not folder.is_dir():
+        return []
+
+    def key(p: Path) -> tuple[int, str]:
+        digits = re.findall(r"\d+", p.stem)
+        return (int(digits[-1]) if digits else -1, p.name)
+
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in suffixes), key=key)
+
+
+def finish_record(rec: VideoRecord, n_list: int | None, policy: RecordPolicy,
+                  problems: list[str]) -> VideoRecord | None:
+    """Apply the bad-input policies to one record; ``None`` (with a problem or warning) drops it."""
+    where = f"{rec.dataset}/{rec.name}"
+    if not rec.maps:
+        problems.append(f"{where}: no continuous saliency maps found")
+        return None
+    counts = {"frames": rec.n_frames, "maps": len(rec.maps), "fixations": len(rec.fixations)}
+    n = min(counts.values())
+    if len(set(counts.values())) > 1:
+        msg = f"{where}: frame/map/fixation counts differ ({', '.join(f'{k} {v}' for k, v in counts.items())})"
+        if policy.count_mismatch == "error":
+            problems.append(msg + "; fix the files, or set data.count_mismatch=truncate")
+            return None
+        rec.notes.append(msg + f"; using the first {n} (data.count_mismatch=truncate)")
+    if n_list is not None and n_list != n:
+        rec.notes.append(f"{where}: the fold list says {n_list} frames, {n} found; using {n}")
+    rec.n_frames = n
+    rec.frames = rec.frames[:n] if isinstance(rec.frames, list) else rec.frames
+    rec.maps, rec.fixations = rec.maps[:n], rec.fixations[:n]
+    if rec.n_frames < policy.clip_len:
+        msg = f"{where}: {rec.n_frames} frames, shorter than the {policy.clip_len}-frame window"
+        if policy.short_videos == "error":
+            problems.append(msg + "; remove it from the fold lists, lower data.clip_len, "
+                            "or set data.short_videos=skip")
+        else:
+            log.warning("%s; skipped (data.short_videos=skip)", msg)
+        return None
+    if policy.audio and rec.wav is not None and not rec.wav.is_file():
+        msg = f"{where}: audio file {rec.wav} does not exist"
+        if policy.missing_audio == "error":
+            problems.append(msg + "; add it, or set data.missing_audio=silence")
+            return None
+        rec.notes.append(msg + "; using silence (data.missing_audio=silence)")
+    return rec
+
+
+# --------------------------------------------------------------------------- layouts
+class SaliencyLayout(Protocol):
+    """A dataset layout: ``index`` returns ``{"train": [...], "test": [...]}`` and appends problems."""
+
+    name: ClassVar[str]
+
+    def dataset_names(self) -> list[str]: ...
+
+    def index(self, root: Path, policy: RecordPolicy, problems: list[str]) -> dict[str, list[VideoRecord]]: ...
+
+
+@dataclass
+class STAViSLayout:
+    """The STAViS release layout (module docstring); ``fold`` 1–3, DIEM's fixed split in each."""
+
+    datasets: list[str]
+    fold: int = 1
+    name: ClassVar[str] = "stavis"
+
+    def dataset_names(self) -> list[str]:
+        return list(self.datasets)
+
+    def _record(self, root: Path, db: str, name: str, n_list: int, fps: float, policy: RecordPolicy,
+                problems: list[str]) -> VideoRecord | None:
+        fdir = root / "video_frames" / db / name
+        adir = root / "annotations" / db / name
+        frames: list[Path] | Path
+        files = sorted_files(fdir, IMAGE_SUFFIXES)
+        if files:
+            frames, n_frames = files, len(files)
+        else:
+            videos = [fdir.with_suffix(s) for s in VIDEO_SUFFIXES] + [fdir / f"{name}{s}" for s in VIDEO_SUFFIXES]
+            video = next((v for v in videos if v.is_file()), None)
+            if video is None:
+                problems.append(f"{db}/{name}: no frames in {fdir} (image files) and no video file {fdir}.mp4")
+                return None
+            frames, n_frames = video, len(VideoFrames(video))
+        maps = sorted_files(adir / "maps", IMAGE_SUFFIXES)
+        fix = sorted_files(adir, (".mat",))
+        wav = root / "video_audio" / db / name / f"{name}.wav"
+        rec = VideoRecord(db, name, n_frames, fps, frames, maps, fix, wav)
+        return finish_record(rec, n_list, policy, problems)
+
+    def index(self, root: Path, policy: RecordPolicy, problems: list[str]) -> dict[str, list[VideoRecord]]:
+        out: dict[str, list[VideoRecord]] = {"train": [], "test": []}
+        for db in self.datasets:
+            for split in ("train", "test"):
+                try:
+                    entries = parse_fold_list(fold_list_path(root, db, split, self.fold))
+                except DataError as exc:
+                    problems.append(str(exc))
+                    continue
+                for name, n_list, fps in entries:
+                    rec = self._record(root, db, name, n_list, fps, policy, problems)
+                    if rec is not None:
+                        out[split].append(rec)
+        return out
+
+
+@dataclass
+class DHF1KLayout:
+    """DHF1K (module docstring): ids ≤ 600 train, 601–700 test, no audio."""
+
+    name: ClassVar[str] = "dhf1k"
+    #: DHF1K's frame rate when frames come as images (the videos are 30 fps).
+    default_fps: ClassVar[float] = 30.0
+
+    def dataset_names(self) -> list[str]:
+        return ["DHF1K"]
+
+    def _frames(self, root: Path, vid: str) -> list[Path] | Path | None:
+        for folder in (root / "video" / vid, root / vid / "images", root / "frames" / vid):
+            files = sorted_files(folder, IMAGE_SUFFIXES)
+            if files:
+                return files
+        names = {vid, f"{int(vid):03d}" if vid.isdigit() else vid}
+        for name in names:
+            for suffix in VIDEO_SUFFIXES:
+                path = root / "video" / f"{name}{suffix}"
+                if path.is_file():
+                    return path
+        return None
+
+    def index(self, root: Path, policy: RecordPolicy, problems: list[str]) -> dict[str, list[VideoRecord]]:
+        out: dict[str, list[VideoRecord]] = {"train": [], "test": []}
+        ann = root / "annotation"
+        if not ann.is_dir():
+            problems.append(f"{root} has no annotation/ folder; is it the DHF1K dataset root?")
+            return out
+        for vdir in sorted(p for p in ann.iterdir() if p.is_dir()):
+            vid = vdir.name
+            if not vid.isdigit() or int(vid) > 700:
+                continue  # ids above 700 are the withheld test set (no ground truth)
+            frames = self._frames(root, vid)
+            if frames is None:
+                problems.append(f"DHF1K/{vid}: no frames (video/{vid}/*.png, {vid}/images/*.png) "
+                                f"or video file video/{vid}.mp4")
+                continue
+            fps = self.default_fps
+            if isinstance(frames, Path):
+                reader = VideoFrames(frames)
+                n_frames, fps = len(reader), reader.fps or fps
+            else:
+                n_frames = len(frames)
+            fix = sorted_files(vdir / "fixation", IMAGE_SUFFIXES) or sorted_files(vdir / "fixation" / "maps", (".mat",))
+            maps = sorted_files(vdir / "maps", IMAGE_SUFFIXES)
+            rec = finish_record(VideoRecord("DHF1K", vid, n_frames, fps, frames, maps, fix, None),
+                                None, policy, problems)
+            if rec is not None:
+                out["train" if int(vid) <= 600 else "test"].append(rec)
+        return out
+
+
+#: ``data.layout`` → reader class.
+LAYOUTS: dict[str, type] = {STAViSLayout.name: STAViSLayout, DHF1KLayout.name: DHF1KLayout}
