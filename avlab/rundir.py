@@ -1,4 +1,4 @@
-"""The run directory (handbook §3): ``run.root/EXPERIMENT/TIMESTAMP[-suffix]/``."""
+"""The run directory: ``run.root/EXPERIMENT/TIMESTAMP[-suffix]/``, and atomic file writes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 import os
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +85,34 @@ def write_config(run_dir: Path, cfg: DictConfig) -> None:
     atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(data)))
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a
+    part (a killed run, or another rank reading, must not find a truncated file)."""
+    with atomic_path(path) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data)
+
+
+@contextmanager
+def atomic_path(path: Path | str, *, suffix: str | None = None) -> Iterator[Path]:
+    """A temporary path next to ``path``; on a clean exit it replaces ``path`` in one step.
+
+    For writers that need a file name (``np.save``, ``DataFrame.to_csv``, ffmpeg, ``savefig``).
+    ``suffix`` keeps the extension a tool reads the format from (``.mkv``, ``.npy``); it defaults
+    to ``path``'s own. On an exception the partial file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ext = path.suffix if suffix is None else suffix
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{ext}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def clean_metrics(metrics: dict[str, Any]) -> dict[str, float]:

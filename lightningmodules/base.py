@@ -8,6 +8,16 @@ Everything is logged with ``add_dataloader_idx=False`` so Lightning never append
 Metrics that need every prediction at once (SRCC, GAP, per-video saliency averages) are computed
 from :meth:`AvlabModule.gather_samples`, which all-gathers per-sample tensors from every DDP rank
 and removes the duplicates that ``DistributedSampler`` pads in, using each sample's dataset index.
+
+The shared evaluation hook (the same for every task, see ``docs/architecture.md``):
+
+1. ``validation_step``/``test_step`` call :meth:`AvlabModule.collect` with per-sample tensors
+   (``index`` from the batch, predictions, targets, whatever evaluation needs);
+2. at the epoch's end the base gathers them from every rank (:meth:`AvlabModule.gather_samples`),
+   looks their metadata up in the DataModule's ``sample_table(stage)``, calls the task's
+   :meth:`AvlabModule.evaluate` and logs what it returns as ``<stage>/<metric>``;
+3. ``evaluate`` writes prediction CSVs and plots through :class:`EvalOutputs`, which writes only on
+   rank zero of a run with a run directory, atomically.
 """
 
 from __future__ import annotations
@@ -15,8 +25,55 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 from lightning import LightningModule
+
+from avlab.datamodules.base import AvlabDataModule, DatasetInfo
+from avlab.rundir import atomic_path, atomic_write
+
+
+class EvalOutputs:
+    """Where evaluation writes its files: ``run_dir`` (CSVs) and ``run_dir/plots`` (figures).
+
+    Disabled (every method returns ``None`` and writes nothing) when ``run_dir`` is ``None``, i.e.
+    on ranks other than zero and outside ``avlab train``/``test``. ``prefix`` (``<dataset>_`` for a
+    cross-dataset test) keeps the files of two test sets of one run apart.
+    """
+
+    def __init__(self, run_dir: Path | str | None, prefix: str = "") -> None:
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.prefix = prefix
+
+    @property
+    def enabled(self) -> bool:
+        return self.run_dir is not None
+
+    def path(self, name: str) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / f"{self.prefix}{name}"
+
+    def plot_path(self, name: str) -> Path | None:
+        """Path of a figure under ``plots/`` (the folder is created)."""
+        if self.run_dir is None:
+            return None
+        (self.run_dir / "plots").mkdir(parents=True, exist_ok=True)
+        return self.run_dir / "plots" / f"{self.prefix}{name}"
+
+    def write_csv(self, name: str, frame: pd.DataFrame, *, index: bool = False) -> Path | None:
+        path = self.path(name)
+        if path is not None:
+            atomic_write(path, frame.to_csv(index=index))
+        return path
+
+    def plot(self, name: str, draw: Any, *args: Any, **kwargs: Any) -> Path | None:
+        """``draw(*args, path, **kwargs)`` (the signature of :mod:`avlab.plots`'s functions) into a
+        temporary file that replaces ``plots/<prefix><name>`` when it is complete."""
+        path = self.plot_path(name)
+        if path is not None:
+            with atomic_path(path) as tmp:
+                draw(*args, tmp, **kwargs)
+        return path
 
 
 class AvlabModule(LightningModule):
@@ -28,6 +85,12 @@ class AvlabModule(LightningModule):
         self.run_dir: Path | None = None
         #: Lines the runner prints after the metrics table (e.g. a modality-importance summary).
         self.summary_lines: list[str] = []
+        self._collected: dict[str, list[dict[str, torch.Tensor]]] = {}
+
+    #: Key of the dataset index in collected samples (the index of ``sample_table``).
+    index_key: str = "index"
+    #: Metrics that ``evaluate`` returns and that also go to the progress bar.
+    progress_metrics: tuple[str, ...] = ("loss",)
 
     # ------------------------------------------------------------------ outputs
     @property
@@ -78,6 +141,79 @@ class AvlabModule(LightningModule):
         keep = torch.ones_like(index, dtype=torch.bool)
         keep[1:] = index[1:] != index[:-1]
         return {k: v[order][keep] for k, v in samples.items()}
+
+    # ------------------------------------------------------------------ the shared evaluation hook
+    def collect(self, stage: str, **samples: torch.Tensor) -> None:
+        """Keep per-sample tensors of one evaluation batch (first dimension = samples).
+
+        Must include :attr:`index_key` (the batch's dataset indices). Tensors are detached; they
+        stay on their device until the epoch's end.
+        """
+        if self.index_key not in samples:
+            raise KeyError(f"{type(self).__name__}.collect({stage!r}) needs `{self.index_key}` (the batch's dataset indices)")
+        self._collected.setdefault(stage, []).append({k: v.detach() for k, v in samples.items()})
+
+    def gathered(self, stage: str) -> dict[str, torch.Tensor]:
+        """Everything collected in ``stage`` since the last call, from all ranks, de-duplicated and
+        ordered by dataset index (empty when nothing was collected). Collective under DDP."""
+        outs = self._collected.pop(stage, [])
+        if not outs:
+            return {}
+        merged = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+        return self.gather_samples(merged, index_key=self.index_key)
+
+    def evaluate(self, stage: str, samples: dict[str, torch.Tensor], table: pd.DataFrame | None) -> dict[str, float]:
+        """The task's metrics of one stage (``val``/``test``) from all gathered samples.
+
+        ``table`` holds the DataModule's ``sample_table(stage)`` rows of the samples, in the same
+        order (``None`` when the DataModule has no table). Write files through
+        :meth:`eval_outputs`. Returns ``{metric: value}``, logged as ``<stage>/<metric>``.
+        """
+        return {}
+
+    def on_validation_epoch_end(self) -> None:
+        self.finish_stage("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.finish_stage("test")
+
+    def finish_stage(self, stage: str) -> dict[str, float]:
+        """Gather, look up, evaluate and log one stage; what the epoch-end hooks run."""
+        samples = self.gathered(stage)
+        # Lightning's sanity check runs a few validation batches only: no metric of them is meaningful.
+        if not samples or (stage == "val" and self._trainer is not None and self.trainer.sanity_checking):
+            return {}
+        metrics = self.evaluate(stage, samples, self.sample_rows(stage, samples[self.index_key]))
+        for name, value in metrics.items():
+            self.log(f"{stage}/{name}", float(value), prog_bar=name in self.progress_metrics, add_dataloader_idx=False)
+        return metrics
+
+    @property
+    def eval_datamodule(self) -> AvlabDataModule | None:
+        """The DataModule being evaluated (the cross-dataset one during its test), if an avlab one."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return dm if isinstance(dm, AvlabDataModule) else None
+
+    @property
+    def dataset_info(self) -> DatasetInfo:
+        dm = self.eval_datamodule
+        return dm.dataset_info() if dm is not None else DatasetInfo()
+
+    def sample_rows(self, stage: str, index: torch.Tensor) -> pd.DataFrame | None:
+        """Rows of ``sample_table(stage)`` for the given dataset indices, in their order."""
+        dm = self.eval_datamodule
+        if dm is None:
+            return None
+        try:
+            table = dm.sample_table(stage)
+        except NotImplementedError:
+            return None
+        return table.loc[np.asarray(index.cpu(), dtype=np.int64)]
+
+    def eval_outputs(self) -> EvalOutputs:
+        """Where :meth:`evaluate` writes: the run directory on rank zero, nothing elsewhere."""
+        name = self.dataset_info.name
+        return EvalOutputs(self.run_dir if self.is_main_process else None, prefix=f"{name}_" if name else "")
 
     # ------------------------------------------------------------------ inference on media
     def predict_media(self, inputs: dict[str, str], datamodule: Any, out_dir: Path) -> dict[str, Any]:
