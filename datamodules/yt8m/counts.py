@@ -1,0 +1,39 @@
+"""Record counts of TFRecord shards, cached on disk so that each shard is scanned once.
+
+Counting a shard means walking its record framing (lengths and CRCs), which costs a full read.
+Equal-batches planning under DDP and the feature cache's preallocation both need every shard's
+count, so the counts are kept under the avlab cache folder, keyed by the shard's resolved path,
+size and modification time: a shard that changes is counted again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from avlab.io.tfrecord import count_records
+from avlab.paths import cache_dir
+
+__all__ = ["cached_count"]
+
+
+def cached_count(path: Path) -> int:
+    """Record count of a shard, cached on disk by (path, size, mtime) so scans happen once."""
+    st = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    cache = cache_dir() / "tfrecord_counts" / f"{key}.json"
+    try:
+        return int(json.loads(cache.read_text())["count"])
+    except (OSError, ValueError, KeyError):
+        pass
+    n = count_records(path)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"path": str(path), "count": n}))
+        os.replace(tmp, cache)  # atomic: concurrent workers never read half a file
+    except OSError:
+        pass
+    return n
