@@ -1,7 +1,7 @@
 """Saliency inference benchmark: prints one JSON object.
 
 * ``inference``: windows per second of AVRSP's sliding-window inference
-  (:func:`avlab.lightningmodules.saliency.predict_video`) with batched windows against one window at
+  (:func:`avlab.inference.saliency.predict_video`) with batched windows against one window at
   a time, on the same video and model (decoding included in both: each frame is decoded once).
 * ``decode``: decoding the same clips of ``clip_len`` consecutive frames with decord against the
   ffmpeg command line (``select`` filter, raw RGB to a pipe), frames per second.
@@ -37,7 +37,7 @@ def bench_inference(video: Path, batch: int, paper: bool, device: str, max_frame
     from avlab.config import load_experiment
     from avlab.datamodules.saliency import preprocess_frames
     from avlab.instantiate import instantiate
-    from avlab.lightningmodules.saliency import predict_video
+    from avlab.inference.saliency import predict_video
     from avlab.media.clips import VideoFrames
     from avlab.media.ffmpeg import load_audio
 

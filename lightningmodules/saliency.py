@@ -12,92 +12,30 @@
   :mod:`avlab.metrics.saliency`), gathered from all DDP ranks with :meth:`gather_samples`
   (de-duplicated by sample index), averaged per video, then over videos — overall
   (``test/cc`` …) and per dataset (``test/<dataset>/cc`` …).
-* Predict: :func:`predict_video` — sliding window of ``clip_len`` frames, step 1, predicting the
-  last frame; frames ``0..T−2`` from the reversed window (audio reversed too); each frame decoded
-  once, windows batched.
+* Predict: ``avlab predict`` runs :mod:`avlab.inference.saliency` (sliding and reversed windows,
+  PNG maps and an overlay MP4).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import subprocess
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from avlab.lightningmodules.base import AvlabModule
 from torch import Tensor, nn
 
-from avlab.errors import ConfigError, MediaError
-from avlab.lightningmodules.base import AvlabModule
-from avlab.media.clips import VideoFrames, audio_buffer_len, clip_audio, frame_audio_bounds, window_indices
+from avlab.errors import ConfigError
+from avlab.inference.saliency import predict_saliency_media
 from avlab.metrics.saliency import METRICS, SaliencyLoss, frame_metrics, postprocess, video_average
 from avlab.models.saliency import AVRSP
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SaliencyModule", "predict_video", "resolve_init_checkpoint"]
-
-
-# --------------------------------------------------------------------------- sliding-window inference
-@torch.no_grad()
-def predict_video(
-    net: Callable[[Tensor, Tensor | None], Tensor],
-    video: VideoFrames,
-    preprocess: Callable[[Tensor], Tensor],
-    clip_len: int,
-    *,
-    batch_size: int = 8,
-    wav: np.ndarray | None = None,
-    fps: float | None = None,
-    device: torch.device | str = "cpu",
-    chunk: int = 16,
-) -> Iterator[tuple[int, Tensor, np.ndarray]]:
-    """Yield ``(frame index, map [h, w] at model resolution, native frame uint8 [H, W, 3])`` in order.
-
-    Every frame is decoded once (decord, in chunks of ``chunk`` consecutive frames) and
-    preprocessed once; the model-resolution frames stay in a buffer only while a later window needs
-    them (at most ``2·clip_len − 1 + batch_size + chunk`` frames), so memory does not grow with
-    the video. Windows follow :func:`avlab.media.clips.window_indices` and run ``batch_size`` at a
-    time; with ``wav`` (mono 22,050 Hz in [-1, 1]) each window gets its SoundNet audio clip,
-    time-reversed for reversed windows.
-    """
-    n = len(video)
-    windows = window_indices(n, clip_len)
-    bounds = frame_audio_bounds(n, float(fps or video.fps), len(wav)) if wav is not None else None
-    buffer = audio_buffer_len(clip_len)
-    frames: dict[int, Tensor] = {}
-    natives: dict[int, np.ndarray] = {}
-    decoded = 0
-
-    def ensure(upto: int) -> None:
-        nonlocal decoded
-        while decoded <= upto:
-            hi = min(n, max(upto + 1, decoded + chunk))
-            raw = video.get(np.arange(decoded, hi))
-            proc = preprocess(torch.from_numpy(np.ascontiguousarray(raw)))
-            for j, i in enumerate(range(decoded, hi)):
-                frames[i], natives[i] = proc[j], raw[j]
-            decoded = hi
-
-    for b0 in range(0, n, batch_size):
-        batch = windows[b0:b0 + batch_size]
-        ensure(max(max(w.frames) for w in batch))
-        clips = torch.stack([torch.stack([frames[i] for i in w.frames], dim=1) for w in batch]).to(device)
-        audio = None
-        if bounds is not None:
-            audio = torch.stack([torch.from_numpy(clip_audio(wav, bounds, w.frames, buffer, reverse=w.reversed))
-                                 for w in batch]).to(device)
-        maps = net(clips, audio).float().cpu()
-        for w, m in zip(batch, maps):
-            yield w.target, m, natives.pop(w.target)
-        nxt = b0 + batch_size
-        keep_from = 0 if nxt <= clip_len - 1 else nxt - clip_len + 1  # window nxt's first frame
-        for i in [i for i in frames if i < keep_from]:
-            del frames[i]
+__all__ = ["SaliencyModule", "resolve_init_checkpoint"]
 
 
 def resolve_init_checkpoint(path: str | Path) -> Path:
@@ -182,7 +120,7 @@ class SaliencyModule(AvlabModule):
         ckpt_path = resolve_init_checkpoint(path)
         try:
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - an unreadable file becomes one clear message
+        except Exception as exc:
             raise ConfigError(f"cannot load model.init_from={ckpt_path}: {exc}") from exc
         sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else {}
         own = self.state_dict()
@@ -319,74 +257,19 @@ class SaliencyModule(AvlabModule):
 
     # ------------------------------------------------------------------ avlab predict
     def predict_media(self, inputs: dict[str, str], datamodule: Any, out_dir: Path) -> dict[str, Any]:
-        """Saliency maps for every frame of ``input=VIDEO``: PNGs and an overlay MP4 with the audio."""
-        from avlab.media.ffmpeg import ffmpeg_exe, load_audio, probe
-
+        """Saliency maps for every frame of ``input=VIDEO``: PNGs and an overlay MP4 with the audio
+        (:func:`avlab.inference.saliency.predict_saliency_media`)."""
         if "input" not in inputs:
             raise ConfigError("saliency predict needs input=VIDEO.mp4")
-        path = Path(inputs["input"]).expanduser()
-        info = probe(path)  # clear MediaError for a missing, empty or corrupt file
-        if not info.has_video:
-            raise MediaError(f"{path} has no video stream")
-        video = VideoFrames(path)
-        n, fps = len(video), video.fps or info.fps
-        clip_len = int(datamodule.clip_len)
-        if n < clip_len:
-            raise MediaError(f"{path} has {n} frames, fewer than the {clip_len}-frame window of this model")
-        notes = []
-        wav = None
-        if self.net.is_audio_visual:
-            if info.has_audio:
-                wav = load_audio(path, sr=22050, mono=True)[0][0]
-            else:
-                wav = np.zeros(0, np.float32)
-                notes.append("the video has no audio track: the audio branch saw silence")
-        stem = path.stem
-        maps_dir = Path(out_dir) / "maps"
-        maps_dir.mkdir(parents=True, exist_ok=True)
-        overlay = Path(out_dir) / f"{stem}_saliency.mp4"
-        h, w = info.height, info.width
-        w2, h2 = w + (w % 2), h + (h % 2)  # yuv420p needs even sides
-        # -t: the overlay lasts as long as the video (every frame kept), whatever the audio length.
-        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-               "-s", f"{w}x{h}", "-r", f"{fps}", "-i", "-", "-i", str(path), "-map", "0:v:0", "-map", "1:a:0?",
-               "-vf", f"pad={w2}:{h2}", "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p",
-               "-c:a", "aac", "-b:a", "128k", "-t", f"{n / fps:.6f}", "-y", str(overlay)]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-        from PIL import Image
 
-        lut = _colormap()
-        device = self.device
+        def post(m: Tensor, size: tuple[int, int]) -> Tensor:
+            return postprocess(m, size, self.blur_sigma, self.blur_ksize, dtype=torch.float32)
+
         was_training = self.training
         self.eval()
-        count, start = 0, time.perf_counter()
         try:
-            for t, m, frame in predict_video(self, video, datamodule.preprocess, clip_len,
-                                             batch_size=self.predict_batch_size, wav=wav, fps=fps, device=device):
-                smap = postprocess(m, (h, w), self.blur_sigma, self.blur_ksize, dtype=torch.float32).numpy()
-                u8 = np.clip(np.round(smap * 255), 0, 255).astype(np.uint8)
-                Image.fromarray(u8, mode="L").save(maps_dir / f"{stem}_{t + 1:05d}.png", compress_level=1)
-                alpha = (0.65 * smap)[..., None]
-                blend = (1 - alpha) * frame.astype(np.float32) + alpha * lut[u8].astype(np.float32)
-                assert proc.stdin is not None
-                proc.stdin.write(np.clip(blend, 0, 255).astype(np.uint8).tobytes())
-                count += 1
+            return predict_saliency_media(self, inputs["input"], out_dir, preprocess=datamodule.preprocess,
+                                          clip_len=int(datamodule.clip_len), audio_visual=self.net.is_audio_visual,
+                                          postprocess=post, batch_size=self.predict_batch_size, device=self.device)
         finally:
-            if proc.stdin:
-                proc.stdin.close()
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            proc.wait()
             self.train(was_training)
-        elapsed = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise MediaError(f"ffmpeg could not write the overlay {overlay}: {err[-800:]}")
-        return {"input": str(path), "frames": n, "maps_written": count, "maps_dir": str(maps_dir), "overlay": str(overlay),
-                "fps": fps, "audio": bool(self.net.is_audio_visual and info.has_audio),
-                "windows_per_second": count / elapsed if elapsed > 0 else math.nan, "notes": notes}
-
-
-def _colormap() -> np.ndarray:
-    """``jet`` as a 256×3 uint8 lookup table (for the overlay video)."""
-    from matplotlib import colormaps
-
-    return (colormaps["jet"](np.arange(256))[:, :3] * 255).astype(np.uint8)

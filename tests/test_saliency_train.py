@@ -112,7 +112,7 @@ class _FakeVideo:
 
 
 def test_sliding_windows_reverse_the_first_frames_and_their_audio() -> None:
-    from avlab.lightningmodules.saliency import predict_video
+    from avlab.inference.saliency import predict_video
 
     n, T = 20, 8
     wav = np.random.default_rng(0).uniform(-1, 1, int(n / 25 * 22050)).astype(np.float32)
@@ -144,7 +144,7 @@ def test_sliding_windows_reverse_the_first_frames_and_their_audio() -> None:
 
 
 def test_batched_windows_equal_one_at_a_time() -> None:
-    from avlab.lightningmodules.saliency import predict_video
+    from avlab.inference.saliency import predict_video
 
     torch.manual_seed(0)
     cfg = load_experiment("saliency/avrsp_av", SMALL)
