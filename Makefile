@@ -1,25 +1,26 @@
-# Two commands on a fresh machine (handbook §1): `make demo` and `make test`.
+# Two commands on a fresh machine: `make demo` and `make test`.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.avlab-installed
-# torch and torchvision are pinned as a pair: a looser spec pulls a multi-GB download.
-TORCH  := torch==2.14.1 torchvision==0.29.1
+# Every pip install goes through constraints.txt, which pins the tested torch/torchvision pair:
+# setup.cfg only gives ranges, and an unpinned resolve can pull another multi-GB torch build.
+PIP    := $(BIN)/python -m pip install -q -c constraints.txt
 DEMO_RUNS := runs/demo
 # The main job: Attentive AV-FusionNet, its three deep variants, the weighted product and SVR-8F.
 DEMO_EXPERIMENTS := avq/attentive_fusion avq/simple_fusion avq/ca_fusion avq/recursive_fusion \
                     avq/weighted_product avq/weighted_product_fitted avq/svr_8f
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-full bench clean
+.PHONY: install demo lint test test-full bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(PIP) --upgrade pip
 
-$(STAMP): $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[test]"
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml constraints.txt
+	$(PIP) torch torchvision
+	$(PIP) -e ".[test,postgres]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -41,10 +42,13 @@ demo: $(STAMP)
 	  print(t.round(3).to_string())"
 	@ls -d $(DEMO_RUNS)/avq/attentive_fusion/* | sed 's/^/run directory: /'
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" -n 2 --dist loadgroup --timeout 900 $(PYTEST_ARGS)
 
-test-full: $(STAMP)
+test-full: $(STAMP) lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup --timeout 1800 $(PYTEST_ARGS)
 
 bench: $(STAMP)
