@@ -93,6 +93,16 @@ class RunConfig:
 
 
 @dataclass
+class PaperConfig:
+    """What the reproduced paper reports for this experiment (read by tests and tables that compare)."""
+
+    #: Trainable parameters of the experiment's model in the paper, in millions.
+    params_m: Optional[float] = None
+    #: Relative deviation from ``params_m`` a parameter-count check accepts; ``None``: reported only.
+    params_tolerance: Optional[float] = None
+
+
+@dataclass
 class CVConfig:
     #: K > 1 runs K-fold cross-validation grouped by source; each fold is reported, then mean ± std.
     folds: int = 0
@@ -136,6 +146,8 @@ class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
     cv: CVConfig = field(default_factory=CVConfig)
     splits: SplitsConfig = field(default_factory=SplitsConfig)
+    #: Figures the paper reports for this experiment (``paper.params_m`` ...); no effect on the run.
+    paper: PaperConfig = field(default_factory=PaperConfig)
     #: Resume (train) or evaluate (test/predict) from this checkpoint.
     ckpt_path: Optional[str] = None
 
