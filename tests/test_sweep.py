@@ -185,6 +185,22 @@ params:
         check_space(spec, [])
 
 
+def test_postgres_storage_without_its_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from avlab.sweep import open_storage
+
+    # psycopg is the optional `postgres` extra; None in sys.modules makes `import psycopg` fail as
+    # if it were not installed. SQLAlchemy imports the driver when the engine is created, before
+    # any connection, so no server is needed.
+    for name in ("psycopg", "psycopg2"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ConfigError, match=r"pip install 'avlab\[postgres\]'"):
+        open_storage("postgresql://user:secret@127.0.0.1:9/db", heartbeat=False)
+    try:
+        open_storage("postgresql://user:secret@127.0.0.1:9/db", heartbeat=False)
+    except ConfigError as exc:
+        assert "secret" not in str(exc)  # the password never reaches a message
+
+
 def test_every_packaged_sweep_fits_its_experiment() -> None:
     names = list_sweeps()
     assert {"avq/table2", "yt8m/attend_fusion", "saliency/avrsp", "unqa/unqa"} <= set(names)

@@ -1,4 +1,4 @@
-"""Two ``avlab sweep`` workers share one study on a real PostgreSQL server (handbook §5).
+"""Two ``avlab sweep`` workers share one study on a real PostgreSQL server.
 
 The server is PostgreSQL from Debian's packages: ``.ci/run`` installs it, starts a cluster and
 exports ``AVLAB_TEST_POSTGRES_URL``; without that variable this module starts its own throw-away

@@ -40,10 +40,11 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
             last = exc
             time.sleep(0.3 + random.random() * (attempt + 1) * 0.5)
-        except (sqlalchemy.exc.ArgumentError, ModuleNotFoundError, ValueError) as exc:
-            # The PostgreSQL driver is an optional extra, so say how to get it.
+        except (sqlalchemy.exc.ArgumentError, ImportError, ValueError) as exc:
+            # Optuna re-raises a missing database driver as a plain ImportError. The PostgreSQL
+            # driver is an optional extra, so say how to get it.
             hint = (" (PostgreSQL storage needs its driver: pip install 'avlab[postgres]')"
-                    if isinstance(exc, ModuleNotFoundError) and url.startswith("postgres") else "")
+                    if isinstance(exc, ImportError) and url.startswith("postgres") else "")
             raise ConfigError(f"cannot use storage {redact(url)}: {exc}{hint}") from exc
     raise ConfigError(f"cannot open storage {redact(url)}: {last}")
 
