@@ -108,7 +108,7 @@ def main() -> None:
     from avlab.datamodules.yt8m import YT8MDataModule, YT8MRecordDataset, resolve_split
     from avlab.demo.yt8m import build_yt8m_demo
     from avlab.lightningmodules.yt8m import YT8MModule
-    from avlab.models.yt8m import AttendFusion
+    from avlab.models.yt8m.attend_fusion import AttendFusion
 
     warnings.filterwarnings("ignore")  # Lightning's "few workers" / "no val loop" advice
     import logging
