@@ -1,7 +1,7 @@
 """YouTube-8M metrics: parity with a numpy re-statement of the official definitions.
 
-The reference below is written from the definitions in ``shared/reference/youtube8m.md`` §2
-(google/youtube-8m ``eval_util.py`` and the AP calculators), as plain loops:
+The reference below is written from the official definitions (google/youtube-8m
+``eval_util.py`` and the AP calculators, restated in avlab.metrics.yt8m's docstring), as plain loops:
 
 * ``official_ap`` is ``ap_at_n`` as published: shuffle with ``random.seed(0)``, stable sort by
   score descending, ``Σ poscount/(i+1) · 1/num_positives``;

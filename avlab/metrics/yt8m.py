@@ -1,7 +1,7 @@
 """YouTube-8M evaluation metrics as the official starter code defines them, in bounded memory.
 
 Definitions (google/youtube-8m ``eval_util.py``, ``average_precision_calculator.py``,
-``mean_average_precision_calculator.py``; ``shared/reference/youtube8m.md`` §2). Inputs are
+``mean_average_precision_calculator.py``). Inputs are
 per-video class **probabilities** ``preds [N, C]`` and 0/1 labels ``target [N, C]``.
 
 * **GAP** (global average precision, ``top_k=20``): keep each video's 20 highest scores, pool

@@ -95,8 +95,9 @@ class FCResidualGatedLateFusion(YT8MModel):
 
     Per modality ``in → H`` + gated residual block (eqs. 2–3); concat ``2H``; classifier
     ``2H → C`` whose probabilities are gated per class by ``σ(W_g [h_v; h_a] + b_g)`` (context
-    gating on the output, as in Miech et al.'s video-level models). The class gate is the
-    reference notes' guess for the paper's 416M (it adds one ``2H → C`` layer); set
+    gating on the output, as in Miech et al.'s video-level models). The paper does not describe
+    the gate; this one is avlab's guess, chosen because it reproduces the paper's 416M (it adds
+    one ``2H → C`` layer to FC Late Fusion's 341M, where one ``H × H`` gate would give 405M); set
     ``class_gate=False`` for the plain variant (the size of FC Late Fusion).
     """
 
