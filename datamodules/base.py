@@ -49,11 +49,14 @@ class DatasetInfo:
             reported as ``test/<name>/<metric>`` and its output files are prefixed ``<name>_``.
         score_scale: (low, high) of the target scores the model is trained on (quality tasks).
         logistic: ``None``, ``"4"`` or ``"5"``: also report PLCC/RMSE after a logistic fit.
+        class_names: name of each class by class index (classification tasks, e.g. yt8m's
+            ``vocabulary.csv``), for per-class outputs; ``None`` when the dataset names none.
     """
 
     name: str | None = None
     score_scale: tuple[float, float] | None = None
     logistic: str | None = None
+    class_names: tuple[str, ...] | None = None
 
 
 @dataclass
