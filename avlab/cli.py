@@ -253,10 +253,13 @@ def _run_experiment_command(command: str, cfg: Any, inputs: dict[str, str]) -> i
     if command == "features":
         from avlab.instantiate import instantiate
 
+        from avlab.datamodules.base import AvlabDataModule
+
         dm = instantiate(cfg.data)
-        if not hasattr(dm, "extract_features"):
-            raise ConfigError(f"{type(dm).__name__} has no features to extract")
-        summary = dm.extract_features()
+        if not isinstance(dm, AvlabDataModule):
+            raise ConfigError(f"`data._target_` builds {type(dm).__name__}, not an avlab DataModule: nothing to extract")
+        # The DataModule fills the same cache that training reads (its prepare_data calls this too).
+        summary = dm.extract_features(progress=True)
         print(json.dumps(summary, indent=2, default=str))
         return 0
     return 0

@@ -1,12 +1,14 @@
 """What ``avlab train``, ``avlab test`` and ``avlab predict`` do, as plain functions.
 
-``train`` fits, tests on the best checkpoint, and writes the run directory (handbook §3). With
+``train`` fits, tests on the best checkpoint, and writes the run directory. With
 ``cv.folds=K`` or ``splits.repeats=N`` it repeats that per fold/split, writes each one's metrics
 to ``folds.csv`` and reports mean and ``_std`` in ``metrics.json``.
 
-A ``model`` whose target is not a LightningModule is a closed-form estimator (weighted product,
-SVR): it is fitted on the DataModule's training arrays instead of by a Trainer, and reports the
-same metrics in the same run directory.
+A ``model`` whose target is not a LightningModule is a closed-form estimator
+(:class:`avlab.baselines.base.ClosedFormEstimator`: weighted product, SVR): it is fitted on the
+arrays of a :class:`~avlab.datamodules.base.SupportsArrays` DataModule instead of by a Trainer,
+and evaluates itself with its task's evaluation function into the same run directory. Nothing
+here is specific to a task.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 import avlab
+from avlab.baselines.base import ClosedFormEstimator
 from avlab.callbacks.rng_state import RNGStateCheckpoint
+from avlab.datamodules.base import AvlabDataModule, SupportsArrays
 from avlab.errors import ConfigError
 from avlab.instantiate import instantiate, resolve_target
+from avlab.lightningmodules.base import AvlabModule, EvalOutputs
 from avlab.rundir import create_run_dir, write_config, write_metrics
 
 
@@ -259,7 +264,7 @@ def _is_rank_zero() -> bool:
 
 
 def _attach(module: Any, run_dir: Path) -> None:
-    if hasattr(module, "run_dir"):
+    if isinstance(module, AvlabModule):
         module.run_dir = run_dir if _is_rank_zero() else None
 
 
@@ -275,7 +280,12 @@ def _fit_and_test(cfg: DictConfig, datamodule: Any, run_dir: Path, tag: str | No
     results = _test(trainer, model, datamodule, cfg, ckpt_path=best or None)
     finish_loggers(trainer)
     val = history.selected(cfg.callbacks.checkpoint.monitor, cfg.callbacks.checkpoint.mode)
-    return results, list(getattr(model, "summary_lines", [])), val
+    return results, list(model.summary_lines) if isinstance(model, AvlabModule) else [], val
+
+
+def _dataset_name(datamodule: Any, default: str = "cross") -> str:
+    name = datamodule.dataset_info().name if isinstance(datamodule, AvlabDataModule) else None
+    return name or default
 
 
 def _test(trainer: Trainer, model: Any, datamodule: Any, cfg: DictConfig, ckpt_path: str | None) -> dict[str, float]:
@@ -286,7 +296,7 @@ def _test(trainer: Trainer, model: Any, datamodule: Any, cfg: DictConfig, ckpt_p
     if cfg.get("test_data") is not None:
         # Cross-dataset evaluation: the same weights on a dataset never seen in training.
         other = instantiate(cfg.test_data)
-        name = getattr(other, "dataset_name", None) or "cross"
+        name = _dataset_name(other)
         trainer.test(model, datamodule=other, verbose=False)
         for k, v in trainer.callback_metrics.items():
             if k.startswith("test/"):
@@ -294,31 +304,53 @@ def _test(trainer: Trainer, model: Any, datamodule: Any, cfg: DictConfig, ckpt_p
     return clean_metrics(metrics)
 
 
+def _estimator_parts(estimator: Any, datamodule: Any, where: str) -> None:
+    if not isinstance(estimator, ClosedFormEstimator):
+        raise ConfigError(f"`model._target_` builds {type(estimator).__name__}, which is neither a LightningModule nor an "
+                          "avlab.baselines.base.ClosedFormEstimator (fit/predict/evaluate)")
+    if not isinstance(datamodule, SupportsArrays):
+        raise ConfigError(f"`{where}` ({type(datamodule).__name__}) does not serve arrays (SupportsArrays), which "
+                          f"the closed-form estimator {type(estimator).__name__} needs")
+
+
+def evaluate_estimator(estimator: ClosedFormEstimator, datamodule: Any, run_dir: Path | None,
+                       *, split: str = "test") -> dict[str, float]:
+    """Predict ``split`` of a set-up DataModule and evaluate with the estimator's task evaluation;
+    files go to ``run_dir`` (rank zero only), prefixed with the dataset's name if it has one."""
+    part = datamodule.arrays(split)
+    pred = np.asarray(estimator.predict(part.features), dtype=float)
+    info = datamodule.dataset_info()
+    outputs = EvalOutputs(run_dir if _is_rank_zero() else None, prefix=f"{info.name}_" if info.name else "")
+    samples = {"index": np.asarray(part.index), "pred": pred, "target": np.asarray(part.target, dtype=float)}
+    try:
+        table = datamodule.sample_table(split).loc[part.index]
+    except NotImplementedError:
+        table = None
+    return estimator.evaluate(split, samples, table, outputs, info)
+
+
 def _fit_estimator(cfg: DictConfig, datamodule: Any, run_dir: Path, tag: str | None) -> tuple[dict[str, float], list[str]]:
     import joblib
 
     estimator = instantiate(cfg.model)
+    _estimator_parts(estimator, datamodule, "data")
     datamodule.prepare_data()
     datamodule.setup("fit")
-    features, target = datamodule.arrays("train")
-    estimator.fit(features, target)
+    train_part = datamodule.arrays("train")
+    estimator.fit(train_part.features, train_part.target)
     ckpt_dir = run_dir / "checkpoints" / (tag or "")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     joblib.dump(estimator, ckpt_dir / "estimator.joblib")
     datamodule.setup("test")
-    features, target = datamodule.arrays("test")
-    pred = np.asarray(estimator.predict(features), dtype=float)
-    metrics = {f"test/{k}": v for k, v in datamodule.evaluate(pred, target, split="test", run_dir=run_dir, name=cfg.experiment).items()}
-    lines = []
-    if hasattr(estimator, "describe"):
-        lines.append(estimator.describe())
+    metrics = {f"test/{k}": v for k, v in evaluate_estimator(estimator, datamodule, run_dir).items()}
+    lines = [line for line in [estimator.describe()] if line]
     if cfg.get("test_data") is not None:
         other = instantiate(cfg.test_data)
+        _estimator_parts(estimator, other, "test_data")
         other.prepare_data()
         other.setup("test")
-        f2, t2 = other.arrays("test")
-        name = getattr(other, "dataset_name", None) or "cross"
-        for k, v in other.evaluate(np.asarray(estimator.predict(f2), dtype=float), t2, split="test").items():
+        name = _dataset_name(other)
+        for k, v in evaluate_estimator(estimator, other, run_dir).items():
             metrics[f"test/{name}/{k}"] = v
     return metrics, lines
 
@@ -365,13 +397,12 @@ def test(cfg: DictConfig) -> RunResult:
         trainer = build_trainer(cfg, run_dir)
         metrics = _test(trainer, model, datamodule, cfg, ckpt_path=None)
         finish_loggers(trainer)
-        lines = list(getattr(model, "summary_lines", []))
+        lines = list(model.summary_lines) if isinstance(model, AvlabModule) else []
     else:
+        _estimator_parts(model, datamodule, "data")
         datamodule.prepare_data()
         datamodule.setup("test")
-        features, target = datamodule.arrays("test")
-        pred = np.asarray(model.predict(features), dtype=float)
-        metrics = {f"test/{k}": v for k, v in datamodule.evaluate(pred, target, split="test", run_dir=run_dir).items()}
+        metrics = {f"test/{k}": v for k, v in evaluate_estimator(model, datamodule, run_dir).items()}
         lines = []
     if _is_rank_zero():
         metrics = write_metrics(run_dir, metrics)
@@ -388,8 +419,8 @@ def predict(cfg: DictConfig, inputs: dict[str, str]) -> tuple[Path, dict[str, An
     if isinstance(model, LightningModule):
         model.eval()
         _attach(model, run_dir)
-    if not hasattr(model, "predict_media"):
-        raise ConfigError(f"{type(model).__name__} cannot predict on media")
+    if not isinstance(model, AvlabModule):
+        raise ConfigError(f"{type(model).__name__} cannot predict on media (only avlab LightningModules can)")
     with torch.no_grad():
         result = model.predict_media(inputs, datamodule, run_dir)
     return run_dir, result

@@ -1,8 +1,10 @@
 """Data of the ``avq`` task: full-reference audio-visual quality (Attentive AV-FusionNet).
 
-Two dataset formats are read (``format=auto`` picks by the files present):
+Two formats of the shared reader catalog (:mod:`avlab.datamodules.readers`) are read
+(``format=auto`` picks by the files present):
 
-``manifest`` — avlab's documented format: a folder with ``manifest.csv``, one row per stimulus:
+``manifest`` — avlab's documented format: a folder with ``manifest.csv``, one row per stimulus
+(``media`` and ``group`` are accepted for ``distorted`` and ``source``):
 
 =====================  ====================================================================
 column                 meaning
@@ -40,12 +42,14 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from avlab.datamodules.base import AvlabDataModule
+from avlab.datamodules.base import ArraySplit, AvlabDataModule, DatasetInfo, SupportsArrays
+from avlab.datamodules.readers import ReadOptions, detect_format, get_reader, missing_files
 from avlab.errors import DataError, FeatureError, MediaError
 from avlab.features.audio import AudioFeatureExtractor, SpectralSimilarityExtractor
 from avlab.features.cache import FeatureCache
 from avlab.features.vmaf import VMAF_FEATURES, extract_vmaf
-from avlab.metrics.quality import ibm_rescale, quality_metrics
+from avlab.metrics.quality import ibm_rescale
+from avlab.rundir import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -63,36 +67,46 @@ def parse_scale(text: Any, *, where: str) -> tuple[float, float]:
     return lo, hi
 
 
-# --------------------------------------------------------------------------- readers
+# --------------------------------------------------------------------------- reading
+#: Columns an avq manifest must provide (names as in the file; ``distorted``/``source`` may also be
+#: spelled ``media``/``group``, the catalog's names).
+REQUIRED_COLUMNS = ("stimulus", "source", "reference", "distorted", "audio_bitrate_kbps", "mos", "mos_scale")
+#: catalog column → avq column
+_FROM_CATALOG = {"media": "distorted", "audio": "distorted_audio", "group": "source"}
+
+
 def read_manifest(path: Path) -> pd.DataFrame:
-    """Read and validate ``manifest.csv``; paths become absolute. Every problem is reported at once."""
+    """Read and validate ``manifest.csv`` with the shared reader; paths become absolute.
+
+    Every problem is reported at once, each naming its row and stimulus.
+    """
     if not path.is_file():
         raise DataError(f"{path} does not exist; an avq dataset folder needs a manifest.csv (see datamodules/avq.py)")
-    try:
-        table = pd.read_csv(path)
-    except Exception as exc:  # noqa: BLE001 - any parse error becomes an actionable message
-        raise DataError(f"cannot read {path}: {exc}") from exc
+    table = get_reader("manifest").read(path.parent, ReadOptions(name=path.parent.name, score_file=path.name))
     problems = validate_table(table, path)
     if problems:
         raise DataError(f"{path} has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems[:20]))
-    root = path.parent
-    table = table.copy()
-    for col in ("reference", "distorted", "reference_audio", "distorted_audio"):
-        if col in table:
-            table[col] = [str((root / p).resolve()) if isinstance(p, str) and p else None for p in table[col]]
-    return table
+    return _avq_columns(table)
+
+
+def _avq_columns(table: pd.DataFrame) -> pd.DataFrame:
+    return table.rename(columns=_FROM_CATALOG).reset_index(drop=True)
 
 
 def validate_table(table: pd.DataFrame, path: Path, *, check_files: bool = True) -> list[str]:
-    problems = []
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    """Problems of a manifest read by the shared reader: missing columns, duplicate stimuli, MOS
+    missing or outside its declared scale, files that do not exist."""
+    provided = set(table.attrs.get("columns", table.columns))
+    provided |= {_FROM_CATALOG[c] for c in list(provided) if c in _FROM_CATALOG}
+    missing = [c for c in REQUIRED_COLUMNS if c not in provided]
     if missing:
-        return [f"missing column(s) {', '.join(missing)}; found {', '.join(map(str, table.columns))}"]
+        return [f"missing column(s) {', '.join(missing)}; found {', '.join(sorted(map(str, provided)))}"]
+    problems = []
     dupes = table["stimulus"][table["stimulus"].duplicated()].tolist()
     if dupes:
         problems.append(f"duplicate stimulus name(s): {', '.join(map(str, dupes[:5]))}")
-    for i, row in table.iterrows():
-        where = f"row {i + 2} (stimulus {row['stimulus']!r})"  # +2: header line and 1-based rows
+    for _, row in table.iterrows():
+        where = f"{row['where']} (stimulus {row['stimulus']!r})"
         mos = pd.to_numeric(row["mos"], errors="coerce")
         if pd.isna(mos):
             problems.append(f"{where}: MOS is missing or not a number ({row['mos']!r}); fill it in or drop the row")
@@ -103,70 +117,37 @@ def validate_table(table: pd.DataFrame, path: Path, *, check_files: bool = True)
                     problems.append(f"{where}: MOS {mos} is outside its declared scale {row['mos_scale']}")
             except DataError as exc:
                 problems.append(str(exc))
-        if check_files:
-            for col in ("reference", "distorted", "reference_audio", "distorted_audio"):
-                value = row.get(col)
-                if isinstance(value, str) and value and not (path.parent / value).exists():
-                    problems.append(f"{where}: {col} file {path.parent / value} does not exist")
+    if check_files:
+        problems.extend(missing_files(_avq_columns(table), ("reference", "distorted", "reference_audio", "distorted_audio")))
     return problems
 
 
 def read_live_sjtu(root: Path, audio_bitrates: list[int] | None) -> pd.DataFrame:
-    """LIVE-SJTU ``MOS.mat`` → the manifest table (see the module docstring)."""
-    import scipy.io
-
-    mat_path = root / "MOS.mat"
-    if not mat_path.is_file():
-        raise DataError(f"{root} has no MOS.mat; a LIVE-SJTU folder holds MOS.mat and the .yuv/.wav files it names")
-    mat = scipy.io.loadmat(str(mat_path))
-    for key in ("MOS", "disNames", "refNames", "allNames"):
-        if key not in mat:
-            raise DataError(f"{mat_path} lacks the field `{key}`; is it the LIVE-SJTU MOS.mat?")
-    files = {p.name: p for p in root.rglob("*") if p.suffix.lower() in (".yuv", ".wav", ".mp4", ".mkv")}
-
-    def name(cell: Any) -> str:
-        return str(np.asarray(cell).ravel()[0]) if np.asarray(cell).size else ""
-
-    def find(file_name: str, row: int) -> str:
-        if file_name not in files:
-            raise DataError(f"{mat_path} row {row + 1} names {file_name}, which is not anywhere under {root}")
-        return str(files[file_name])
-
-    rows = []
-    fps = np.asarray(mat.get("frameRate", np.full((len(mat["MOS"]), 1), 25.0))).ravel()
-    for i in range(len(mat["MOS"])):
-        source, vcond, acond = (name(c) for c in mat["allNames"][i])
-        rate = int("".join(ch for ch in acond if ch.isdigit()) or 0)
-        if audio_bitrates and rate not in audio_bitrates:
-            continue
-        rows.append({
-            "stimulus": f"{source}_{vcond}_{acond}", "source": source,
-            "reference": find(name(mat["refNames"][i][0]), i), "reference_audio": find(name(mat["refNames"][i][1]), i),
-            "distorted": find(name(mat["disNames"][i][0]), i), "distorted_audio": find(name(mat["disNames"][i][1]), i),
-            "video_bitrate_kbps": np.nan, "audio_bitrate_kbps": rate, "mos": float(np.asarray(mat["MOS"][i]).ravel()[0]),
-            "mos_scale": "0-100", "fps": float(fps[i]) if i < len(fps) else 25.0,
-        })
-    if not rows:
-        raise DataError(f"{mat_path}: no stimulus left after keeping audio bitrates {audio_bitrates}")
-    res = np.asarray(mat.get("resolution", [[1080, 1920]])).ravel()
-    table = pd.DataFrame(rows)
-    table["height"], table["width"] = int(res[0]), int(res[1])
-    return table
+    """LIVE-SJTU ``MOS.mat`` (shared reader) → the avq table, keeping ``audio_bitrates`` only."""
+    table = get_reader("live_sjtu").read(root, ReadOptions(name=root.name))
+    if audio_bitrates:
+        table = table[table["audio_bitrate_kbps"].isin([float(b) for b in audio_bitrates])]
+        if table.empty:
+            raise DataError(f"{root / 'MOS.mat'}: no stimulus left after keeping audio bitrates {audio_bitrates}")
+    problems = missing_files(table, label=str(root))
+    if problems:
+        raise DataError(f"{root}: {len(problems)} file(s) named in MOS.mat are not anywhere under the folder:\n  - "
+                        + "\n  - ".join(problems[:20]))
+    return _avq_columns(table)
 
 
 def wrap_raw_yuv(path: str, *, width: int, height: int, fps: float, cache_root: Path) -> str:
     """Lossless H.264 copy of a raw 4:2:0 YUV file (libvmaf input needs a container); made once."""
     from avlab.media.ffmpeg import run_ffmpeg
+
     src = Path(path)
     out = cache_root / "yuv" / f"{src.stem}-{src.stat().st_size}.mkv"
     if out.is_file():
         return str(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.mkv")
-    run_ffmpeg(["-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{width}x{height}", "-r", f"{fps}",
-                "-i", str(src), "-c:v", "libx264", "-qp", "0", "-preset", "ultrafast", str(tmp)],
-               what=f"wrapping raw YUV {src}")
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        run_ffmpeg(["-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{width}x{height}",
+                    "-r", f"{fps}", "-i", str(src), "-c:v", "libx264", "-qp", "0", "-preset", "ultrafast", str(tmp)],
+                   what=f"wrapping raw YUV {src}")
     return str(out)
 
 
@@ -189,7 +170,7 @@ class AVQFeatureDataset(Dataset):
 
 
 # --------------------------------------------------------------------------- datamodule
-class AVQDataModule(AvlabDataModule):
+class AVQDataModule(AvlabDataModule, SupportsArrays):
     """Reference/distorted AV pairs → VMAF + audio features → source-disjoint splits.
 
     Args:
@@ -230,8 +211,8 @@ class AVQDataModule(AvlabDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(root=root, demo_size=demo_size, batch_size=batch_size, num_workers=num_workers)
-        if format not in ("auto", "manifest", "live_sjtu"):
-            raise DataError(f"data.format must be auto, manifest or live_sjtu, got {format!r}")
+        if format != "auto":
+            get_reader(format, where="data.format", allowed=("manifest", "live_sjtu"))
         self.format = format
         self.n_units = int(n_units)
         self.audio_extractor = audio_features or SpectralSimilarityExtractor()
@@ -259,11 +240,7 @@ class AVQDataModule(AvlabDataModule):
     def _format(self, root: Path) -> str:
         if self.format != "auto":
             return self.format
-        if (root / "manifest.csv").is_file():
-            return "manifest"
-        if (root / "MOS.mat").is_file():
-            return "live_sjtu"
-        raise DataError(f"{root} holds neither manifest.csv nor MOS.mat; set data.format or point data.root at an avq dataset")
+        return detect_format(root, ("manifest", "live_sjtu"))
 
     def cache(self, root: Path) -> FeatureCache:
         return FeatureCache(Path(self.feature_cache_dir) if self.feature_cache_dir else root / ".features")
@@ -295,8 +272,9 @@ class AVQDataModule(AvlabDataModule):
             "q_audio": float(ibm_rescale(au.quality, (1.0, 5.0), self.target_scale)),
         }
 
-    def extract_features(self) -> dict[str, Any]:
-        """Compute (or read from the cache) the features of every stimulus; ``avlab features`` calls this."""
+    def extract_features(self, progress: bool = True) -> dict[str, Any]:
+        """Compute (or read from the cache) the features of every stimulus; ``avlab features`` and
+        ``prepare_data`` call this, and ``setup`` reads what it cached."""
         root = self.dataset_root(build=True)
         table = self.read_table(root)
         cache = self.cache(root)
@@ -321,9 +299,6 @@ class AVQDataModule(AvlabDataModule):
         return {"root": str(root), "stimuli": len(table), "sources": int(table["source"].nunique()),
                 "video_features": list(VMAF_FEATURES), "audio_extractor": self.audio_extractor.name,
                 "audio_dim": int(self.audio.shape[-1]), "n_units": self.n_units, "cache": str(cache.root)}
-
-    def prepare_data(self) -> None:
-        self.extract_features()  # on one process: fills the cache that setup() then reads
 
     # ------------------------------------------------------------------ splits
     def sources_by_split(self) -> dict[str, list[str]]:
@@ -383,8 +358,16 @@ class AVQDataModule(AvlabDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
-    # ------------------------------------------------------------------ arrays for closed-form baselines
-    def arrays(self, split: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    # ------------------------------------------------------------------ the contract
+    def dataset_info(self) -> DatasetInfo:
+        return DatasetInfo(name=self.dataset_name, score_scale=self.target_scale, logistic=self.logistic)
+
+    def sample_table(self, split: str) -> pd.DataFrame:
+        """Stimulus, source, bitrates and MOS (on ``target_scale``) of a split, by dataset index."""
+        assert self.table is not None, "call setup() first"
+        return self.table.loc[self.split_indices[split], list(SAMPLE_COLUMNS)]
+
+    def arrays(self, split: str) -> ArraySplit:
         """Features of the baselines (Q_a, Q_v, pooled VMAF, audio bitrate) and MOS of a split.
 
         Closed-form baselines fit on train+val: they need no validation set for checkpointing.
@@ -397,32 +380,7 @@ class AVQDataModule(AvlabDataModule):
             "vmaf": self.video[idx].mean(axis=1).astype(float),
             "audio_bitrate_kbps": t["audio_bitrate_kbps"].to_numpy(float),
         }
-        return feats, t["mos"].to_numpy(float)
-
-    def meta(self, split: str, index: np.ndarray | None = None) -> pd.DataFrame:
-        idx = self.split_indices[split] if index is None else index
-        return self.table.iloc[idx][["stimulus", "source", "audio_bitrate_kbps", "video_bitrate_kbps", "mos"]].reset_index(drop=True)
-
-    # ------------------------------------------------------------------ evaluation shared by all avq models
-    def evaluate(self, pred: np.ndarray, target: np.ndarray, *, split: str = "test", run_dir: Path | None = None,
-                 name: str = "", index: np.ndarray | None = None) -> dict[str, float]:
-        """PLCC/SRCC/KRCC/RMSE on the MOS scale; writes predictions CSV and a scatter plot."""
-        if np.isnan(pred).any():
-            raise FeatureError(f"{int(np.isnan(pred).sum())} predictions are NaN; the model diverged (lower the learning rate)")
-        metrics = quality_metrics(pred, target, logistic=self.logistic)
-        if run_dir is not None:
-            # Rows follow split_indices[split] (sorted), which is also the order arrays(split) returns.
-            frame = self.meta(split, None if index is None else np.asarray(index))
-            frame["predicted"] = pred
-            prefix = f"{self.dataset_name}_" if self.dataset_name else ""
-            frame.to_csv(Path(run_dir) / f"{prefix}predictions_{split}.csv", index=False)
-            from avlab.plots import scatter_prediction
-
-            scatter_prediction(pred, target, Path(run_dir) / "plots" / f"{prefix}prediction_vs_mos_{split}.png",
-                               title=f"{name} ({split}): PLCC {metrics['plcc']:.3f}, SRCC {metrics['srcc']:.3f}",
-                               xlabel=f"MOS ({self.target_scale[0]:g}–{self.target_scale[1]:g})",
-                               groups=frame["source"].tolist())
-        return metrics
+        return ArraySplit(feats, t["mos"].to_numpy(float), idx)
 
     # ------------------------------------------------------------------ checks
     def check(self) -> list[str]:
@@ -435,9 +393,9 @@ class AVQDataModule(AvlabDataModule):
             return [str(exc)]
         if fmt == "manifest":
             try:
-                table = pd.read_csv(root / "manifest.csv")
-            except Exception as exc:  # noqa: BLE001
-                return [f"cannot read {root / 'manifest.csv'}: {exc}"]
+                table = get_reader("manifest").read(root, ReadOptions(name=root.name))
+            except DataError as exc:
+                return [str(exc)]
             problems = validate_table(table, root / "manifest.csv")
             if problems:
                 return problems
@@ -452,6 +410,10 @@ class AVQDataModule(AvlabDataModule):
         if self.table is not None:
             out.update(stimuli=len(self.table), sources=int(self.table["source"].nunique()))
         return out
+
+
+#: Columns of :meth:`AVQDataModule.sample_table` (and of the prediction CSVs).
+SAMPLE_COLUMNS = ("stimulus", "source", "audio_bitrate_kbps", "video_bitrate_kbps", "mos")
 
 
 def _opt(row: pd.Series, key: str) -> str | None:

@@ -8,17 +8,60 @@ validation/test set gathered from all ranks, and modality importance (paper §3,
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from avlab.lightningmodules.base import AvlabModule
+from avlab.datamodules.avq import AVQDataModule
+from avlab.datamodules.base import DatasetInfo
+from avlab.errors import FeatureError
+from avlab.lightningmodules.base import AvlabModule, EvalOutputs
 from avlab.losses import CCCRMSELoss
 from avlab.metrics.importance import MODALITIES, combined_importance, modality_importance
 from avlab.metrics.quality import quality_metrics
+
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class ProvidesIntermediates(Protocol):
+    """A fusion network that exposes its embeddings, so modality importance (eq. 7) can be
+    computed: ``phi_pre_{audio,video}`` and ``phi_post_{audio,video}`` of one forward pass."""
+
+    def intermediates(self, video: Tensor, audio: Tensor) -> dict[str, Tensor]: ...
+
+
+def evaluate_quality(stage: str, samples: dict[str, np.ndarray], table: pd.DataFrame | None, outputs: EvalOutputs,
+                     info: DatasetInfo, *, name: str = "") -> dict[str, float]:
+    """PLCC/SRCC/KRCC/RMSE on the MOS scale, ``predictions_<stage>.csv`` and a scatter plot.
+
+    The one evaluation of avq, shared by the deep models (:meth:`AVQModule.evaluate`) and the
+    closed-form baselines (:mod:`avlab.baselines.avq`). ``samples`` holds ``index``, ``pred`` and
+    ``target`` (numpy, ordered by index); ``table`` their ``sample_table`` rows in that order.
+    """
+    pred, target = np.asarray(samples["pred"], dtype=float), np.asarray(samples["target"], dtype=float)
+    if np.isnan(pred).any():
+        raise FeatureError(f"{int(np.isnan(pred).sum())} predictions are NaN; the model diverged (lower the learning rate)")
+    metrics = quality_metrics(pred, target, logistic=info.logistic)
+    if outputs.enabled:
+        frame = (table.reset_index(drop=True) if table is not None
+                 else pd.DataFrame({"index": np.asarray(samples["index"]), "mos": target}))
+        frame["predicted"] = pred
+        outputs.write_csv(f"predictions_{stage}.csv", frame)
+        from avlab.plots import scatter_prediction
+
+        lo, hi = info.score_scale or (float(np.min(target)), float(np.max(target)))
+        groups = frame["source"].tolist() if "source" in frame else None
+        outputs.plot(f"prediction_vs_mos_{stage}.png", scatter_prediction, pred, target,
+                     title=f"{name} ({stage}): PLCC {metrics['plcc']:.3f}, SRCC {metrics['srcc']:.3f}",
+                     xlabel=f"MOS ({lo:g}–{hi:g})", groups=groups)
+    return {k: float(v) for k, v in metrics.items()}
 
 
 class AVQModule(AvlabModule):
@@ -45,12 +88,12 @@ class AVQModule(AvlabModule):
         self.register_buffer("video_std", torch.ones(d_video))
         self.register_buffer("audio_mean", torch.zeros(d_audio))
         self.register_buffer("audio_std", torch.ones(d_audio))
-        self._outputs: dict[str, list[dict[str, Tensor]]] = {"val": [], "test": []}
 
     # ------------------------------------------------------------------ features
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if stage == "fit" and dm is not None and hasattr(dm, "feature_stats"):
+        if stage == "fit" and isinstance(dm, AVQDataModule):
+            # Standardisation statistics of the training part become buffers of the checkpoint.
             for name, value in dm.feature_stats().items():
                 getattr(self, name).copy_(value.to(self.device))
 
@@ -60,6 +103,10 @@ class AVQModule(AvlabModule):
     def forward(self, video: Tensor, audio: Tensor) -> Tensor:
         return self.net(*self.standardise(video, audio))
 
+    @property
+    def reports_importance(self) -> bool:
+        return isinstance(self.net, ProvidesIntermediates)
+
     # ------------------------------------------------------------------ loops
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         pred = self(batch["video"], batch["audio"])
@@ -67,74 +114,55 @@ class AVQModule(AvlabModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(pred), add_dataloader_idx=False)
         return loss
 
-    def _collect(self, stage: str, batch: dict[str, Tensor]) -> None:
-        pred = self(batch["video"], batch["audio"])
-        self._outputs[stage].append({"index": batch["index"], "pred": pred.detach(), "mos": batch["mos"]})
-
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._collect("val", batch)
+        self.collect("val", index=batch["index"], pred=self(batch["video"], batch["audio"]), mos=batch["mos"])
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._collect("test", batch)
+        extra = {"video": batch["video"], "audio": batch["audio"]} if self.reports_importance else {}
+        self.collect("test", index=batch["index"], pred=self(batch["video"], batch["audio"]), mos=batch["mos"], **extra)
 
-    def _gathered(self, stage: str) -> dict[str, Tensor]:
-        outs = self._outputs[stage]
-        self._outputs[stage] = []
-        if not outs:
-            return {}
-        merged = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
-        return self.gather_samples(merged)
-
-    def on_validation_epoch_end(self) -> None:
-        g = self._gathered("val")
-        if not g or self.trainer.sanity_checking:
-            return
-        # The loss of the whole validation set, not a mean of batch losses: CCC is not additive.
-        loss = self.loss_fn(g["pred"], g["mos"])
-        metrics = quality_metrics(g["pred"].double().cpu().numpy(), g["mos"].double().cpu().numpy()) if len(g["pred"]) > 2 else {}
-        self.log("val/loss", loss, prog_bar=True, add_dataloader_idx=False, sync_dist=False)
-        for key in ("plcc", "srcc", "rmse"):
-            if key in metrics:
-                self.log(f"val/{key}", float(np.nan_to_num(metrics[key])), add_dataloader_idx=False)
-
-    def on_test_epoch_end(self) -> None:
-        g = self._gathered("test")
-        if not g:
-            return
-        dm = self.trainer.datamodule
-        pred, mos, index = (g[k].double().cpu().numpy() for k in ("pred", "mos", "index"))
-        index = index.astype(int)
-        run_dir = self.run_dir if self.is_main_process else None
-        metrics = dm.evaluate(pred, mos, split="test", run_dir=run_dir, name=type(self.net).__name__, index=index)
-        metrics["loss"] = float(self.loss_fn(g["pred"], g["mos"]))
-        self.log_metrics("test", {k: float(v) for k, v in metrics.items()})
-        self._importance(dm, index, run_dir)
+    def evaluate(self, stage: str, samples: dict[str, Tensor], table: pd.DataFrame | None) -> dict[str, float]:
+        # The loss of the whole set, not a mean of batch losses: CCC is not additive.
+        loss = float(self.loss_fn(samples["pred"], samples["mos"]))
+        pred, mos = (samples[k].double().cpu().numpy() for k in ("pred", "mos"))
+        if stage == "val":
+            metrics = quality_metrics(pred, mos) if len(pred) > 2 else {}
+            return {"loss": loss} | {k: float(np.nan_to_num(metrics[k])) for k in ("plcc", "srcc", "rmse") if k in metrics}
+        info, outputs = self.dataset_info, self.eval_outputs()
+        arrays = {"index": samples["index"].cpu().numpy(), "pred": pred, "target": mos}
+        metrics = evaluate_quality(stage, arrays, table, outputs, info, name=type(self.net).__name__)
+        metrics["loss"] = loss
+        if self.reports_importance:
+            metrics.update(self._importance(samples, table, outputs))
+        else:
+            log.info("modality importance skipped: %s has no intermediates(video, audio) method",
+                     type(self.net).__name__)
+        return metrics
 
     # ------------------------------------------------------------------ modality importance (paper §3)
-    def _importance(self, dm: Any, index: np.ndarray, run_dir: Path | None) -> None:
-        video = torch.as_tensor(dm.video[index], device=self.device)
-        audio = torch.as_tensor(dm.audio[index], device=self.device)
+    def _importance(self, samples: dict[str, Tensor], table: pd.DataFrame | None, outputs: EvalOutputs) -> dict[str, float]:
         # The paper zeroes the model's input (standardised features), i.e. sets a modality to its training mean.
-        table = modality_importance(self.net, *self.standardise(video, audio), alpha=self.alpha, beta=self.beta)
-        meta = dm.meta("test", index)
-        table.insert(0, "stimulus", meta["stimulus"].to_numpy())
-        table.insert(1, "source", meta["source"].to_numpy())
-        by_source = table.groupby("source")[["importance_audio", "importance_video", "abl_audio", "abl_video"]].mean()
-        self.log_metrics("test", {f"importance_{m}": float(table[f"importance_{m}"].mean()) for m in MODALITIES})
+        video, audio = self.standardise(samples["video"].to(self.device), samples["audio"].to(self.device))
+        frame = modality_importance(self.net, video, audio, alpha=self.alpha, beta=self.beta)
+        index = samples["index"].cpu().numpy()
+        names = table if table is not None else pd.DataFrame({"stimulus": index, "source": "all"}, index=index)
+        frame.insert(0, "stimulus", names["stimulus"].to_numpy())
+        frame.insert(1, "source", names["source"].to_numpy())
+        by_source = frame.groupby("source")[["importance_audio", "importance_video", "abl_audio", "abl_video"]].mean()
         lines = ["modality importance (eq. 6-8, mean over held-out stimuli; alpha=%g, beta=%g):" % (self.alpha, self.beta)]
         for source, row in by_source.iterrows():
             dominant = "audio" if row["importance_audio"] > row["importance_video"] else "video"
             lines.append(f"  {source:<24} audio {row['importance_audio']:.3f}  video {row['importance_video']:.3f}  -> {dominant}-dominant")
         self.summary_lines = lines
-        if run_dir is not None:
-            table.to_csv(Path(run_dir) / "modality_importance.csv", index=False)
-            by_source.to_csv(Path(run_dir) / "modality_importance_by_source.csv")
+        outputs.write_csv("modality_importance.csv", frame)
+        outputs.write_csv("modality_importance_by_source.csv", by_source, index=True)
+        if outputs.enabled:
             from avlab.plots import grouped_bars
 
-            grouped_bars([str(s) for s in by_source.index],
+            outputs.plot("modality_importance.png", grouped_bars, [str(s) for s in by_source.index],
                          {"audio": by_source["importance_audio"].tolist(), "video": by_source["importance_video"].tolist()},
-                         Path(run_dir) / "plots" / "modality_importance.png",
                          title="Modality importance per source (eq. 8)", ylabel="importance")
+        return {f"importance_{m}": float(frame[f"importance_{m}"].mean()) for m in MODALITIES}
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> torch.optim.Optimizer:

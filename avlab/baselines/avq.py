@@ -1,9 +1,10 @@
 """Non-deep baselines of the ``avq`` task (Attentive AV-FusionNet §5.1, Table 1).
 
-Common interface::
+Common interface (:class:`avlab.baselines.base.ClosedFormEstimator`)::
 
     model.fit(features, mos) -> model
     model.predict(features) -> np.ndarray [n]
+    model.evaluate(stage, samples, table, outputs, info) -> metrics   # the deep models' evaluation
     model.name
 
 ``features`` is a dict of numpy arrays over n stimuli:
@@ -16,7 +17,7 @@ Common interface::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import optimize
@@ -24,9 +25,16 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler
 from sklearn.svm import SVR
 
+from avlab.baselines.base import ClosedFormEstimator
 from avlab.errors import FeatureError, did_you_mean
 
-__all__ = ["FEATURE_SETS", "SVRBaseline", "WeightedProduct"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from avlab.datamodules.base import DatasetInfo
+    from avlab.lightningmodules.base import EvalOutputs
+
+__all__ = ["AVQEstimator", "FEATURE_SETS", "SVRBaseline", "WeightedProduct"]
 
 #: Table 1's SVR feature sets: name → ordered feature keys ("vmaf" expands to 6 columns).
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
@@ -67,7 +75,19 @@ def _targets(mos: Any, n: int) -> np.ndarray:
     return y
 
 
-class WeightedProduct:
+class AVQEstimator(ClosedFormEstimator):
+    """An avq baseline: evaluated exactly like the deep models (:func:`avlab.lightningmodules.avq.evaluate_quality`)."""
+
+    name: str = ""
+
+    def evaluate(self, stage: str, samples: dict[str, np.ndarray], table: pd.DataFrame | None,
+                 outputs: EvalOutputs, info: DatasetInfo) -> dict[str, float]:
+        from avlab.lightningmodules.avq import evaluate_quality
+
+        return evaluate_quality(stage, samples, table, outputs, info, name=self.name)
+
+
+class WeightedProduct(AVQEstimator):
     """eq. (9): ``Q_av = Q_a^{w_a} · Q_v^{w_v}``.
 
     With ``fit_weights=False`` (Q-Random, the paper's best guess w_a = 0.3, w_v = 0.7) ``fit`` does
@@ -127,7 +147,7 @@ class WeightedProduct:
         )
 
 
-class SVRBaseline:
+class SVRBaseline(AVQEstimator):
     """RBF support-vector regression on Table 1's feature sets (SVR-2F/3F/7F/8F).
 
     A :class:`sklearn.pipeline.Pipeline` of ``MinMaxScaler`` (features to [0, 1], as in the

@@ -39,5 +39,5 @@ class ClosedFormEstimator(ABC):
         """Metrics of ``samples`` (``index``, ``pred``, ``target``); files go through ``outputs``."""
 
     def describe(self) -> str:
-        """One line for the run summary (e.g. fitted weights)."""
-        return repr(self)
+        """A line for the run summary printed after the metrics; empty for none."""
+        return ""

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from avlab.errors import ConfigError, did_you_mean
+from avlab.errors import ConfigError, DataError, did_you_mean
 
 __all__ = ["ReadOptions", "Reader", "READERS", "detect_format", "get_reader", "missing_files", "register_reader"]
 
@@ -116,7 +116,7 @@ def detect_format(folder: Path, candidates: Sequence[str]) -> str:
         if marker and (Path(folder) / marker).is_file():
             return name
     files = [f"{get_reader(n).score_file} ({n})" for n in candidates if get_reader(n).score_file]
-    raise ConfigError(f"{folder} holds none of {', '.join(files)}; set data.format or point data.root at a dataset folder")
+    raise DataError(f"{folder} holds none of {', '.join(files)}; set data.format or point data.root at a dataset folder")
 
 
 def missing_files(table: pd.DataFrame, columns: Sequence[str] = ("media", "audio", "reference", "reference_audio"),
@@ -127,7 +127,8 @@ def missing_files(table: pd.DataFrame, columns: Sequence[str] = ("media", "audio
         for col in columns:
             value: Any = row.get(col)
             if isinstance(value, str) and value and not Path(value).is_file():
-                problems.append(f"{label + ': ' if label else ''}{row.get('where', '')}: {col} file {value} does not exist")
+                stimulus = f" (stimulus {row['stimulus']!r})" if isinstance(row.get("stimulus"), str) else ""
+                problems.append(f"{label + ': ' if label else ''}{row.get('where', '')}{stimulus}: {col} file {value} does not exist")
     return problems
 
 

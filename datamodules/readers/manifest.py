@@ -17,7 +17,7 @@ mos_scale                              optional: ``LOW-HIGH``, the score's nomin
 audio_bitrate_kbps, video_bitrate_kbps optional: bitrates (features of some baselines)
 =====================================  =============================================================
 
-Other columns are kept as they are.
+Other columns are kept as they are. ``table.attrs["columns"]`` lists the columns the file provides.
 """
 
 from __future__ import annotations
@@ -64,4 +64,8 @@ def read_manifest(folder: Path, options: ReadOptions) -> pd.DataFrame:
             value = rec.get(col)
             rec[col] = None if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
         records.append(rec)
-    return finish_rows(records, name)
+    table = finish_rows(records, name)
+    # Which columns the file itself provides (after the aliases): a task that needs, say, a real
+    # source column must not mistake finish_rows' defaults for data.
+    table.attrs["columns"] = [str(c) for c in raw.columns]
+    return table
