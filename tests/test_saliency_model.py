@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -11,7 +9,7 @@ from avlab.config import load_experiment
 from avlab.errors import ConfigError
 from avlab.instantiate import instantiate
 from avlab.models.blocks import fusion_av
-from avlab.models.saliency import AVRSP, MultiScaleSynergy, RegulatorGate, S3DEncoder, SoundNet8, build_s3d_features
+from avlab.models.saliency import AVRSP, MultiScaleSynergy, RegulatorGate, S3DEncoder, SoundNet8
 
 TINY = ["model.visual.width_mult=0.125", "model.channels=16"]
 
@@ -68,35 +66,7 @@ def test_ms_mrg_pairs_follow_table_iv(pairs: int) -> None:
     assert net(torch.randn(1, 3, 8, 32, 64)).shape == (1, 32, 64)
 
 
-def test_s3d_kinetics_weights_load_by_order_from_a_kylemin_style_file(tmp_path: Path) -> None:
-    torch.manual_seed(1)
-    src = build_s3d_features(1.0)
-    for p in src.parameters():
-        p.data.normal_()
-    # kylemin/S3D names: base.N.* plus a classifier fc.*; TASED/ViNet add a `module.` prefix.
-    sd = {f"module.base.{k}": v for k, v in src.state_dict().items()}
-    sd["module.fc.0.weight"] = torch.zeros(400, 1024, 1, 1, 1)
-    path = tmp_path / "S3D_kinetics400.pt"
-    torch.save(sd, path)
-    enc = S3DEncoder(weights=str(path))
-    loaded = torch.nn.Sequential(*[m for b in enc.blocks for m in b]).state_dict()
-    for (k1, v1), (k2, v2) in zip(src.state_dict().items(), loaded.items()):
-        torch.testing.assert_close(v1, v2)
-    with pytest.raises(ConfigError, match="does not exist"):
-        S3DEncoder(weights=str(tmp_path / "missing.pt"))
-    torch.save({"base.0.weight": torch.zeros(3)}, tmp_path / "bad.pt")
-    with pytest.raises(ConfigError, match="backbone tensors"):
-        S3DEncoder(weights=str(tmp_path / "bad.pt"))
-
-
-def test_soundnet_weights_load_by_order(tmp_path: Path) -> None:
-    src = SoundNet8()
-    for p in src.parameters():
-        p.data.uniform_()
-    renamed = {f"layer{i}.{k.rsplit('.', 1)[1]}": v for i, (k, v) in enumerate(src.net.state_dict().items())}
-    torch.save(renamed, tmp_path / "soundnet8.pth")
-    net = SoundNet8(weights=str(tmp_path / "soundnet8.pth"))
-    torch.testing.assert_close(net.net[0].weight, src.net[0].weight)
+# Checkpoint loading (S3D, SoundNet-8 in their upstream layouts): tests/test_backbone_weights.py.
 
 
 def test_visual_only_and_mismatched_audio_fusion() -> None:

@@ -9,33 +9,34 @@ Data flow for a clip ``[B, 3, T, H, W]`` and its audio ``[B, L]`` (SoundNet conv
     Decoder: 4 blocks (conv + upsample), coarse to fine, with the visual and gated skips
     Head: temporal mean, 1-channel conv, upsample to H×W, sigmoid  ─► saliency of the last frame
 
-Scale naming follows the reference notes' table (X0 finest … X3 coarsest), which is the reading of
+Scales are named in S3D's block order (X0 finest … X3 coarsest), which is the reading of
 Table IV under which its rows are consistent: with P pairs, MS enhances X3 … X(4−P) and needs
 the inputs X3 … X(3−P) (one finer neighbour more), e.g. P = 3: inputs X3, X2, X1, X0 → outputs
 X3, X2, X1. The fusion therefore happens on the coarsest scale, which MRG's text calls "the
 lowest-resolution audio-visual features".
 
 Random initialisation is the default. ``S3DEncoder(weights=PATH)`` and ``SoundNet8(weights=PATH)``
-load local checkpoints with the key renaming of the reference notes (§3); nothing is downloaded.
+(in :mod:`avlab.models.backbones`) load local Kinetics / SoundNet checkpoints in their upstream
+layouts, strictly; nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
-from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avlab.errors import ConfigError
+from avlab.models.backbones.s3d import S3D_BLOCKS, S3DEncoder, build_s3d_features, load_s3d_weights
+from avlab.models.backbones.soundnet import SoundNet8, load_soundnet_weights
 
 __all__ = [
-    "ASPP3d",
     "AVRSP",
+    "S3D_BLOCKS",
+    "ASPP3d",
     "LIP3d",
     "MultiScaleSynergy",
     "RegulatorGate",
@@ -47,227 +48,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: torchvision's ``s3d().features`` slices of the four encoder blocks (reference notes §3.1).
-S3D_BLOCKS = ((0, 4), (4, 7), (7, 13), (13, 16))
-
-
-# --------------------------------------------------------------------------- S3D
-def build_s3d_features(width_mult: float = 1.0) -> nn.Sequential:
-    """S3D's 16 feature modules: torchvision's exactly at ``width_mult=1``, else with scaled widths.
-
-    The reduced variants keep the topology (every conv, pool and stride) and multiply every channel
-    count by ``width_mult`` (at least 4) — a CPU-sized stand-in for demos and tests, not a published
-    network; only ``width_mult=1`` can load Kinetics weights.
-    """
-    from torchvision.models.video import s3d
-    from torchvision.models.video.s3d import SepInceptionBlock3D, TemporalSeparableConv
-    from torchvision.ops.misc import Conv3dNormActivation
-
-    if width_mult == 1.0:
-        return s3d(weights=None).features
-    if not 0 < width_mult < 1:
-        raise ConfigError(f"model.visual.width_mult must be in (0, 1], got {width_mult}")
-
-    def c(n: int) -> int:
-        return max(4, int(round(n * width_mult)))
-
-    norm = partial(nn.BatchNorm3d, eps=0.001, momentum=0.001)
-
-    def inception(in_planes: int, *outs: int) -> tuple[SepInceptionBlock3D, int]:
-        b0, b1m, b1, b2m, b2, b3 = (c(o) for o in outs)
-        return SepInceptionBlock3D(in_planes, b0, b1m, b1, b2m, b2, b3, norm), b0 + b1 + b2 + b3
-
-    layers: list[nn.Module] = [
-        TemporalSeparableConv(3, c(64), 7, 2, 3, norm),
-        nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
-        Conv3dNormActivation(c(64), c(64), kernel_size=1, stride=1, norm_layer=norm),
-        TemporalSeparableConv(c(64), c(192), 3, 1, 1, norm),
-        nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
-    ]
-    ch = c(192)
-    for spec in ((64, 96, 128, 16, 32, 32), (128, 128, 192, 32, 96, 64)):
-        block, ch = inception(ch, *spec)
-        layers.append(block)
-    layers.append(nn.MaxPool3d(kernel_size=(3, 3, 3), stride=(2, 2, 2), padding=(1, 1, 1)))
-    for spec in ((192, 96, 208, 16, 48, 64), (160, 112, 224, 24, 64, 64), (128, 128, 256, 24, 64, 64),
-                 (112, 144, 288, 32, 64, 64), (256, 160, 320, 32, 128, 128)):
-        block, ch = inception(ch, *spec)
-        layers.append(block)
-    layers.append(nn.MaxPool3d(kernel_size=(2, 2, 2), stride=(2, 2, 2), padding=(0, 0, 0)))
-    for spec in ((256, 160, 320, 32, 128, 128), (384, 192, 384, 48, 128, 128)):
-        block, ch = inception(ch, *spec)
-        layers.append(block)
-    return nn.Sequential(*layers)
-
-
-def _read_state_dict(path: str | Path, what: str) -> dict[str, Tensor]:
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"{what} weights file {path} does not exist; give a local path (nothing is downloaded)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling problem becomes one clear message
-        raise ConfigError(f"cannot load {what} weights {path}: {exc}") from exc
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict):
-        raise ConfigError(f"{path} does not hold a state dict ({type(obj).__name__})")
-    return {re.sub(r"^(module\.)+", "", k): v for k, v in obj.items() if isinstance(v, Tensor)}
-
-
-def load_s3d_weights(features: nn.Sequential, path: str | Path) -> int:
-    """Load Kinetics S3D weights into torchvision's ``features`` (reference notes §3.1).
-
-    Accepted: torchvision files (``features.N.*``, ``classifier.*`` dropped), kylemin/S3D's
-    ``S3D_kinetics400.pt`` (``base.N.*``, ``fc.*`` dropped) and TASED/ViNet checkpoints
-    (``module.`` prefix, ``base1..base4``). kylemin's 16 ``base`` modules map 1:1 **in state-dict
-    order** onto ``features`` (462 tensors), so the mapping zips the two orders and checks every
-    shape. Returns the number of tensors loaded.
-    """
-    sd = _read_state_dict(path, "S3D")
-    target = features.state_dict()
-    if any(k.startswith("features.") for k in sd):
-        source = {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
-        missing = [k for k in target if k not in source]
-        if missing:
-            raise ConfigError(f"S3D weights {path} lack {len(missing)} tensors, e.g. {missing[:3]}")
-        mapped = {k: source[k] for k in target}
-    else:
-        keys = [k for k in sd if re.match(r"^(backbone\.)?base\d*\.", k)]
-        if len(keys) != len(target):
-            raise ConfigError(
-                f"S3D weights {path}: found {len(keys)} backbone tensors (keys `base.*`/`base1..4.*`), "
-                f"torchvision's S3D has {len(target)}; is it an S3D Kinetics checkpoint (kylemin/S3D)?")
-        mapped = {}
-        for (tk, tv), sk in zip(target.items(), keys):
-            if tuple(sd[sk].shape) != tuple(tv.shape):
-                raise ConfigError(f"S3D weights {path}: `{sk}` has shape {tuple(sd[sk].shape)} but `{tk}` "
-                                  f"needs {tuple(tv.shape)}; the checkpoint is not the S3D architecture")
-            mapped[tk] = sd[sk]
-    for k, v in mapped.items():
-        if tuple(v.shape) != tuple(target[k].shape):
-            raise ConfigError(f"S3D weights {path}: `{k}` has shape {tuple(v.shape)}, expected {tuple(target[k].shape)}")
-    features.load_state_dict(mapped, strict=True)
-    return len(mapped)
-
-
-class S3DEncoder(nn.Module):
-    """S3D visual backbone (torchvision's architecture) returning its four block outputs.
-
-    Args:
-        weights: optional local Kinetics checkpoint (see :func:`load_s3d_weights`); default random.
-        width_mult: channel multiplier; 1.0 is the real S3D (needed for ``weights``).
-        freeze: keep the backbone's parameters fixed (BatchNorm statistics too).
-
-    ``forward(x [B, 3, T, H, W])`` → ``[X0, X1, X2, X3]``, for a 32×224×384 clip
-    192×16×56×96, 480×16×28×48, 832×8×14×24 and 1024×4×7×12.
-    """
-
-    def __init__(self, weights: str | None = None, width_mult: float = 1.0, freeze: bool = False) -> None:
-        super().__init__()
-        features = build_s3d_features(width_mult)
-        if weights:
-            if width_mult != 1.0:
-                raise ConfigError("model.visual.weights needs model.visual.width_mult=1.0 (the real S3D)")
-            n = load_s3d_weights(features, weights)
-            log.info("loaded %d S3D tensors from %s", n, weights)
-        self.blocks = nn.ModuleList(nn.Sequential(*features[a:b]) for a, b in S3D_BLOCKS)
-        self.width_mult, self.freeze = width_mult, freeze
-        self.out_channels = [self._channels(block) for block in self.blocks]
-        if freeze:
-            self.requires_grad_(False)
-
-    @staticmethod
-    def _channels(block: nn.Sequential) -> int:
-        last = block[-1]
-        if hasattr(last, "branch0"):  # an Inception block concatenates its four branches
-            return sum(_last_conv(getattr(last, f"branch{i}")).out_channels for i in range(4))
-        return _last_conv(last).out_channels
-
-    def train(self, mode: bool = True) -> "S3DEncoder":
-        super().train(mode)
-        if self.freeze:  # frozen BN keeps its Kinetics statistics
-            for m in self.modules():
-                if isinstance(m, nn.BatchNorm3d):
-                    m.eval()
-        return self
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        out = []
-        for block in self.blocks:
-            x = block(x)
-            out.append(x)
-        return out
-
-
-def _last_conv(module: nn.Module) -> nn.Conv3d:
-    return [m for m in module.modules() if isinstance(m, nn.Conv3d)][-1]
-
-
-# --------------------------------------------------------------------------- SoundNet-8
-#: SoundNet-8 conv1..conv7: (out channels, kernel, stride, padding, max-pool after).
-_SOUNDNET = ((16, 64, 2, 32, 8), (32, 32, 2, 16, 8), (64, 16, 2, 8, 0), (128, 8, 2, 4, 0),
-             (256, 4, 2, 2, 4), (512, 4, 2, 2, 0), (1024, 4, 2, 2, 0))
-
-
-def load_soundnet_weights(net: nn.Module, path: str | Path) -> int:
-    """Load SoundNet-8 conv1–conv7 weights from a local file (STAViS ``soundnet8.pth``, ViNet's
-    ``soundnet8_final.pth`` or a PyTorch port), matching tensors **in order** with shape checks:
-    ports name the layers differently but all store conv/BN tensors in network order. The conv8
-    heads and ``num_batches_tracked`` counters are ignored. Returns the number of tensors loaded."""
-    sd = _read_state_dict(path, "SoundNet")
-    target = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
-    source = [(k, v) for k, v in sd.items() if not k.endswith("num_batches_tracked") and not re.search(r"conv8", k)]
-    if len(source) < len(target):
-        raise ConfigError(f"SoundNet weights {path}: {len(source)} tensors, SoundNet-8 conv1–7 need {len(target)}")
-    mapped = {}
-    for (tk, tv), (sk, sv) in zip(target.items(), source):
-        if sv.numel() != tv.numel():
-            raise ConfigError(f"SoundNet weights {path}: `{sk}` {tuple(sv.shape)} does not fit `{tk}` {tuple(tv.shape)}")
-        mapped[tk] = sv.reshape(tv.shape)  # Conv1d-style [o, i, k] ports fit our [o, i, k, 1]
-    net.load_state_dict(mapped, strict=False)
-    return len(mapped)
-
-
-class SoundNet8(nn.Module):
-    """SoundNet-8 audio branch, conv1–conv7 (reference notes §3.2), features after conv7.
-
-    Convolutions are 2-D with ``(k, 1)`` kernels on ``[B, 1, L, 1]`` as in the STAViS/ViNet code,
-    so their checkpoints load without reshaping. Input: waveform ``[B, L]`` at 22,050 Hz in ±256
-    (:func:`avlab.media.clips.clip_audio`); 70,560 samples → 3 steps of 1024 channels.
-
-    Args:
-        weights: optional local checkpoint (:func:`load_soundnet_weights`).
-        width_mult: channel multiplier for CPU-sized variants (1.0 = SoundNet-8).
-        freeze: keep the branch fixed.
-    """
-
-    def __init__(self, weights: str | None = None, width_mult: float = 1.0, freeze: bool = False) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        ch = 1
-        for out, k, s, p, pool in _SOUNDNET:
-            out = max(4, int(round(out * width_mult)))
-            layers += [nn.Conv2d(ch, out, (k, 1), (s, 1), (p, 0)), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
-            if pool:
-                layers.append(nn.MaxPool2d((pool, 1), (pool, 1)))
-            ch = out
-        self.net = nn.Sequential(*layers)
-        self.out_channels = ch
-        if weights:
-            if width_mult != 1.0:
-                raise ConfigError("model.audio.weights needs model.audio.width_mult=1.0 (the real SoundNet-8)")
-            log.info("loaded %d SoundNet tensors from %s", load_soundnet_weights(self.net, weights), weights)
-        self.freeze = freeze
-        if freeze:
-            self.requires_grad_(False)
-
-    def forward(self, wav: Tensor) -> Tensor:
-        """``[B, L]`` → tokens ``[B, L', C]`` (one per SoundNet time step)."""
-        x = self.net(wav.reshape(wav.shape[0], 1, -1, 1))
-        return x.squeeze(-1).transpose(1, 2)
 
 
 # --------------------------------------------------------------------------- ASPP + LIP

@@ -3,10 +3,10 @@
 * :class:`SpatialExtractor` — eq. 1–6: a ConvNeXt V2 backbone (timm, random init unless a local
   ``weights`` file is given), the feature maps of three stages average-pooled to the last stage's
   size and concatenated, ``F̃ + Conv(MHSA(Conv(F̃)))``, then global mean and std pooling.
-* :class:`SlowFast` / :class:`MotionExtractor` — eq. 7: a compact SlowFast-R50 written here
-  (pytorchvideo is not installed), frozen; depth and width are configurable so CPU demos can use a
-  reduced variant with the same topology. Its features are cached by the LightningModule because
-  the extractor never trains.
+* :class:`MotionExtractor` — eq. 7: SlowFast (:mod:`avlab.models.backbones.slowfast`, R50 8x8 by
+  default, every architectural constant configurable), frozen; it loads pytorchvideo's and
+  facebookresearch/SlowFast's Kinetics checkpoints. CPU demos use a reduced variant with the same
+  topology. Its features are cached because the extractor never trains.
 * :class:`AudioExtractor` — Fig. 5: log-mel spectrogram → overlapping segments → framewise CNN →
   self-attention over segments → attention pooling (NISQA-style, as the paper describes).
 * :class:`UNQANet` — eq. 8 feature sets and four modality regressors of two FC layers; step one
@@ -16,8 +16,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,11 +23,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avlab.errors import ConfigError
+from avlab.models.backbones.convnext import load_convnext_weights
+from avlab.models.backbones.slowfast import SlowFast, load_slowfast_weights
 from avlab.models.blocks.heads import MLPHead
+from avlab.models.pretrained import file_sha256
 
 __all__ = [
-    "MODALITIES", "FEATURES_OF", "SpatialExtractor", "SlowFast", "MotionExtractor", "AudioExtractor",
-    "UNQANet", "load_local_weights",
+    "FEATURES_OF",
+    "MODALITIES",
+    "AudioExtractor",
+    "MotionExtractor",
+    "SlowFast",
+    "SpatialExtractor",
+    "UNQANet",
 ]
 
 #: The four input modalities, in the order of the paper's regressors.
@@ -37,30 +43,6 @@ MODALITIES = ("audio", "image", "video", "av")
 #: Eq. 8: which extractor outputs form the feature of each modality (s: spatial, m: motion, a: audio).
 FEATURES_OF: dict[str, tuple[str, ...]] = {"audio": ("a",), "image": ("s",), "video": ("s", "m"), "av": ("s", "m", "a")}
 _EXTRACTOR_KEY = {"spatial": "s", "motion": "m", "audio": "a"}
-
-
-def load_local_weights(path: str | Path, what: str) -> dict[str, Tensor]:
-    """Read a local state dict (``.pt``/``.pth``/``.ckpt``/``.safetensors``); never downloads."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(f"{what}: weights file {p} does not exist (weights are only read from a local path)")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state: Any = load_file(str(p))
-    else:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "model_state"):
-        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
-            state = state[key]
-    out = {}
-    for k, v in state.items():
-        # Strip wrappers added by DDP / Lightning / fine-tuning scripts.
-        for prefix in ("module.", "model.", "backbone.", "encoder."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
 
 
 def _fork_init(init_seed: int | None):
@@ -87,27 +69,25 @@ class SpatialExtractor(nn.Module):
         attn_dim: width of the 1×1 conv before the MHSA; default = the concatenated width.
         num_heads: MHSA heads.
         use_mhsa: False gives the "w/o MHSA" ablation of Table VIII (F_s = F̃).
-        weights: local timm or official ConvNeXt V2 checkpoint; None = random initialisation.
+        weights: local ConvNeXt V2 checkpoint (``timm`` or ``official`` layout, see
+            :mod:`avlab.models.backbones.convnext`); None = random initialisation.
+        weights_layout: the checkpoint's layout; None detects it from the key names.
     """
 
     def __init__(self, backbone: str = "convnextv2_atto", stages: Sequence[int] = (1, 2, 3), attn_dim: int | None = None,
-                 num_heads: int = 4, use_mhsa: bool = True, weights: str | None = None) -> None:
+                 num_heads: int = 4, use_mhsa: bool = True, weights: str | None = None,
+                 weights_layout: str | None = None) -> None:
         super().__init__()
         import timm
 
         if not backbone.startswith("convnext"):
             raise ConfigError(f"model.net.spatial.backbone must be a timm ConvNeXt (V2) model, got {backbone!r}")
         self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0)
+        # UNQA reads the stage maps (eq. 1); the classification head (final norm) is never used, so
+        # it is removed: it would hold untrained parameters that no loss reaches.
+        self.backbone.head = nn.Identity()
         if weights:
-            from timm.models.convnext import checkpoint_filter_fn
-
-            # checkpoint_filter_fn renames the official (facebookresearch) keys to timm's layout.
-            state = checkpoint_filter_fn(load_local_weights(weights, "model.net.spatial.weights"), self.backbone)
-            state = {k: v for k, v in state.items() if not k.startswith("head")}
-            missing, _ = self.backbone.load_state_dict(state, strict=False)
-            missing = [m for m in missing if not m.startswith("head")]
-            if missing:
-                raise ConfigError(f"model.net.spatial.weights {weights} lacks {len(missing)} backbone tensors, e.g. {missing[:3]}")
+            load_convnext_weights(self.backbone, weights, weights_layout)
         self.stages = tuple(int(s) for s in stages)
         n_stages = len(self.backbone.stages)
         if not self.stages or any(s < 0 or s >= n_stages for s in self.stages) or list(self.stages) != sorted(self.stages):
@@ -164,128 +144,51 @@ class SpatialExtractor(nn.Module):
 
 
 # =========================================================================== motion (eq. 7)
-class _Bottleneck3d(nn.Module):
-    """ResNet bottleneck with a temporal kernel in the first conv (SlowFast's "res" block)."""
-
-    def __init__(self, c_in: int, c_inner: int, c_out: int, kt: int, stride: int) -> None:
-        super().__init__()
-        self.a = nn.Conv3d(c_in, c_inner, (kt, 1, 1), padding=(kt // 2, 0, 0), bias=False)
-        self.a_bn = nn.BatchNorm3d(c_inner)
-        self.b = nn.Conv3d(c_inner, c_inner, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1), bias=False)
-        self.b_bn = nn.BatchNorm3d(c_inner)
-        self.c = nn.Conv3d(c_inner, c_out, 1, bias=False)
-        self.c_bn = nn.BatchNorm3d(c_out)
-        self.shortcut = None
-        if c_in != c_out or stride != 1:
-            self.shortcut = nn.Sequential(nn.Conv3d(c_in, c_out, 1, stride=(1, stride, stride), bias=False), nn.BatchNorm3d(c_out))
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = F.relu(self.a_bn(self.a(x)))
-        y = F.relu(self.b_bn(self.b(y)))
-        y = self.c_bn(self.c(y))
-        return F.relu(y + (x if self.shortcut is None else self.shortcut(x)))
-
-
-def _stage(c_in: int, c_inner: int, c_out: int, depth: int, kt: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(*[_Bottleneck3d(c_in if i == 0 else c_out, c_inner, c_out, kt, stride if i == 0 else 1) for i in range(depth)])
-
-
-class SlowFast(nn.Module):
-    """SlowFast network (Feichtenhofer et al. 2019), ResNet-50 layout by default.
-
-    Slow pathway: ``width`` stem channels, temporal kernels 1/1/1/3/3 (stem, res2–res5), frames
-    subsampled by ``alpha``. Fast pathway: ``width / beta_inv`` channels, temporal kernels 5/3/3/3/3.
-    Lateral connections after the stem and res2–res4: a (5,1,1) conv with temporal stride ``alpha``
-    and ``2×`` the fast channels, concatenated to the slow pathway. Output: global-average-pooled
-    slow and fast features concatenated (2048 + 256 = 2304 for R50).
-
-    ``depths=(3, 4, 6, 3), width=64`` is R50; CPU demos use e.g. ``depths=(1, 1, 1, 1), width=16``,
-    which keeps the topology (a "reduced variant", documented in ``docs/unqa.md``).
-    """
-
-    def __init__(self, depths: Sequence[int] = (3, 4, 6, 3), width: int = 64, alpha: int = 4, beta_inv: int = 8,
-                 fusion_ratio: int = 2, fusion_kernel: int = 5) -> None:
-        super().__init__()
-        if len(depths) != 4:
-            raise ConfigError(f"model.net.motion.depths must list 4 stage depths (res2..res5), got {list(depths)}")
-        if width % beta_inv:
-            raise ConfigError(f"model.net.motion.width ({width}) must be divisible by beta_inv ({beta_inv})")
-        self.alpha = int(alpha)
-        ws, wf = int(width), int(width) // int(beta_inv)
-        self.slow_stem = nn.Sequential(nn.Conv3d(3, ws, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
-                                       nn.BatchNorm3d(ws), nn.ReLU(inplace=True))
-        self.fast_stem = nn.Sequential(nn.Conv3d(3, wf, (5, 7, 7), stride=(1, 2, 2), padding=(2, 3, 3), bias=False),
-                                       nn.BatchNorm3d(wf), nn.ReLU(inplace=True))
-        kts_slow, kts_fast = (1, 1, 3, 3), (3, 3, 3, 3)
-        self.fuse = nn.ModuleList()
-        self.slow_stages = nn.ModuleList()
-        self.fast_stages = nn.ModuleList()
-        slow_c, fast_c = ws, wf
-        for i, depth in enumerate(depths):
-            # Lateral fusion before res2..res5 (i.e. after the stem and after res2..res4).
-            self.fuse.append(nn.Sequential(
-                nn.Conv3d(fast_c, fusion_ratio * fast_c, (fusion_kernel, 1, 1), stride=(self.alpha, 1, 1),
-                          padding=(fusion_kernel // 2, 0, 0), bias=False),
-                nn.BatchNorm3d(fusion_ratio * fast_c), nn.ReLU(inplace=True)))
-            stride = 1 if i == 0 else 2
-            inner_s, inner_f = ws * 2**i, wf * 2**i
-            self.slow_stages.append(_stage(slow_c + fusion_ratio * fast_c, inner_s, 4 * inner_s, depth, kts_slow[i], stride))
-            self.fast_stages.append(_stage(fast_c, inner_f, 4 * inner_f, depth, kts_fast[i], stride))
-            slow_c, fast_c = 4 * inner_s, 4 * inner_f
-        self.out_dim = slow_c + fast_c
-        self.register_buffer("mean", torch.tensor([0.45, 0.45, 0.45]).view(1, 3, 1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor([0.225, 0.225, 0.225]).view(1, 3, 1, 1, 1), persistent=False)
-
-    def forward(self, clip: Tensor) -> Tensor:
-        """``[B, 3, T, H, W]`` in [0, 1] (T a multiple of ``alpha``) → ``[B, out_dim]``."""
-        clip = (clip - self.mean) / self.std
-        fast = self.fast_stem(clip)
-        slow = self.slow_stem(clip[:, :, :: self.alpha])
-        slow = F.max_pool3d(slow, (1, 3, 3), (1, 2, 2), (0, 1, 1))
-        fast = F.max_pool3d(fast, (1, 3, 3), (1, 2, 2), (0, 1, 1))
-        for fuse, s_stage, f_stage in zip(self.fuse, self.slow_stages, self.fast_stages):
-            lateral = fuse(fast)
-            if lateral.shape[2] != slow.shape[2]:  # odd frame counts: align the temporal length
-                lateral = F.adaptive_avg_pool3d(lateral, slow.shape[2:])
-            slow = s_stage(torch.cat([slow, lateral], dim=1))
-            fast = f_stage(fast)
-        return torch.cat([slow.mean(dim=(2, 3, 4)), fast.mean(dim=(2, 3, 4))], dim=1)
-
-
 class MotionExtractor(nn.Module):
     """Frozen SlowFast motion feature F_m (eq. 7); always in eval mode, never trained.
 
     Args:
-        depths, width, alpha, beta_inv: :class:`SlowFast` architecture (R50 by default).
-        weights: local state dict of this architecture (key names of :class:`SlowFast`); None =
-            a deterministic random initialisation seeded by ``init_seed`` (so cached features stay
-            valid across runs and seeds).
+        depths, width, alpha, beta_inv, fusion_ratio, fusion_kernel, slow_kernels, fast_kernels,
+        fast_stem_kernel, slow_sampling: the :class:`~avlab.models.backbones.slowfast.SlowFast`
+            architecture; the defaults are Kinetics ``SLOWFAST_8x8_R50`` (alpha 4, beta 1/8,
+            lateral kernel 7), which its public checkpoints need.
+        weights: local Kinetics checkpoint (``pytorchvideo``, ``slowfast`` or ``avlab`` layout);
+            None = a deterministic random initialisation seeded by ``init_seed`` (so cached
+            features stay valid across runs and seeds).
+        weights_layout: the checkpoint's layout; None detects it from the key names.
         init_seed: seed of the random initialisation.
+
+    :attr:`signature` describes the network completely (architecture, seed, and the weights file's
+    SHA-256), so features cached under it are recomputed whenever any of them changes.
     """
 
     def __init__(self, depths: Sequence[int] = (3, 4, 6, 3), width: int = 64, alpha: int = 4, beta_inv: int = 8,
-                 weights: str | None = None, init_seed: int = 0) -> None:
+                 weights: str | None = None, init_seed: int = 0, fusion_ratio: int = 2, fusion_kernel: int = 7,
+                 slow_kernels: Sequence[int] = (1, 1, 3, 3), fast_kernels: Sequence[int] = (3, 3, 3, 3),
+                 fast_stem_kernel: int = 5, slow_sampling: str = "linspace",
+                 weights_layout: str | None = None) -> None:
         super().__init__()
+        arch = {"depths": [int(d) for d in depths], "width": int(width), "alpha": int(alpha),
+                "beta_inv": int(beta_inv), "fusion_ratio": int(fusion_ratio), "fusion_kernel": int(fusion_kernel),
+                "slow_kernels": [int(k) for k in slow_kernels], "fast_kernels": [int(k) for k in fast_kernels],
+                "fast_stem_kernel": int(fast_stem_kernel), "slow_sampling": str(slow_sampling)}
         with _fork_init(init_seed):
             torch.manual_seed(int(init_seed))
-            self.net = SlowFast(depths=depths, width=width, alpha=alpha, beta_inv=beta_inv)
+            self.net = SlowFast(**arch)
         self.weights = weights
+        weights_sha256 = None
         if weights:
-            state = load_local_weights(weights, "model.net.motion.weights")
-            missing, unexpected = self.net.load_state_dict(state, strict=False)
-            if missing:
-                raise ConfigError(
-                    f"model.net.motion.weights {weights}: {len(missing)} SlowFast tensors missing (e.g. {missing[:3]}); "
-                    "the file must use avlab's SlowFast key names (see docs/unqa.md for converting pytorchvideo checkpoints)")
+            load_slowfast_weights(self.net, weights, weights_layout)
+            weights_sha256 = file_sha256(weights)
         self.out_dim = self.net.out_dim
         self.alpha = int(alpha)
-        self.signature = {"depths": list(depths), "width": int(width), "alpha": int(alpha), "beta_inv": int(beta_inv),
-                          "init_seed": int(init_seed), "weights": str(weights) if weights else None}
+        self.signature = {**arch, "init_seed": int(init_seed), "weights": str(weights) if weights else None,
+                          "weights_sha256": weights_sha256}
         for p in self.parameters():
             p.requires_grad_(False)
         self.net.eval()
 
-    def train(self, mode: bool = True) -> "MotionExtractor":
+    def train(self, mode: bool = True) -> MotionExtractor:
         # The extractor is frozen: BatchNorm must keep its (pretrained) statistics.
         super().train(False)
         return self
