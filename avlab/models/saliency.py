@@ -51,11 +51,16 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- ASPP + LIP
-def _cbr(cin: int, cout: int, kernel: int | Sequence[int] = 3, dilation: int | Sequence[int] = 1) -> nn.Sequential:
+def _cbr(cin: int, cout: int, kernel: int | Sequence[int] = 3, dilation: int | Sequence[int] = 1,
+         norm_act: bool = True) -> nn.Sequential:
+    """3-D conv ("same" padding), then BatchNorm + ReLU unless ``norm_act`` is False (a plain conv)."""
     k = (kernel,) * 3 if isinstance(kernel, int) else tuple(kernel)
     d = (dilation,) * 3 if isinstance(dilation, int) else tuple(dilation)
     pad = tuple((ki - 1) // 2 * di for ki, di in zip(k, d))
-    return nn.Sequential(nn.Conv3d(cin, cout, k, padding=pad, dilation=d, bias=False), nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
+    if not norm_act:
+        return nn.Sequential(nn.Conv3d(cin, cout, k, padding=pad, dilation=d))
+    return nn.Sequential(nn.Conv3d(cin, cout, k, padding=pad, dilation=d, bias=False), nn.BatchNorm3d(cout),
+                         nn.ReLU(inplace=True))
 
 
 class ASPP3d(nn.Module):
@@ -118,9 +123,9 @@ def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
 class _Resample(nn.Module):
     """``U`` (upsample then 3-D conv) or ``D`` (downsample then 3-D conv) of eq. (10)–(11)."""
 
-    def __init__(self, channels: int, kernel: int) -> None:
+    def __init__(self, channels: int, kernel: int, norm_act: bool = True) -> None:
         super().__init__()
-        self.conv = _cbr(channels, channels, kernel)
+        self.conv = _cbr(channels, channels, kernel, norm_act=norm_act)
 
     def forward(self, x: Tensor, size: Sequence[int]) -> Tensor:
         return self.conv(_resize(x, size))
@@ -138,25 +143,36 @@ class MultiScaleSynergy(nn.Module):
       ``X2^l = D(X1^m) + C(X1^l)``
     * eq. (11): ``X3^m = D(X2^h) + C(X2^m) + U(X2^l)``
     * eq. (12): ``X̂^m = X^m + X3^m``
+
+    ``U`` upsamples trilinearly and ``D`` average-pools to the target size, each then convolves.
+    The paper's ``C`` is "a 3D convolution"; avlab follows each conv by BatchNorm + ReLU, which
+    ``norm_act=False`` switches off (the paper-literal plain convolutions).
     """
 
-    def __init__(self, channels: int, has_h: bool, has_l: bool, kernel: int = 3) -> None:
+    def __init__(self, channels: int, has_h: bool, has_l: bool, kernel: int = 3, norm_act: bool = True) -> None:
         super().__init__()
         self.has_h, self.has_l = has_h, has_l
         names = ["m"] + (["h"] if has_h else []) + (["l"] if has_l else [])
-        self.c1 = nn.ModuleDict({n: _cbr(channels, channels, kernel) for n in names})  # eq. (9)
-        self.c2 = nn.ModuleDict({n: _cbr(channels, channels, kernel) for n in names})  # C of eq. (10)
-        self.c3 = _cbr(channels, channels, kernel)  # C of eq. (11)
+
+        def conv() -> nn.Sequential:
+            return _cbr(channels, channels, kernel, norm_act=norm_act)
+
+        def resample() -> _Resample:
+            return _Resample(channels, kernel, norm_act)
+
+        self.c1 = nn.ModuleDict({n: conv() for n in names})  # eq. (9)
+        self.c2 = nn.ModuleDict({n: conv() for n in names})  # C of eq. (10)
+        self.c3 = conv()  # C of eq. (11)
         self.up = nn.ModuleDict()
         self.down = nn.ModuleDict()
         if has_h:
-            self.up["m_to_h"] = _Resample(channels, kernel)
-            self.down["h_to_m"] = _Resample(channels, kernel)
-            self.down["h2_to_m"] = _Resample(channels, kernel)
+            self.up["m_to_h"] = resample()
+            self.down["h_to_m"] = resample()
+            self.down["h2_to_m"] = resample()
         if has_l:
-            self.up["l_to_m"] = _Resample(channels, kernel)
-            self.down["m_to_l"] = _Resample(channels, kernel)
-            self.up["l2_to_m"] = _Resample(channels, kernel)
+            self.up["l_to_m"] = resample()
+            self.down["m_to_l"] = resample()
+            self.up["l2_to_m"] = resample()
 
     def forward(self, xm: Tensor, xh: Tensor | None = None, xl: Tensor | None = None) -> Tensor:
         if self.has_h != (xh is not None) or self.has_l != (xl is not None):
@@ -188,12 +204,15 @@ class RegulatorGate(nn.Module):
     * eq. (13): ``F^l = UpSample(F^{l−1})`` to the size of ``X^l``
     * eq. (14): ``G^l = GAP(σ(Conv(Cat(F^l, X^l))))`` — one gate value per channel
     * eq. (15): ``F^l_gated = Conv(G^l ⊙ F^l)``
+
+    ``UpSample`` is trilinear. avlab follows eq. (15)'s conv by BatchNorm + ReLU; ``norm_act=False``
+    gives the paper-literal plain conv.
     """
 
-    def __init__(self, channels: int, kernel: int = 3) -> None:
+    def __init__(self, channels: int, kernel: int = 3, norm_act: bool = True) -> None:
         super().__init__()
         self.gate_conv = nn.Conv3d(2 * channels, channels, kernel, padding=kernel // 2)
-        self.out_conv = _cbr(channels, channels, kernel)
+        self.out_conv = _cbr(channels, channels, kernel, norm_act=norm_act)
 
     def forward(self, f_prev: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         f = _resize(f_prev, x.shape[2:])  # eq. (13)
@@ -213,13 +232,17 @@ class AVRSP(nn.Module):
             block from :mod:`avlab.models.blocks.fusion_av`). Needed exactly when ``audio`` is set.
         channels: width C of every scale after ASPP + LIP (and of the fusion tokens).
         ms_mrg_pairs: number P of MS & MRG pairs, 0–4 (Table IV; the paper's AVRSP uses 3).
+        use_ms, use_mrg: keep the MS, resp. MRG, half of each pair; switching one off gives Table
+            III's "MRG only" and "MS only" rows (both off equals ``ms_mrg_pairs=0``).
+        ms_mrg_norm_act: BatchNorm + ReLU after the convs of MS and MRG (False: the paper's plain
+            convolutions, see :class:`MultiScaleSynergy`).
         aspp_rates: spatial dilation rates of ASPP.
         kernel: kernel size of the 3-D convs of MS, MRG and the decoder.
     """
 
     def __init__(self, visual: nn.Module, audio: nn.Module | None = None, fusion: nn.Module | None = None,
                  channels: int = 128, ms_mrg_pairs: int = 3, aspp_rates: Sequence[int] = (1, 2, 3),
-                 kernel: int = 3) -> None:
+                 kernel: int = 3, use_ms: bool = True, use_mrg: bool = True, ms_mrg_norm_act: bool = True) -> None:
         super().__init__()
         if not 0 <= ms_mrg_pairs <= 4:
             raise ConfigError(f"model.ms_mrg_pairs must be 0..4 (Table IV), got {ms_mrg_pairs}")
@@ -233,9 +256,12 @@ class AVRSP(nn.Module):
         self.lip = nn.ModuleList(LIP3d(channels) for _ in in_ch)
         #: scales with an MS & MRG pair, coarse to fine: 3, 2, ..., 4 - P
         self.pair_scales = [3 - i for i in range(ms_mrg_pairs)]
-        self.ms = nn.ModuleDict({str(s): MultiScaleSynergy(channels, has_h=s > 0, has_l=s < 3, kernel=kernel)
-                                 for s in self.pair_scales})
-        self.mrg = nn.ModuleDict({str(s): RegulatorGate(channels, kernel) for s in self.pair_scales})
+        na = bool(ms_mrg_norm_act)
+        self.ms = nn.ModuleDict({str(s): MultiScaleSynergy(channels, has_h=s > 0, has_l=s < 3, kernel=kernel,
+                                                           norm_act=na)
+                                 for s in (self.pair_scales if use_ms else [])})
+        self.mrg = nn.ModuleDict({str(s): RegulatorGate(channels, kernel, norm_act=na)
+                                  for s in (self.pair_scales if use_mrg else [])})
         self.audio_proj = nn.Linear(audio.out_channels, channels) if audio is not None else None
         self.decoder = nn.ModuleList()
         for s in (3, 2, 1, 0):  # 4 decoder blocks, coarse to fine: conv, then upsample in forward
@@ -258,7 +284,8 @@ class AVRSP(nn.Module):
         x = self.encode(clip)
         xe = list(x)
         for s in self.pair_scales:  # eq. (8): MS on the original neighbours
-            xe[s] = self.ms[str(s)](x[s], x[s - 1] if s > 0 else None, x[s + 1] if s < 3 else None)
+            if str(s) in self.ms:
+                xe[s] = self.ms[str(s)](x[s], x[s - 1] if s > 0 else None, x[s + 1] if s < 3 else None)
         top = xe[3]
         if self.audio is not None:
             if audio is None:
@@ -270,8 +297,9 @@ class AVRSP(nn.Module):
         gated: dict[int, Tensor] = {}
         f = top
         for s in self.pair_scales:  # eq. (13)-(15), from the fused feature upwards
-            f, _ = self.mrg[str(s)](f, xe[s])
-            gated[s] = f
+            if str(s) in self.mrg:
+                f, _ = self.mrg[str(s)](f, xe[s])
+                gated[s] = f
         d = None
         for block, s in zip(self.decoder, (3, 2, 1, 0)):
             parts = [top] if s == 3 else [_resize(d, xe[s].shape[2:]), xe[s]]

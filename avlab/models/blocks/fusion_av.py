@@ -24,12 +24,12 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "RAVF",
     "AddFusion",
     "BilinearFusion",
     "ConcatFusion",
     "MBTFusion",
     "MulFusion",
-    "RAVF",
     "RAVFBlock",
     "RelevanceCrossAttention",
 ]
@@ -155,31 +155,46 @@ class RelevanceCrossAttention(nn.Module):
       the audio tokens, split into ``num_heads`` heads of ``d_k = dim / num_heads``.
     * eq. (2): ``Ret_A = V_q A_k^T / √d_k`` — retention of the audio values seen from each visual
       token; eq. (3): ``Ret_V = A_q V_k^T / √d_k``. No softmax (the paper's point: retention is
-      not a distribution over keys). Interpretation, stated: the paper's Fig. 6 shows retention
-      values in [0, 1], so the scores go through a sigmoid, and the retained values are averaged
-      over the keys (divided by the number of keys) so magnitudes do not grow with sequence length.
+      not a distribution over keys).
     * eq. (4): ``v2a = Ret_A·A_v + V_v``; eq. (5): ``a2v = Ret_V·V_v + A_v``.
     * eq. (6): ``C = Softmax_heads(MLP(Cat(v2a, a2v)))`` — per visual token and head, the MLP sees
-      that token's ``v2a`` and the key-averaged ``a2v`` of the same head; softmax over the heads.
-    * eq. (7): ``F_av = C ⊙ v2a``; the weighted heads are concatenated (times ``num_heads``, so
-      uniform weights leave ``v2a`` unchanged) and projected by ``W_o``.
+      that token's ``v2a`` and the token-averaged ``a2v`` of the same head (``a2v`` lives on the
+      audio tokens, so it is averaged to be concatenable); softmax over the heads.
+    * eq. (7): ``F_av = C ⊙ v2a``, heads concatenated back to ``dim``.
+
+    Steps the paper does not state, each a switch (all on by default; all off is the paper-literal
+    block, ``paper_literal=True``):
+
+    * ``retention_sigmoid``: ``Ret = σ(score)``. The paper's Fig. 6 shows retention values in
+      [0, 1]; the raw scores of eq. (2)–(3) are unbounded.
+    * ``retention_mean``: divide ``Ret·value`` by the number of keys, so its magnitude does not grow
+      with the sequence length (the visual map of a 224×384 clip has 336 tokens).
+    * ``head_scale``: multiply eq. (7) by the number of heads H, so uniform head weights (1/H) leave
+      ``v2a`` unchanged in scale.
+    * ``out_proj``: a final linear map ``W_o``, as in standard multi-head attention.
 
     ``forward`` returns ``(F_av [B, N_v, dim], extras)``; ``extras`` holds ``ret_a``, ``ret_v``
     (``[B, H, N_v, N_a]`` / ``[B, H, N_a, N_v]``) and the head ``weights`` ``[B, N_v, H]`` for
     visualisation (Fig. 6).
     """
 
-    def __init__(self, dim: int, num_heads: int = 4, mlp_hidden: int | None = None, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, num_heads: int = 4, mlp_hidden: int | None = None, dropout: float = 0.0,
+                 retention_sigmoid: bool = True, retention_mean: bool = True, head_scale: bool = True,
+                 out_proj: bool = True, paper_literal: bool = False) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"RAVF: dim {dim} is not divisible by num_heads {num_heads}")
         self.dim, self.num_heads, self.d_k = dim, num_heads, dim // num_heads
+        if paper_literal:  # eq. (1)-(7) exactly as printed: every added step off
+            retention_sigmoid = retention_mean = head_scale = out_proj = False
+        self.retention_sigmoid, self.retention_mean = bool(retention_sigmoid), bool(retention_mean)
+        self.head_scale = bool(head_scale)
         # eq. (1): W_vq, W_vk, W_vv, W_aq, W_ak, W_av
         self.v_qkv = nn.Linear(dim, 3 * dim)
         self.a_qkv = nn.Linear(dim, 3 * dim)
         hidden = mlp_hidden or self.d_k
         self.head_mlp = nn.Sequential(nn.Linear(2 * self.d_k, hidden), nn.GELU(), nn.Linear(hidden, 1))
-        self.out = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim) if out_proj else nn.Identity()
         self.drop = nn.Dropout(dropout)
 
     def _heads(self, x: Tensor) -> Tensor:
@@ -190,14 +205,22 @@ class RelevanceCrossAttention(nn.Module):
         vq, vk, vv = (self._heads(t) for t in self.v_qkv(v).chunk(3, dim=-1))
         aq, ak, av = (self._heads(t) for t in self.a_qkv(a).chunk(3, dim=-1))
         scale = self.d_k**-0.5
-        ret_a = torch.sigmoid(vq @ ak.transpose(-2, -1) * scale)  # eq. (2), [B, H, N_v, N_a]
-        ret_v = torch.sigmoid(aq @ vk.transpose(-2, -1) * scale)  # eq. (3), [B, H, N_a, N_v]
-        v2a = self.drop(ret_a) @ av / ak.shape[-2] + vv  # eq. (4), [B, H, N_v, d_k]
-        a2v = self.drop(ret_v) @ vv / vk.shape[-2] + av  # eq. (5), [B, H, N_a, d_k]
+        ret_a = vq @ ak.transpose(-2, -1) * scale  # eq. (2), [B, H, N_v, N_a]
+        ret_v = aq @ vk.transpose(-2, -1) * scale  # eq. (3), [B, H, N_a, N_v]
+        if self.retention_sigmoid:
+            ret_a, ret_v = torch.sigmoid(ret_a), torch.sigmoid(ret_v)
+        retained_a = self.drop(ret_a) @ av  # Ret_A·A_v
+        retained_v = self.drop(ret_v) @ vv  # Ret_V·V_v
+        if self.retention_mean:
+            retained_a, retained_v = retained_a / ak.shape[-2], retained_v / vk.shape[-2]
+        v2a = retained_a + vv  # eq. (4), [B, H, N_v, d_k]
+        a2v = retained_v + av  # eq. (5), [B, H, N_a, d_k]
         a2v_pooled = a2v.mean(dim=2, keepdim=True).expand_as(v2a)
         logits = self.head_mlp(torch.cat([v2a, a2v_pooled], dim=-1)).squeeze(-1)  # [B, H, N_v]
         weights = torch.softmax(logits, dim=1)  # eq. (6): softmax over the heads
-        fav = v2a * weights.unsqueeze(-1) * self.num_heads  # eq. (7)
+        fav = v2a * weights.unsqueeze(-1)  # eq. (7)
+        if self.head_scale:
+            fav = fav * self.num_heads
         b, _, n, _ = fav.shape
         fav = fav.transpose(1, 2).reshape(b, n, self.dim)
         return self.out(fav), {"ret_a": ret_a, "ret_v": ret_v, "weights": weights.transpose(1, 2)}
@@ -206,9 +229,9 @@ class RelevanceCrossAttention(nn.Module):
 class RAVFBlock(nn.Module):
     """One RAVF block (Fig. 3): cross-attention → residual + LayerNorm → FFN → residual + LayerNorm."""
 
-    def __init__(self, dim: int, num_heads: int = 4, ffn_mult: int = 2, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, num_heads: int = 4, ffn_mult: int = 2, dropout: float = 0.0, **attn: bool) -> None:
         super().__init__()
-        self.attn = RelevanceCrossAttention(dim, num_heads, dropout=dropout)
+        self.attn = RelevanceCrossAttention(dim, num_heads, dropout=dropout, **attn)
         self.norm1 = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_mult * dim, dim))
         self.norm2 = nn.LayerNorm(dim)
@@ -223,16 +246,22 @@ class RAVF(nn.Module):
     """Relevance-guided Audio-Visual Fusion: ``n_blocks`` :class:`RAVFBlock` (the paper's N).
 
     Each block refines the visual stream; the audio tokens stay the SoundNet features, so every
-    block judges relevance against the same audio evidence. The last block's retention maps and
+    block judges relevance against the same audio evidence. ``retention_sigmoid``,
+    ``retention_mean``, ``head_scale``, ``out_proj`` and ``paper_literal`` switch the steps that
+    the paper does not state (see :class:`RelevanceCrossAttention`). The last block's retention maps and
     head weights are kept in :attr:`last_extras` for visualisation.
     """
 
-    def __init__(self, dim: int, num_heads: int = 4, n_blocks: int = 2, ffn_mult: int = 2, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, num_heads: int = 4, n_blocks: int = 2, ffn_mult: int = 2, dropout: float = 0.0,
+                 retention_sigmoid: bool = True, retention_mean: bool = True, head_scale: bool = True,
+                 out_proj: bool = True, paper_literal: bool = False) -> None:
         super().__init__()
         if n_blocks < 1:
             raise ValueError(f"RAVF: n_blocks must be ≥ 1, got {n_blocks}")
         self.dim = dim
-        self.blocks = nn.ModuleList(RAVFBlock(dim, num_heads, ffn_mult, dropout) for _ in range(n_blocks))
+        attn = {"retention_sigmoid": retention_sigmoid, "retention_mean": retention_mean, "head_scale": head_scale,
+                "out_proj": out_proj, "paper_literal": paper_literal}
+        self.blocks = nn.ModuleList(RAVFBlock(dim, num_heads, ffn_mult, dropout, **attn) for _ in range(n_blocks))
         self.last_extras: dict[str, Tensor] = {}
 
     def forward(self, v: Tensor, a: Tensor) -> Tensor:
