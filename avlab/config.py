@@ -217,11 +217,37 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def anchor_file_targets(node: Any, folder: Path) -> Any:
+    """Make every relative ``file.py:Name`` target in ``node`` absolute, relative to ``folder``.
+
+    A config names its student-written modules relative to itself, so it works from any
+    working directory. For configs written when targets resolved against the working directory,
+    a file that exists only there is left as it is.
+    """
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "_target_" and isinstance(value, str) and ":" in value and value.split(":", 1)[0].endswith(".py"):
+                file_name, attr = value.split(":", 1)
+                file_path = Path(file_name).expanduser()
+                if not file_path.is_absolute():
+                    anchored = (folder / file_path).resolve()
+                    if anchored.is_file() or not file_path.is_file():
+                        value = f"{anchored}:{attr}"
+                out[key] = value
+            else:
+                out[key] = anchor_file_targets(value, folder)
+        return out
+    if isinstance(node, list):
+        return [anchor_file_targets(v, folder) for v in node]
+    return node
+
+
 def _compose(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     if path in seen:
         chain = " -> ".join(str(p) for p in (*seen, path))
         raise ConfigError(f"circular `defaults:` chain: {chain}")
-    data = _read_yaml(path)
+    data = anchor_file_targets(_read_yaml(path), path.parent)
     defaults = data.pop("defaults", []) or []
     if isinstance(defaults, str):
         defaults = [defaults]

@@ -3,7 +3,9 @@
 A node ``{_target_: pkg.module.Class, a: 1, b: {...}}`` becomes ``pkg.module.Class(a=1, b=...)``.
 Nested nodes with their own ``_target_`` are built first, so a LightningModule receives a ready
 ``nn.Module``.  A target is a dotted import path or ``path/to/file.py:Name``: a student can add a
-fusion block in one file and point a config at it, with no registry to edit.
+fusion block in one file and point a config at it, with no registry to edit. In a YAML file, a
+relative ``file.py`` is relative to that YAML file (:func:`avlab.config.anchor_file_targets`); on
+the command line, to the working directory.
 
 Keys of a target node are checked against the target's signature *before* anything runs, so a
 typo fails at once with the closest valid key (see :func:`validate_target_node`).
