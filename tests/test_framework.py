@@ -151,3 +151,27 @@ def test_overlay_profiles_merge_between_experiment_and_overrides(capsys) -> None
     assert cfg.trainer.max_epochs == 2  # the command line still wins
     assert cli.main(["train", "saliency/avrsp_av", "--overlay", "saliency/_cpu", "--print-config"]) == 0
     assert "clip_len: 8" in capsys.readouterr().out
+
+
+def test_file_targets_resolve_next_to_the_yaml_that_names_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from avlab.config import load_experiment
+    from avlab.instantiate import instantiate
+
+    exp_dir, overlay_dir, cwd = tmp_path / "exp", tmp_path / "overlay", tmp_path / "cwd"
+    for d in (exp_dir, overlay_dir, cwd):
+        d.mkdir()
+    (exp_dir / "parts.py").write_text("class Data:\n    def __init__(self, n: int = 1):\n        self.n = n\n\n"
+                                      "class Model:\n    def __init__(self, k: int = 2):\n        self.k = k\n")
+    (overlay_dir / "other.py").write_text("class Model:\n    def __init__(self, k: int = 3, extra: str = 'x'):\n"
+                                          "        self.k, self.extra = k, extra\n")
+    (exp_dir / "exp.yaml").write_text("task: toy\ndata:\n  _target_: parts.py:Data\n  n: 5\n"
+                                      "model:\n  _target_: parts.py:Model\n")
+    (overlay_dir / "ov.yaml").write_text("model:\n  _target_: other.py:Model\n  extra: y\n")
+    (cwd / "parts.py").write_text("raise RuntimeError('the working directory must not be searched first')\n")
+    monkeypatch.chdir(cwd)
+    cfg = load_experiment(str(exp_dir / "exp.yaml"))
+    assert cfg.data._target_ == f"{exp_dir.resolve() / 'parts.py'}:Data"
+    assert instantiate(cfg.data).n == 5
+    cfg = load_experiment(str(exp_dir / "exp.yaml"), overlays=[str(overlay_dir / "ov.yaml")])
+    model = instantiate(cfg.model)
+    assert type(model).__module__.startswith("avlab_user_other") and (model.k, model.extra) == (3, "y")
