@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -358,3 +359,48 @@ def test_datamodule_feature_cache_option(tmp_path, demo):
     assert isinstance(dm.datasets["train"], YT8MFeatureCacheDataset)
     batch = next(iter(dm.train_dataloader()))
     assert batch["rgb"].shape == (16, 2048) and batch["labels"].shape == (16, 3862)
+
+
+def test_extract_features_fills_the_cache_that_setup_reads(tmp_path, demo):
+    from avlab.datamodules.yt8m import YT8MDataModule
+
+    dm = YT8MDataModule(root=str(demo), schema="frame", features="mf", feature_cache=True, batch_size=16)
+    summary = dm.extract_features(progress=False)
+    caches = [Path(summary[f"{split} cache"]) for split in ("train", "val", "test")]
+    assert all((c / "meta.json").is_file() for c in caches)
+    stamp = [(c / "rgb.npy").stat().st_mtime_ns for c in caches]
+    assert dm.extract_features(progress=False) == summary  # second call: nothing rebuilt
+    dm.setup("test")
+    assert Path(dm.datasets["test"].cache) == caches[2]
+    assert [(c / "rgb.npy").stat().st_mtime_ns for c in caches] == stamp
+    plain = YT8MDataModule(root=str(demo)).extract_features(progress=False)
+    assert "decoded on the fly" in plain["cache"]
+
+
+@pytest.mark.parametrize("feature_cache", [False, True], ids=["records", "cache"])
+def test_sample_table_describes_every_batch_sample(demo, feature_cache):
+    from avlab.datamodules.yt8m import YT8MDataModule
+
+    dm = YT8MDataModule(root=str(demo), feature_cache=feature_cache, batch_size=16)
+    dm.prepare_data()
+    table = dm.sample_table("val")
+    assert list(table.columns) == ["video_id", "labels", "shard", "record"] and table.index.is_unique
+    seen = 0
+    for batch in dm.val_dataloader():
+        rows = table.loc[batch["index"].numpy()]
+        assert rows["video_id"].tolist() == list(batch["video_id"])
+        for labels, y in zip(rows["labels"], batch["labels"]):
+            assert [int(c) for c in labels.split()] == torch.nonzero(y).flatten().tolist()
+        for index, shard, record in zip(batch["index"].tolist(), rows["shard"], rows["record"]):
+            assert split_record_key(index) == (shard, record)
+        seen += len(rows)
+    assert seen == len(table) == 64
+
+
+def test_dataset_info_names_the_classes_from_the_vocabulary(demo, tmp_path):
+    from avlab.datamodules.yt8m import YT8MDataModule
+
+    names = YT8MDataModule(root=str(demo)).dataset_info().class_names
+    vocab = read_vocabulary(demo / "vocabulary.csv")
+    assert len(names) == 3862 and names[3861] == vocab.loc[3861, "Name"]
+    assert YT8MDataModule(root=str(demo), vocabulary=None).dataset_info().class_names is None

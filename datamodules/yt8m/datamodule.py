@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from avlab.datamodules.base import AvlabDataModule, DatasetInfo
+from avlab.datamodules.yt8m.feature_cache import (
+    YT8MFeatureCacheDataset,
+    build_feature_cache,
+    feature_cache_key,
+)
+from avlab.datamodules.yt8m.records import YT8MRecordDataset
+from avlab.datamodules.yt8m.schema import check_schema, read_vocabulary, resolve_split, split_record_key
 from torch.utils.data import DataLoader
 
-from avlab.datamodules.base import AvlabDataModule
-from avlab.datamodules.yt8m.feature_cache import YT8MFeatureCacheDataset, build_feature_cache, feature_cache_key
-from avlab.datamodules.yt8m.records import YT8MRecordDataset
-from avlab.datamodules.yt8m.schema import check_schema, read_vocabulary, resolve_split
 from avlab.errors import ConfigError, DataError
 from avlab.io.tfrecord import count_records
 from avlab.paths import cache_dir
@@ -84,6 +90,7 @@ class YT8MDataModule(AvlabDataModule):
         self.feature_cache = feature_cache
         self.datasets: dict[str, YT8MRecordDataset | YT8MFeatureCacheDataset] = {}
         self._vocab: pd.DataFrame | None = None
+        self._tables: dict[str, pd.DataFrame] = {}
 
     # ------------------------------------------------------------------ data
     @staticmethod
@@ -122,13 +129,24 @@ class YT8MDataModule(AvlabDataModule):
     def _cache_path(self, records: YT8MRecordDataset) -> Path:
         return cache_dir() / "yt8m_features" / feature_cache_key(records)
 
-    def prepare_data(self) -> None:
-        super().prepare_data()
-        if self.feature_cache:
-            # One process per node converts; the others wait at Lightning's barrier.
-            for split in ("train", "val", "test"):
-                records = self.make_dataset(self.shards(split), source=self.pattern(split))
-                build_feature_cache(records, self._cache_path(records))
+    def extract_features(self, progress: bool = True) -> dict[str, Any]:
+        """With ``data.feature_cache=true``, convert every split once to the memory-mapped cache
+        that :meth:`setup` reads (:func:`build_feature_cache`; a second call finds it complete).
+
+        ``avlab features`` and ``prepare_data`` (one process per node; the others wait at
+        Lightning's barrier) call this. Without the cache there is nothing to extract: the
+        records are decoded while they stream.
+        """
+        root = self.dataset_root(build=True)
+        summary: dict[str, Any] = {"root": str(root), "schema": self.schema, "features": self.features}
+        if not self.feature_cache:
+            summary["cache"] = "none: records are decoded on the fly (data.feature_cache=true converts them once)"
+            return summary
+        for split in ("train", "val", "test"):
+            records = self.make_dataset(resolve_split(root, self.pattern(split)), source=str(root / self.pattern(split)))
+            cache = build_feature_cache(records, self._cache_path(records))
+            summary[f"{split} cache"] = str(cache)
+        return summary
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", ("train", "val", "test"))
@@ -165,6 +183,52 @@ class YT8MDataModule(AvlabDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+    def shard_loader(self, spec: str) -> DataLoader:
+        """Unshuffled batches of the shards that ``spec`` names, in this module's schema and features.
+
+        ``spec`` is a ``.tfrecord`` file, a folder (every ``*.tfrecord`` in it) or a glob: what
+        ``avlab predict ... input=SPEC`` passes. Labels in the shards, if any, are read but not needed.
+
+        Raises:
+            DataError: nothing matches ``spec``.
+        """
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            paths = sorted(path.glob("*.tfrecord"))
+        else:
+            paths = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
+        if not paths:
+            raise DataError(f"no TFRecord shards match input={spec} (a .tfrecord file, a folder of them, or a glob)")
+        return DataLoader(self.make_dataset(paths, source=str(path)), batch_size=self.batch_size, num_workers=0)
+
+    # ------------------------------------------------------------------ the contract
+    def dataset_info(self) -> DatasetInfo:
+        """Class names from ``vocabulary.csv`` (the class index where it names none)."""
+        vocab = self.vocabulary
+        if vocab is None:
+            return DatasetInfo()
+        return DatasetInfo(class_names=tuple(self.class_names(range(self.num_classes))))
+
+    def sample_table(self, split: str) -> pd.DataFrame:
+        """``video_id``, ``labels`` (space-separated class indices), ``shard`` and ``record`` of every
+        video of ``split``, indexed by the record key that batches carry as ``index``.
+
+        Read from the feature cache when there is one; otherwise one pass over the split's shards
+        (decoding every record: on the full dataset that takes as long as an epoch's reading). The
+        table is kept, so the pass happens once per split.
+        """
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"sample_table: split must be train, val or test, found {split!r}")
+        if split not in self._tables:
+            if split not in self.datasets:
+                self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+            dataset = self.datasets[split]
+            if isinstance(dataset, YT8MFeatureCacheDataset):
+                self._tables[split] = dataset.table()
+            else:
+                self._tables[split] = _scan_table(dataset)
+        return self._tables[split]
 
     @property
     def vocabulary(self) -> pd.DataFrame | None:
@@ -246,3 +310,19 @@ class YT8MDataModule(AvlabDataModule):
             paths = sorted(self.dataset_root().glob(self.pattern(split)))
             out[f"{split} shards"] = f"{len(paths)} ({self.pattern(split)})"
         return out
+
+
+def _scan_table(dataset: YT8MRecordDataset) -> pd.DataFrame:
+    """The :meth:`YT8MDataModule.sample_table` of a record stream: one unshuffled single-process pass."""
+    reader = YT8MRecordDataset(
+        dataset.paths, schema=dataset.schema, features=dataset.features, num_classes=dataset.num_classes,
+        skip_corrupt=dataset.skip_corrupt, verify_crc=dataset.verify_crc, max_frames=dataset.max_frames,
+        rank=0, world_size=1, source=dataset.source,
+    )
+    rows = []
+    for sample in reader:
+        shard, record = split_record_key(sample["index"])
+        labels = " ".join(str(c) for c in np.flatnonzero(sample["labels"].numpy()))
+        rows.append((sample["index"], sample["video_id"], labels, shard, record))
+    frame = pd.DataFrame(rows, columns=["index", "video_id", "labels", "shard", "record"])
+    return frame.set_index("index")

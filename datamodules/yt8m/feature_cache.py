@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
-
 from avlab.datamodules.yt8m.counts import cached_count
 from avlab.datamodules.yt8m.records import YT8MRecordDataset
+from avlab.datamodules.yt8m.schema import RECORD_KEY_SHIFT
 from avlab.datamodules.yt8m.sharding import equal_batches_quota, resolve_dist
+from torch.utils.data import IterableDataset, get_worker_info
+
 from avlab.errors import DataError
 
 __all__ = ["FEATURE_CACHE_VERSION", "YT8MFeatureCacheDataset", "build_feature_cache", "feature_cache_key"]
@@ -148,6 +150,23 @@ class YT8MFeatureCacheDataset(IterableDataset):
                 load[name] = np.load(self.cache / f"{name}.npy")
             self._arrays = load
         return self._arrays
+
+    def table(self) -> pd.DataFrame:
+        """``video_id``, ``labels`` (space-separated class indices), ``shard``, ``record`` of every
+        cached video, indexed by its record key (the ``index`` of its samples)."""
+        a = self._open()
+        index = np.asarray(a["index"], np.int64)
+        offsets = a["label_offsets"]
+        labels = [" ".join(map(str, a["labels"][offsets[i] : offsets[i + 1]])) for i in range(self.count)]
+        return pd.DataFrame(
+            {
+                "video_id": [v.decode() for v in a["video_id"]],
+                "labels": labels,
+                "shard": index >> RECORD_KEY_SHIFT,
+                "record": index & ((1 << RECORD_KEY_SHIFT) - 1),
+            },
+            index=pd.Index(index, name="index"),
+        )
 
     def _rows(self, epoch: int, consumer: int, consumers: int) -> np.ndarray:
         blocks = np.arange(0, self.count, self.block)

@@ -25,8 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
-
 from avlab.datamodules.yt8m.counts import cached_count
 from avlab.datamodules.yt8m.schema import (
     AUDIO_DIM,
@@ -39,6 +37,8 @@ from avlab.datamodules.yt8m.schema import (
     feature_dims,
 )
 from avlab.datamodules.yt8m.sharding import buffer_shuffle, equal_batches_quota, resolve_dist, take
+from torch.utils.data import IterableDataset, get_worker_info
+
 from avlab.errors import ConfigError, DataError
 from avlab.io.tfrecord import CorruptRecord, iter_records, parse_example, parse_sequence_example
 

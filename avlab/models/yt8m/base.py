@@ -4,9 +4,9 @@ Every model maps video-level features to class logits: ``forward(rgb [B, d_v], a
 -> [B, C]`` (apply a sigmoid for probabilities). ``d_v, d_a`` are 1024/128 for mean features
 (MF) and 2048/256 for MF+STD. A model derives from :class:`YT8MModel` (input widths, class count,
 dropout and an actionable input check), and its constructor takes ``visual_dim``, ``audio_dim``,
-``num_classes`` and ``dropout`` (the task's base config sets them from ``data``); the
-LightningModule needs ``num_classes`` and, for ``model.prior_bias``, a ``head`` whose last
-``Linear(*, num_classes)`` produces the logits.
+``num_classes`` and ``dropout`` (the task's base config sets them). For ``model.prior_bias`` the
+LightningModule initialises :meth:`YT8MModel.classifier`: by default the last
+``Linear(*, num_classes)`` of the model's ``head`` submodule.
 
 The attention layer (:class:`AttentionBlock`) reuses the shared :class:`SelfAttention` /
 :class:`CrossModalAttention` of :mod:`avlab.models.blocks.attention` and adds the feed-forward
@@ -47,6 +47,25 @@ class YT8MModel(nn.Module):
                     f"{type(self).__name__}: expected {name} features [B, {want}], found {list(x.shape)}. "
                     f"Set model.net.{key} to match data.features (mf: 1024/128, mf_std: 2048/256)."
                 )
+
+    def classifier(self) -> nn.Linear:
+        """The layer producing the logits (``model.prior_bias`` initialises its bias).
+
+        Default: the last ``Linear(*, num_classes)`` inside ``self.head``; override it when a
+        model's logits come from elsewhere.
+        """
+        try:
+            head = self.get_submodule("head")
+        except AttributeError:
+            head = nn.Identity()  # no head: reported below
+        layers = [m for m in head.modules() if isinstance(m, nn.Linear)]
+        layers = [m for m in layers if m.out_features == self.num_classes and m.bias is not None]
+        if not layers:
+            raise ValueError(
+                f"{type(self).__name__}: no Linear(*, {self.num_classes}) with a bias in self.head; "
+                "override classifier() or set model.prior_bias=null"
+            )
+        return layers[-1]
 
     def forward(self, rgb: Tensor, audio: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
