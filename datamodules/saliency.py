@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -54,6 +54,9 @@ from avlab.media.clips import (
     read_image,
     window_indices,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -398,9 +401,35 @@ class SaliencyDataModule(AvlabDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", False)
 
-    def video_names(self, split: str = "test") -> list[tuple[str, str]]:
-        """``(dataset, video)`` per video id of a split (ids are positions in this list)."""
-        return [(r.dataset, r.name) for r in self.splits.get(split, [])]
+    def sample_table(self, split: str) -> pd.DataFrame:
+        """One row per sample of ``split``, indexed by the ``index`` its batches carry.
+
+        Columns: ``video`` (the id batches carry: position in the split's video list), ``dataset``
+        (name), ``dataset_id`` (the id batches carry), ``name`` (video name), and ``frame``: the
+        target frame of a test or validation sample, −1 for training samples (drawn at random).
+        """
+        import pandas as pd
+
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be train, val or test, got {split!r}")
+        if not self.splits:
+            self.setup()
+        ids = {d: i for i, d in enumerate(self.dataset_names)}
+        videos = self.splits[split]
+        if split == "train":
+            rows = [(v, -1) for v in range(len(videos)) for _ in range(self.clips_per_video)]
+        else:
+            ds = self._dataset(split)
+            # validation items hold the clip's first frame; its target is the last one
+            shift = self.clip_len - 1 if split == "val" else 0
+            rows = [(v, pos + shift) for v, pos in ds.items]
+        return pd.DataFrame({
+            "video": [v for v, _ in rows],
+            "dataset": [videos[v].dataset for v, _ in rows],
+            "dataset_id": [ids.get(videos[v].dataset, 0) for v, _ in rows],
+            "name": [videos[v].name for v, _ in rows],
+            "frame": [f for _, f in rows],
+        }).rename_axis("index")
 
     # ------------------------------------------------------------------ predict helpers
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:

@@ -21,10 +21,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from avlab.datamodules.base import AvlabDataModule
 from avlab.lightningmodules.base import AvlabModule
 from torch import Tensor, nn
 
@@ -32,6 +33,9 @@ from avlab.errors import ConfigError
 from avlab.inference.saliency import predict_saliency_media
 from avlab.metrics.saliency import METRICS, SaliencyLoss, frame_metrics, postprocess, video_average
 from avlab.models.saliency import AVRSP
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,11 @@ class SaliencyModule(AvlabModule):
         blur_sigma, blur_ksize: the evaluation blur (protocol step 2; 0 disables it).
         predict_batch_size: windows per forward pass in ``avlab predict``.
         n_plot_frames: test frames drawn in ``plots/saliency_examples.png``.
+        bn_momentum: if set, the momentum of every BatchNorm layer of the network. torchvision's S3D
+            uses 0.001, right for fine-tuning Kinetics weights (running statistics that are already
+            good) but far too slow for a randomly initialised network trained for a few hundred
+            steps: its evaluation-mode statistics would stay near their initial values (the CPU
+            profile sets 0.1, PyTorch's default). ``null`` keeps each layer's own value.
     """
 
     def __init__(
@@ -93,10 +102,17 @@ class SaliencyModule(AvlabModule):
         blur_ksize: int = 11,
         predict_batch_size: int = 8,
         n_plot_frames: int = 4,
+        bn_momentum: float | None = None,
     ) -> None:
         super().__init__()
         self.net = AVRSP(visual, audio, fusion, channels=channels, ms_mrg_pairs=ms_mrg_pairs,
                          aspp_rates=tuple(aspp_rates), kernel=kernel)
+        if bn_momentum is not None:
+            if not 0 < bn_momentum <= 1:
+                raise ConfigError(f"model.bn_momentum must be in (0, 1] or null, got {bn_momentum}")
+            for m in self.net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.momentum = bn_momentum
         if len(loss_weights) != 3:
             raise ConfigError(f"model.loss_weights must be [w_kl, w_cc, w_sim], got {list(loss_weights)}")
         self.loss_fn = SaliencyLoss(*loss_weights)
@@ -190,38 +206,49 @@ class SaliencyModule(AvlabModule):
         self._test = []
         g = {k: v.cpu().numpy() for k, v in self.gather_samples(merged).items()}
         dm = self.trainer.datamodule if self._trainer is not None else None
-        names = list(getattr(dm, "dataset_names", [])) or ["all"]
-        groups = {names[d]: np.unique(g["video"][g["dataset"] == d]).tolist() for d in np.unique(g["dataset"])}
+        # Per-sample metadata (dataset and video names) comes from the DataModule's sample table,
+        # looked up by the dataset index every batch carries.
+        meta = dm.sample_table("test").loc[g["index"]] if isinstance(dm, AvlabDataModule) else None
+        metrics = self.test_metrics(g, meta)
+        self.log_metrics("test", metrics, sync_dist=False)
+        nan_frames = {m: int(np.isnan(g[m]).sum()) for m in METRICS}
+        dropped = ", ".join(f"{m} {k}" for m, k in nan_frames.items())
+        self.summary_lines = [
+            (f"saliency test: {int(metrics['n_frames'])} frames of {int(metrics['n_videos'])} videos; "
+             f"frame → video → mean over videos; frames without a defined value dropped: {dropped}"),
+            (f"protocol: prediction resized to the GT size (bicubic), Gaussian blur σ={self.blur_sigma} "
+             f"({self.blur_ksize}×{self.blur_ksize}), min-max; fixations never resized"),
+        ]
+        if self.run_dir is not None and self.is_main_process:
+            self._write_outputs(g, meta)
+
+    @staticmethod
+    def test_metrics(g: dict[str, np.ndarray], meta: pd.DataFrame | None = None) -> dict[str, float]:
+        """Overall and per-dataset metrics from gathered per-frame values ``g`` (keys: the metric
+        names, ``video``, ``loss``) and, when known, their rows of the sample table (``dataset``)."""
+        groups = None
+        if meta is not None:
+            datasets = meta["dataset"].to_numpy()
+            groups = {d: np.unique(g["video"][datasets == d]).tolist() for d in dict.fromkeys(datasets)}
         metrics: dict[str, float] = {}
         for m in METRICS:
-            avg = video_average(g[m], g["video"], groups if len(names) > 1 or names != ["all"] else None)
+            avg = video_average(g[m], g["video"], groups)
             metrics[m] = avg.pop("")
             for name, value in avg.items():
                 metrics[f"{name}/{m}"] = value
         metrics["loss"] = float(np.mean(g["loss"]))
         metrics["n_videos"] = float(len(np.unique(g["video"])))
         metrics["n_frames"] = float(len(g["video"]))
-        self.log_metrics("test", metrics, sync_dist=False)
-        nan_frames = {m: int(np.isnan(g[m]).sum()) for m in METRICS}
-        self.summary_lines = [
-            f"saliency test: {int(metrics['n_frames'])} frames of {int(metrics['n_videos'])} videos; "
-            f"frame → video → mean over videos; frames without a defined value dropped: "
-            + ", ".join(f"{m} {k}" for m, k in nan_frames.items()),
-            f"protocol: prediction resized to the GT size (bicubic), Gaussian blur σ={self.blur_sigma} "
-            f"({self.blur_ksize}×{self.blur_ksize}), min-max; fixations never resized",
-        ]
-        if self.run_dir is not None and self.is_main_process:
-            self._write_outputs(g, dm)
+        return metrics
 
-    def _write_outputs(self, g: dict[str, np.ndarray], dm: Any) -> None:
+    def _write_outputs(self, g: dict[str, np.ndarray], meta: pd.DataFrame | None) -> None:
         import pandas as pd
 
-        videos = dm.video_names("test") if dm is not None and hasattr(dm, "video_names") else []
-        table = pd.DataFrame({k: g[k] for k in ("video", "dataset", "frame", *METRICS)})
+        table = pd.DataFrame({k: g[k] for k in ("video", "frame", *METRICS)})
         per_video = table.groupby("video")[list(METRICS)].mean()  # pandas' mean skips NaN frames
-        if videos:
-            per_video.insert(0, "dataset", [videos[v][0] if v < len(videos) else "" for v in per_video.index])
-            per_video.insert(1, "name", [videos[v][1] if v < len(videos) else "" for v in per_video.index])
+        if meta is not None:
+            names = meta.assign(video=g["video"]).groupby("video")[["dataset", "name"]].first()
+            per_video = names.join(per_video)
         per_video.to_csv(Path(self.run_dir) / "saliency_per_video.csv")
         if self._plots and self.plots_dir is not None:
             self._plot_examples(self.plots_dir / "saliency_examples.png")

@@ -159,3 +159,55 @@ def test_batched_windows_equal_one_at_a_time() -> None:
     a = [m for _, m, _ in predict_video(module, video, prep, 8, batch_size=5, wav=wav, fps=25.0)]
     b = [m for _, m, _ in predict_video(module, _FakeVideo(12), prep, 8, batch_size=1, wav=wav, fps=25.0)]
     torch.testing.assert_close(torch.stack(a), torch.stack(b), atol=1e-5, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- a student's fusion block
+FUSION_BLOCK = '''
+import torch
+from torch import nn
+
+
+class GatedAudioFusion(nn.Module):
+    """Each visual token decides, through a sigmoid gate, how much of the pooled audio it takes."""
+
+    def __init__(self, dim: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.gate = nn.Sequential(nn.Linear(2 * dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        self.audio = nn.Linear(dim, dim)
+
+    def forward(self, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        pooled = a.mean(dim=1, keepdim=True).expand(-1, v.shape[1], -1)
+        g = torch.sigmoid(self.gate(torch.cat([v, pooled], dim=-1)))
+        return v + g * self.audio(pooled)
+'''
+
+FUSION_CONFIG = '''
+defaults: [saliency/avrsp_av]
+description: a student's gated fusion block
+model:
+  fusion:
+    _target_: my_block.py:GatedAudioFusion
+    dim: ${model.channels}
+    hidden: 16
+'''
+
+
+def test_a_fusion_block_is_one_file_and_one_config(capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The way a student adds a saliency fusion block: no edit anywhere in avlab."""
+    (tmp_path / "my_block.py").write_text(FUSION_BLOCK)
+    (tmp_path / "my_block.yaml").write_text(FUSION_CONFIG)
+    monkeypatch.chdir(tmp_path)
+    run = _train(capsys, str(tmp_path / "my_block.yaml"), f"run.root={tmp_path / 'runs'}")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert all(np.isfinite(metrics[f"test/{m}"]) for m in ("cc", "nss", "auc_j", "sim", "kl"))
+    assert metrics["test/n_videos"] == 6.0 and (run / "saliency_per_video.csv").is_file()
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert "net.fusion.gate.0.weight" in state and state["net.fusion.gate.0.weight"].shape == (16, 32)
+    assert not any(k.startswith("net.fusion.blocks") for k in state), "RAVF's keys must not leak in"
+    # `avlab test` on the (only, so best) checkpoint reports the metrics the run reported.
+    best = next((run / "checkpoints").glob("best*.ckpt"))
+    assert cli.main(["test", str(tmp_path / "my_block.yaml"), f"ckpt_path={best}", *SMALL,
+                     f"run.root={tmp_path / 'runs-test'}"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    again = json.loads((Path(last.removeprefix("run directory: ")) / "metrics.json").read_text())
+    assert again["test/cc"] == pytest.approx(metrics["test/cc"], abs=1e-6)

