@@ -182,3 +182,23 @@ def test_cross_dataset_evaluation_reports_the_external_dataset(capsys, tiny_avq:
                         "test_data.holdout_sources=2", "trainer.max_epochs=1", f"run.root={tmp_path}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "test/plcc" in metrics and "test/external/plcc" in metrics and "test/external/srcc" in metrics
+
+
+def test_features_command_fills_the_cache_that_training_reads(capsys, tiny_avq: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from avlab.features.cache import FeatureCache
+
+    root = _corrupt_copy(tiny_avq, tmp_path / "fresh", lambda t: None)  # no .features folder
+    assert not (root / ".features").exists()
+    assert cli.main(["features", "avq/simple_fusion", f"data.root={root}"]) == 0
+    assert json.loads(capsys.readouterr().out)["stimuli"] == 27
+    entries = sorted((root / ".features").rglob("*.npz"))
+    assert len(entries) == 2 * 27  # one VMAF and one audio entry per stimulus
+
+    def no_new_entry(self, key, *args, **kwargs):
+        raise AssertionError(f"training recomputed feature entry {key} instead of reading the cache")
+
+    monkeypatch.setattr(FeatureCache, "put", no_new_entry)
+    run_dir, _ = _train(capsys, "avq/simple_fusion", f"data.root={root}", "trainer.max_epochs=1", f"run.root={tmp_path}")
+    assert "test/plcc" in json.loads((run_dir / "metrics.json").read_text())
+    assert sorted((root / ".features").rglob("*.npz")) == entries
