@@ -79,7 +79,8 @@ def _rates_interleaved(fns: dict[str, Callable[[], Iterable[object]]], repeats: 
 
 
 def _long_frame_shard(folder: Path, videos: int, frames: int) -> Path:
-    from avlab.io.tfrecord import TFRecordWriter, encode_sequence_example
+    from avlab.io.tf_example import encode_sequence_example
+    from avlab.io.tfrecord import TFRecordWriter
 
     rng = np.random.default_rng(0)
     path = folder / "train0000.tfrecord"
@@ -138,7 +139,8 @@ def main() -> None:
 
     from avlab.datamodules.yt8m import YT8MFeatureCacheDataset, YT8MRecordDataset, build_feature_cache, resolve_split
     from avlab.demo.yt8m import DEMO_SIZES, build_yt8m_demo
-    from avlab.io.tfrecord import iter_records, parse_example
+    from avlab.io.tf_example import parse_example
+    from avlab.io.tfrecord import iter_records
 
     work = Path(tempfile.mkdtemp(prefix="avlab-bench-yt8m-"))
     demo = build_yt8m_demo(work / "demo", size=args.demo_size)

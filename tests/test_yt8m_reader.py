@@ -20,15 +20,8 @@ from avlab.datamodules.yt8m import (
 )
 from avlab.demo.yt8m import build_yt8m_demo
 from avlab.errors import ConfigError, DataError
-from avlab.io.tfrecord import (
-    TFRecordWriter,
-    count_records,
-    encode_example,
-    encode_sequence_example,
-    iter_records,
-    masked_crc32c,
-    parse_example,
-)
+from avlab.io.tf_example import encode_example, encode_sequence_example, parse_example
+from avlab.io.tfrecord import TFRecordWriter, count_records, iter_records, masked_crc32c
 
 
 # ----------------------------------------------------------------------------- helpers

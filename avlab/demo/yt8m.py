@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 
 from avlab.errors import DataError
-from avlab.io.tfrecord import TFRecordWriter, encode_example, encode_sequence_example
+from avlab.io.tf_example import encode_example, encode_sequence_example
+from avlab.io.tfrecord import TFRecordWriter
 
 __all__ = ["DEMO_SIZES", "VERSIONS", "build_yt8m_demo"]
 

@@ -40,7 +40,8 @@ from avlab.datamodules.yt8m.sharding import buffer_shuffle, equal_batches_quota,
 from torch.utils.data import IterableDataset, get_worker_info
 
 from avlab.errors import ConfigError, DataError
-from avlab.io.tfrecord import CorruptRecord, iter_records, parse_example, parse_sequence_example
+from avlab.io.tf_example import parse_example, parse_sequence_example
+from avlab.io.tfrecord import CorruptRecord, iter_records
 
 __all__ = ["YT8MRecordDataset"]
 
