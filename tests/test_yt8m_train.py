@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import json
 import os
 from pathlib import Path
@@ -178,3 +179,21 @@ def test_attend_fusion_beats_both_single_modality_ablations_on_gap(capsys, tmp_p
         gap[name] = json.loads((run_dir / "metrics.json").read_text())["test/gap"]
     assert gap["attend_fusion"] > gap["attend_fusion_audio_only"] + 0.05, gap
     assert gap["attend_fusion"] > gap["attend_fusion_visual_only"] + 0.05, gap
+
+
+def test_module_requires_a_yt8m_model_and_sets_the_prior_bias_on_its_classifier():
+    from torch import nn
+
+    from avlab.errors import ConfigError
+    from avlab.lightningmodules.yt8m import YT8MModule
+    from avlab.models.yt8m.fc_residual import FCResidualGatedLateFusion
+
+    with pytest.raises(ConfigError, match="YT8MModel"):
+        YT8MModule(nn.Linear(4, 3))
+    net = FCResidualGatedLateFusion(num_classes=7, hidden=8, class_gate=True)
+    YT8MModule(net, prior_bias=0.001)
+    # the logits layer is `head`, not the class gate that is registered after it
+    assert torch.allclose(net.head.bias, torch.full((7,), math.log(0.001 / 0.999)))
+    assert not torch.allclose(net.class_gate.bias, net.head.bias)
+    with pytest.raises(ConfigError, match="prior_bias"):
+        YT8MModule(net, prior_bias=1.5)
