@@ -120,10 +120,12 @@ def follow(channel: Channel) -> int:
                 # can never finish. Record the trial as failed, then exit non-zero, which makes
                 # Lightning's launcher stop rank 0; re-running the command resumes the study.
                 try:
-                    study._storage.set_trial_user_attr(message["trial_id"], "error", f"rank {rank} only: {type(exc).__name__}: {exc}"[:4000])
+                    error = f"rank {rank} only: {type(exc).__name__}: {exc}"
+                    study._storage.set_trial_user_attr(message["trial_id"], "error", error[:4000])
                     study._storage.set_trial_state_values(message["trial_id"], optuna.trial.TrialState.FAIL)
                 finally:
-                    print(f"avlab sweep: rank {rank} failed alone in trial {message['number']}; stopping the sweep"
+                    print(f"avlab sweep: rank {rank} failed alone in trial {message['number']};"
+                          " stopping the sweep"
                           " (re-run the command to resume the study)",
                           file=sys.stderr, flush=True)
                     os._exit(1)

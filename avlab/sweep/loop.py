@@ -82,7 +82,8 @@ def run_sweep(sweep: str, *, trials: int | None = None, storage: str | None = No
         raise ConfigError("--trials must be >= 0")
     name = study_name or spec.name
     if not name or ".." in Path(name).parts or Path(name).is_absolute():
-        raise ConfigError(f"--study {name!r} must be a plain name (it becomes a folder under run.root/sweeps/)")
+        raise ConfigError(f"--study {name!r} must be a plain name"
+                          " (it becomes a folder under run.root/sweeps/)")
     sweep_dir = (Path(base.run.root) / "sweeps" / name).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     url = storage or default_storage(sweep_dir)
@@ -142,11 +143,13 @@ def run_sweep(sweep: str, *, trials: int | None = None, storage: str | None = No
                 os.environ[RUN_DIR_ENV] = saved
             finish_stray_wandb_run()
         if not result.val_metrics:
-            raise ConfigError(f"{spec.experiment} has no validation loop (a closed-form estimator?): nothing to optimise")
+            raise ConfigError(f"{spec.experiment} has no validation loop (a closed-form estimator?):"
+                              " nothing to optimise")
         per_fit = [m.get(spec.metric) for m in result.val_metrics]
         if any(v is None for v in per_fit):
             logged = sorted({k for m in result.val_metrics for k in m})
-            raise ConfigError(f"objective metric `{spec.metric}` was not logged.{did_you_mean(spec.metric, logged)}"
+            raise ConfigError(f"objective metric `{spec.metric}` was not logged."
+                              f"{did_you_mean(spec.metric, logged)}"
                               f" Logged: {', '.join(logged) or 'nothing'}")
         trial.set_user_attr("fold_values", per_fit)
         for key, value in result.metrics.items():
@@ -182,8 +185,9 @@ def run_sweep(sweep: str, *, trials: int | None = None, storage: str | None = No
         if world <= 1 or trial.number not in announced:
             return  # no other ranks, or the trial failed before they were told about it
         if not channel.await_reports(announced[trial.number], range(1, world), DDP_STATUS_WAIT_S):
-            raise _OutOfStep(f"trial {trial.number} failed on rank 0 only ({message}); the other ranks are blocked in"
-                             " a collective, so the sweep stops. Re-run the same command to resume the study.")
+            raise _OutOfStep(f"trial {trial.number} failed on rank 0 only ({message}); the other ranks are"
+                             " blocked in a collective, so the sweep stops. Re-run the same command to resume"
+                             " the study.")
 
     interrupted, error = False, None
     try:

@@ -17,7 +17,8 @@ from avlab.sweep.spec import ParamSpec, SweepSpec
 
 def yaml_value(value: Any) -> str:
     """``value`` as an override's right-hand side that parses back to exactly ``value``."""
-    if isinstance(value, str) and value and not any(c in value for c in "[]{}:,'\"$#=") and yaml.safe_load(value) == value:
+    plain = isinstance(value, str) and value and not any(c in value for c in "[]{}:,'\"$#=")
+    if plain and yaml.safe_load(value) == value:
         return value  # plain words (gelu) stay readable
     # JSON is valid YAML flow syntax: other strings stay strings ("1e-3" quoted), lists/dicts survive.
     return json.dumps(value)
@@ -103,7 +104,8 @@ def check_space(spec: SweepSpec, overrides: Sequence[str]) -> DictConfig:
         for key in p.keys:
             # A parent on the command line is fine (steps=[...] then steps.0.lr searched within it).
             if key in cli_keys or any(c.startswith(key + ".") for c in cli_keys):
-                raise ConfigError(f"{where} searches `{key}` (parameter `{p.name}`), so it cannot also be set on the command line."
+                raise ConfigError(f"{where} searches `{key}` (parameter `{p.name}`), so it cannot also be set"
+                                  " on the command line."
                                   " Drop the override, or copy the sweep file and change its search space.")
     base = load_experiment(spec.experiment, fixed)
     tree = OmegaConf.to_container(base, resolve=True)

@@ -94,9 +94,11 @@ def load_sweep(name: str) -> SweepSpec:
         raise ConfigError(f"{where} must hold a mapping")
     for key in raw:
         if key not in _TOP_KEYS:
-            raise ConfigError(f"{where}: unknown key `{key}`.{did_you_mean(str(key), _TOP_KEYS)} Keys: {', '.join(_TOP_KEYS)}")
+            raise ConfigError(f"{where}: unknown key `{key}`.{did_you_mean(str(key), _TOP_KEYS)}"
+                              f" Keys: {', '.join(_TOP_KEYS)}")
     if not raw.get("experiment"):
-        raise ConfigError(f"{where}: `experiment` is missing (the experiment every trial trains, e.g. avq/attentive_fusion)")
+        raise ConfigError(f"{where}: `experiment` is missing"
+                          " (the experiment every trial trains, e.g. avq/attentive_fusion)")
     experiment = str(raw["experiment"])
     if experiment.endswith((".yaml", ".yml")) and not Path(experiment).is_absolute():
         # A file next to the sweep, so a sweep and its experiment can live outside the package.
@@ -106,13 +108,15 @@ def load_sweep(name: str) -> SweepSpec:
         raise ConfigError(f"{where}: `objective.metric` is missing (for example val/loss)")
     unknown = set(objective) - {"metric", "direction", "aggregate"}
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} in `objective`; keys: metric, direction, aggregate")
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} in `objective`;"
+                          " keys: metric, direction, aggregate")
     direction = str(objective.get("direction", "minimize"))
     if direction not in ("minimize", "maximize"):
         raise ConfigError(f"{where}: `objective.direction` must be minimize or maximize, got {direction!r}")
     aggregate = str(objective.get("aggregate", "mean"))
     if aggregate not in _AGGREGATES:
-        raise ConfigError(f"{where}: `objective.aggregate` must be one of {', '.join(_AGGREGATES)}, got {aggregate!r}")
+        raise ConfigError(f"{where}: `objective.aggregate` must be one of {', '.join(_AGGREGATES)},"
+                          f" got {aggregate!r}")
     overrides = raw.get("overrides") or []
     if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
         raise ConfigError(f"{where}: `overrides` must be a list of key=value strings")
@@ -128,9 +132,11 @@ def load_sweep(name: str) -> SweepSpec:
     first = {str(k): v for k, v in (raw.get("first_trial") or {}).items()}
     for key, value in first.items():
         if key not in params:
-            raise ConfigError(f"{where}: `first_trial.{key}` is not a searched parameter.{did_you_mean(key, params)}")
+            raise ConfigError(f"{where}: `first_trial.{key}` is not a searched parameter."
+                              f"{did_you_mean(key, params)}")
         if not _contains(params[key], value):
-            raise ConfigError(f"{where}: `first_trial.{key}` = {value!r} lies outside its search space {_describe(params[key])}")
+            raise ConfigError(f"{where}: `first_trial.{key}` = {value!r} lies outside its search space"
+                              f" {_describe(params[key])}")
     spec = SweepSpec(name=display, path=path, experiment=experiment, metric=str(objective["metric"]), direction=direction,
                      aggregate=aggregate, description=str(raw.get("description") or ""), overrides=list(overrides),
                      trials=int(raw.get("trials") or DEFAULT_TRIALS), params=params, first_trial=first)
@@ -145,7 +151,8 @@ def load_sweep(name: str) -> SweepSpec:
 
 def _param_spec(name: str, node: Any, where: str) -> ParamSpec:
     if not isinstance(node, dict):
-        raise ConfigError(f"{where}: `params.{name}` must be a mapping such as {{type: float, low: 1e-4, high: 1e-2, log: true}}")
+        raise ConfigError(f"{where}: `params.{name}` must be a mapping such as"
+                          " {type: float, low: 1e-4, high: 1e-2, log: true}")
     node = dict(node)
     kind = node.pop("type", "categorical" if "choices" in node else None)
     keys = node.pop("keys", None) or [name]
@@ -156,7 +163,8 @@ def _param_spec(name: str, node: Any, where: str) -> ParamSpec:
         raise ConfigError(f"{where}: `params.{name}.type` must be int, float or categorical, got {kind!r}")
     bad = set(node) - allowed[kind]
     if bad:
-        raise ConfigError(f"{where}: `params.{name}` ({kind}) takes {', '.join(sorted(allowed[kind]))} (and keys), not {', '.join(sorted(bad))}")
+        raise ConfigError(f"{where}: `params.{name}` ({kind}) takes {', '.join(sorted(allowed[kind]))}"
+                          f" (and keys), not {', '.join(sorted(bad))}")
     if kind == "categorical" and not (isinstance(node.get("choices"), list) and node["choices"]):
         raise ConfigError(f"{where}: `params.{name}.choices` must be a non-empty list")
     if kind != "categorical" and ("low" not in node or "high" not in node):
@@ -172,7 +180,9 @@ def _param_spec(name: str, node: Any, where: str) -> ParamSpec:
 def _contains(p: ParamSpec, value: Any) -> bool:
     if p.type == "categorical":
         return value in p.args["choices"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (p.type == "int" and not float(value).is_integer()):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if p.type == "int" and not float(value).is_integer():
         return False
     return p.args["low"] <= value <= p.args["high"]
 
@@ -207,7 +217,8 @@ def build_sampler(node: dict[str, Any], *, where: str = "sweep", salt: str | Non
     kind = str(node.pop("type", "tpe"))
     classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
     if kind not in classes:
-        raise ConfigError(f"{where}: `sampler.type` must be one of {', '.join(classes)}, got {kind!r}.{did_you_mean(kind, classes)}")
+        raise ConfigError(f"{where}: `sampler.type` must be one of {', '.join(classes)}, got {kind!r}."
+                          f"{did_you_mean(kind, classes)}")
     if node.get("seed") is not None and salt is not None:
         digest = hashlib.sha256(f"{int(node['seed'])}:{salt}".encode()).digest()
         node["seed"] = int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
@@ -224,6 +235,7 @@ def build_pruner(node: dict[str, Any], *, where: str = "sweep") -> Any:
                "percentile": optuna.pruners.PercentilePruner, "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
                "none": optuna.pruners.NopPruner}
     if kind not in classes:
-        raise ConfigError(f"{where}: `pruner.type` must be one of {', '.join(classes)}, got {kind!r}.{did_you_mean(kind, classes)}")
+        raise ConfigError(f"{where}: `pruner.type` must be one of {', '.join(classes)}, got {kind!r}."
+                          f"{did_you_mean(kind, classes)}")
     return _construct(classes[kind], node, where, "pruner")
 
