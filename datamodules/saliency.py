@@ -32,15 +32,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from avlab.datamodules.base import AvlabDataModule
+from avlab.datamodules.readers import ReadOptions, get_reader
 from avlab.datamodules.saliency_readers import (
     AV_DATASETS,
-    DHF1KLayout,
     RecordPolicy,
-    STAViSLayout,
     VideoRecord,
+    fold_list_path,
     load_fixation,
     load_map,
     parse_fold_list,
+    video_records,
 )
 from torch.utils.data import DataLoader, Dataset
 
@@ -64,6 +65,8 @@ log = logging.getLogger(__name__)
 __all__ = ["AV_DATASETS", "SaliencyClips", "SaliencyDataModule", "VideoRecord", "collate_saliency",
            "load_fixation", "load_map", "parse_fold_list", "preprocess_frames"]
 
+#: The reader-catalog formats ``data.layout`` may name (registered in saliency_readers).
+LAYOUTS = ("stavis", "dhf1k")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -276,8 +279,7 @@ class SaliencyDataModule(AvlabDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(root=root, demo_size=demo_size, batch_size=batch_size, num_workers=num_workers)
-        if layout not in ("stavis", "dhf1k"):
-            raise ConfigError(f"data.layout must be stavis or dhf1k, got {layout!r}")
+        get_reader(layout, where="data.layout", allowed=LAYOUTS)  # an unknown layout fails here, with the list
         self.layout = layout
         self.datasets = list(datasets) if datasets else list(AV_DATASETS)
         unknown = [d for d in self.datasets if d not in AV_DATASETS]
@@ -326,12 +328,6 @@ class SaliencyDataModule(AvlabDataModule):
                 raise ConfigError("cv.folds for saliency must be 3 (the STAViS folds) with data.layout=stavis")
             self.fold = index + 1
 
-    def reader(self) -> STAViSLayout | DHF1KLayout:
-        """The layout reader of ``data.layout`` with this DataModule's datasets and fold."""
-        if self.layout == "stavis":
-            return STAViSLayout(list(self.datasets), self.fold)
-        return DHF1KLayout()
-
     def policy(self) -> RecordPolicy:
         return RecordPolicy(self.clip_len, self.short_videos, self.count_mismatch,
                             self.audio and self.layout == "stavis", self.missing_audio)
@@ -339,10 +335,21 @@ class SaliencyDataModule(AvlabDataModule):
     def index(self) -> tuple[dict[str, list[VideoRecord]], list[str]]:
         """Train/test video records and every problem found (no exception)."""
         root = self.dataset_root(build=self.uses_demo)
-        problems: list[str] = []
+        empty: dict[str, list[VideoRecord]] = {"train": [], "test": []}
         if not root.is_dir():
-            return {"train": [], "test": []}, [f"dataset folder {root} does not exist"]
-        return self.reader().index(root, self.policy(), problems), problems
+            return empty, [f"dataset folder {root} does not exist"]
+        problems: list[str] = []
+        try:
+            table = get_reader(self.layout, where="data.layout", allowed=LAYOUTS).read(root, ReadOptions(self.layout))
+        except DataError as exc:
+            return empty, [str(exc)]
+        if self.layout == "stavis":
+            for db in self.datasets:
+                for split in ("train", "test"):
+                    path = fold_list_path(root, db, split, self.fold)
+                    if not path.is_file():
+                        problems.append(f"fold list {path} does not exist")
+        return video_records(table, self.dataset_names, self.fold, self.policy(), problems), problems
 
     def _hold_out(self, train: list[VideoRecord]) -> tuple[list[VideoRecord], list[VideoRecord]]:
         rng = np.random.default_rng(self.split_seed)

@@ -1,9 +1,12 @@
-"""On-disk layouts of the ``saliency`` task: the STAViS release layout and DHF1K.
+"""On-disk layouts of the ``saliency`` task, registered in the shared reader catalog.
 
-A layout reader turns a dataset folder into train/test :class:`VideoRecord` lists and a list of
-every problem found (it never raises for a problem in the data, so ``avlab data check`` can report
-them all). :data:`LAYOUTS` maps ``data.layout`` to its reader; a new layout is one more class with
-``name`` and ``index(root, policy, problems)``.
+Each layout is one function registered with :func:`avlab.datamodules.readers.register_reader`
+(``data.layout`` names it). It reads a dataset folder into a table with one row per video and the
+columns ``dataset``, ``name``, ``fps``, ``n_listed`` (frame count its list gives, or −1),
+``frames`` (image files, one video file, or None when nothing is found), ``maps``, ``fixations``,
+``wav`` (or None), ``fold1``–``fold3`` (``train``, ``test`` or empty: the video's side in each
+fold) and ``where``. :func:`video_records` then selects the datasets and fold of a run and applies
+the bad-input policies, collecting every problem instead of stopping at the first.
 
 ``stavis`` — the STAViS release layout of AVAD, Coutrot_db1/2, DIEM, ETMD_av and SumMe::
 
@@ -41,25 +44,26 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Any
 
 import numpy as np
+import pandas as pd
+from avlab.datamodules.readers import ReadOptions, register_reader
 
 from avlab.errors import DataError
 from avlab.media.clips import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoFrames, read_image
 
 __all__ = [
     "AV_DATASETS",
-    "LAYOUTS",
-    "DHF1KLayout",
     "RecordPolicy",
-    "STAViSLayout",
-    "SaliencyLayout",
     "VideoRecord",
     "fold_list_path",
     "load_fixation",
     "load_map",
     "parse_fold_list",
+    "read_dhf1k",
+    "read_stavis",
+    "video_records",
 ]
 
 log = logging.getLogger(__name__)
@@ -210,117 +214,106 @@ def finish_record(rec: VideoRecord, n_list: int | None, policy: RecordPolicy,
 
 
 # --------------------------------------------------------------------------- layouts
-class SaliencyLayout(Protocol):
-    """A dataset layout: ``index`` returns ``{"train": [...], "test": [...]}`` and appends problems."""
-
-    name: ClassVar[str]
-
-    def dataset_names(self) -> list[str]: ...
-
-    def index(self, root: Path, policy: RecordPolicy, problems: list[str]) -> dict[str, list[VideoRecord]]: ...
+FOLDS = (1, 2, 3)
 
 
-@dataclass
-class STAViSLayout:
-    """The STAViS release layout (module docstring); ``fold`` 1–3, DIEM's fixed split in each."""
+def _row(dataset: str, name: str, fps: float, n_listed: int, frames: list[Path] | Path | None, maps: list[Path],
+         fixations: list[Path], wav: Path | None, folds: dict[int, str], where: str) -> dict[str, Any]:
+    return {"dataset": dataset, "name": name, "fps": fps, "n_listed": n_listed, "frames": frames, "maps": maps,
+            "fixations": fixations, "wav": wav, **{f"fold{f}": folds.get(f, "") for f in FOLDS}, "where": where}
 
-    datasets: list[str]
-    fold: int = 1
-    name: ClassVar[str] = "stavis"
 
-    def dataset_names(self) -> list[str]:
-        return list(self.datasets)
+def _stavis_frames(root: Path, db: str, name: str) -> list[Path] | Path | None:
+    fdir = root / "video_frames" / db / name
+    files = sorted_files(fdir, IMAGE_SUFFIXES)
+    if files:
+        return files
+    videos = [fdir.with_suffix(s) for s in VIDEO_SUFFIXES] + [fdir / f"{name}{s}" for s in VIDEO_SUFFIXES]
+    return next((v for v in videos if v.is_file()), None)
 
-    def _record(self, root: Path, db: str, name: str, n_list: int, fps: float, policy: RecordPolicy,
-                problems: list[str]) -> VideoRecord | None:
-        fdir = root / "video_frames" / db / name
-        adir = root / "annotations" / db / name
-        frames: list[Path] | Path
-        files = sorted_files(fdir, IMAGE_SUFFIXES)
-        if files:
-            frames, n_frames = files, len(files)
-        else:
-            videos = [fdir.with_suffix(s) for s in VIDEO_SUFFIXES] + [fdir / f"{name}{s}" for s in VIDEO_SUFFIXES]
-            video = next((v for v in videos if v.is_file()), None)
-            if video is None:
-                problems.append(f"{db}/{name}: no frames in {fdir} (image files) and no video file {fdir}.mp4")
-                return None
-            frames, n_frames = video, len(VideoFrames(video))
-        maps = sorted_files(adir / "maps", IMAGE_SUFFIXES)
-        fix = sorted_files(adir, (".mat",))
-        wav = root / "video_audio" / db / name / f"{name}.wav"
-        rec = VideoRecord(db, name, n_frames, fps, frames, maps, fix, wav)
-        return finish_record(rec, n_list, policy, problems)
 
-    def index(self, root: Path, policy: RecordPolicy, problems: list[str]) -> dict[str, list[VideoRecord]]:
-        out: dict[str, list[VideoRecord]] = {"train": [], "test": []}
-        for db in self.datasets:
+@register_reader("stavis", modalities=("av",))
+def read_stavis(folder: Path, options: ReadOptions) -> pd.DataFrame:
+    """The STAViS release layout (module docstring): every video named by a fold list."""
+    root = Path(folder)
+    sides: dict[tuple[str, str], dict[int, str]] = {}
+    listed: dict[tuple[str, str], tuple[int, float, str]] = {}
+    for db in AV_DATASETS:
+        for fold in FOLDS:
             for split in ("train", "test"):
-                try:
-                    entries = parse_fold_list(fold_list_path(root, db, split, self.fold))
-                except DataError as exc:
-                    problems.append(str(exc))
-                    continue
-                for name, n_list, fps in entries:
-                    rec = self._record(root, db, name, n_list, fps, policy, problems)
-                    if rec is not None:
-                        out[split].append(rec)
-        return out
+                path = fold_list_path(root, db, split, fold)
+                if not path.is_file():
+                    continue  # a missing list is reported for the datasets a run selects
+                for name, n_list, fps in parse_fold_list(path):
+                    sides.setdefault((db, name), {})[fold] = split
+                    listed.setdefault((db, name), (n_list, fps, str(path.relative_to(root))))
+    rows = []
+    for (db, name), folds in sides.items():
+        n_list, fps, where = listed[(db, name)]
+        adir = root / "annotations" / db / name
+        rows.append(_row(db, name, fps, n_list, _stavis_frames(root, db, name),
+                         sorted_files(adir / "maps", IMAGE_SUFFIXES), sorted_files(adir, (".mat",)),
+                         root / "video_audio" / db / name / f"{name}.wav", folds, where))
+    return pd.DataFrame(rows, columns=list(_row("", "", 0, 0, None, [], [], None, {}, "")))
 
 
-@dataclass
-class DHF1KLayout:
-    """DHF1K (module docstring): ids ≤ 600 train, 601–700 test, no audio."""
-
-    name: ClassVar[str] = "dhf1k"
-    #: DHF1K's frame rate when frames come as images (the videos are 30 fps).
-    default_fps: ClassVar[float] = 30.0
-
-    def dataset_names(self) -> list[str]:
-        return ["DHF1K"]
-
-    def _frames(self, root: Path, vid: str) -> list[Path] | Path | None:
-        for folder in (root / "video" / vid, root / vid / "images", root / "frames" / vid):
-            files = sorted_files(folder, IMAGE_SUFFIXES)
-            if files:
-                return files
-        names = {vid, f"{int(vid):03d}" if vid.isdigit() else vid}
-        for name in names:
-            for suffix in VIDEO_SUFFIXES:
-                path = root / "video" / f"{name}{suffix}"
-                if path.is_file():
-                    return path
-        return None
-
-    def index(self, root: Path, policy: RecordPolicy, problems: list[str]) -> dict[str, list[VideoRecord]]:
-        out: dict[str, list[VideoRecord]] = {"train": [], "test": []}
-        ann = root / "annotation"
-        if not ann.is_dir():
-            problems.append(f"{root} has no annotation/ folder; is it the DHF1K dataset root?")
-            return out
-        for vdir in sorted(p for p in ann.iterdir() if p.is_dir()):
-            vid = vdir.name
-            if not vid.isdigit() or int(vid) > 700:
-                continue  # ids above 700 are the withheld test set (no ground truth)
-            frames = self._frames(root, vid)
-            if frames is None:
-                problems.append(f"DHF1K/{vid}: no frames (video/{vid}/*.png, {vid}/images/*.png) "
-                                f"or video file video/{vid}.mp4")
-                continue
-            fps = self.default_fps
-            if isinstance(frames, Path):
-                reader = VideoFrames(frames)
-                n_frames, fps = len(reader), reader.fps or fps
-            else:
-                n_frames = len(frames)
-            fix = sorted_files(vdir / "fixation", IMAGE_SUFFIXES) or sorted_files(vdir / "fixation" / "maps", (".mat",))
-            maps = sorted_files(vdir / "maps", IMAGE_SUFFIXES)
-            rec = finish_record(VideoRecord("DHF1K", vid, n_frames, fps, frames, maps, fix, None),
-                                None, policy, problems)
-            if rec is not None:
-                out["train" if int(vid) <= 600 else "test"].append(rec)
-        return out
+#: DHF1K's frame rate when frames come as images (the videos are 30 fps).
+DHF1K_FPS = 30.0
 
 
-#: ``data.layout`` → reader class.
-LAYOUTS: dict[str, type] = {STAViSLayout.name: STAViSLayout, DHF1KLayout.name: DHF1KLayout}
+def _dhf1k_frames(root: Path, vid: str) -> list[Path] | Path | None:
+    for folder in (root / "video" / vid, root / vid / "images", root / "frames" / vid):
+        files = sorted_files(folder, IMAGE_SUFFIXES)
+        if files:
+            return files
+    for name in {vid, f"{int(vid):03d}" if vid.isdigit() else vid}:
+        for suffix in VIDEO_SUFFIXES:
+            path = root / "video" / f"{name}{suffix}"
+            if path.is_file():
+                return path
+    return None
+
+
+@register_reader("dhf1k", modalities=("video",))
+def read_dhf1k(folder: Path, options: ReadOptions) -> pd.DataFrame:
+    """DHF1K (module docstring): ids ≤ 600 train, 601–700 test (the same in every fold), no audio."""
+    root = Path(folder)
+    ann = root / "annotation"
+    if not ann.is_dir():
+        raise DataError(f"{root} has no annotation/ folder; is it the DHF1K dataset root?")
+    rows = []
+    for vdir in sorted(p for p in ann.iterdir() if p.is_dir()):
+        vid = vdir.name
+        if not vid.isdigit() or int(vid) > 700:
+            continue  # ids above 700 are the withheld test set (no ground truth)
+        frames = _dhf1k_frames(root, vid)
+        fps = DHF1K_FPS
+        if isinstance(frames, Path):
+            fps = VideoFrames(frames).fps or fps
+        fix = sorted_files(vdir / "fixation", IMAGE_SUFFIXES) or sorted_files(vdir / "fixation" / "maps", (".mat",))
+        side = "train" if int(vid) <= 600 else "test"
+        rows.append(_row("DHF1K", vid, fps, -1, frames, sorted_files(vdir / "maps", IMAGE_SUFFIXES), fix, None,
+                         dict.fromkeys(FOLDS, side), f"annotation/{vid}"))
+    return pd.DataFrame(rows, columns=list(_row("", "", 0, 0, None, [], [], None, {}, "")))
+
+
+def video_records(table: pd.DataFrame, datasets: list[str], fold: int, policy: RecordPolicy,
+                  problems: list[str]) -> dict[str, list[VideoRecord]]:
+    """Train/test records of ``datasets`` in ``fold`` from a layout's table, with the policies applied
+    (dropped videos are explained in ``problems`` or a warning; kept ones carry ``notes``)."""
+    out: dict[str, list[VideoRecord]] = {"train": [], "test": []}
+    for row in table.itertuples(index=False):
+        side = getattr(row, f"fold{fold}")
+        if row.dataset not in datasets or side not in out:
+            continue
+        if row.frames is None:
+            problems.append(f"{row.dataset}/{row.name}: no frames found (image files or a video file; listed in "
+                            f"{row.where})")
+            continue
+        n_frames = len(row.frames) if isinstance(row.frames, list) else len(VideoFrames(row.frames))
+        rec = VideoRecord(row.dataset, row.name, n_frames, float(row.fps), row.frames, list(row.maps),
+                          list(row.fixations), row.wav)
+        rec = finish_record(rec, None if row.n_listed < 0 else int(row.n_listed), policy, problems)
+        if rec is not None:
+            out[side].append(rec)
+    return out

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from avlab.datamodules.base import AvlabDataModule
 from avlab.lightningmodules.base import AvlabModule
 from torch import Tensor, nn
 
@@ -122,7 +121,6 @@ class SaliencyModule(AvlabModule):
         self._initialised = False
         self.blur_sigma, self.blur_ksize = blur_sigma, blur_ksize
         self.predict_batch_size, self.n_plot_frames = predict_batch_size, n_plot_frames
-        self._test: list[dict[str, Tensor]] = []
         self._plots: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ stage chaining
@@ -190,27 +188,19 @@ class SaliencyModule(AvlabModule):
             for m in METRICS:
                 rows[m].append(fm[m].to(torch.float64))
         out = {m: torch.stack(v).to(self.device) for m, v in rows.items()}
-        out.update(index=batch["index"], video=batch["video"], dataset=batch["dataset"], frame=batch["frame"],
-                   loss=loss.detach().to(torch.float64).expand(len(pred)).clone())
-        self._test.append(out)
+        self.collect("test", index=batch["index"], video=batch["video"], frame=batch["frame"],
+                     loss=loss.detach().to(torch.float64).expand(len(pred)).clone(), **out)
         if self.is_main_process and len(self._plots) < self.n_plot_frames:
             for i in range(min(len(pred), self.n_plot_frames - len(self._plots))):
                 self._plots.append({"pred": pred[i].detach().cpu(), "gt": batch["gt"][i].cpu(),
                                     "fix": batch["fix"][i].cpu(), "frame": int(batch["frame"][i]),
                                     "video": int(batch["video"][i])})
 
-    def on_test_epoch_end(self) -> None:
-        if not self._test:
-            return
-        merged = {k: torch.cat([o[k] for o in self._test]) for k in self._test[0]}
-        self._test = []
-        g = {k: v.cpu().numpy() for k, v in self.gather_samples(merged).items()}
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        # Per-sample metadata (dataset and video names) comes from the DataModule's sample table,
-        # looked up by the dataset index every batch carries.
-        meta = dm.sample_table("test").loc[g["index"]] if isinstance(dm, AvlabDataModule) else None
-        metrics = self.test_metrics(g, meta)
-        self.log_metrics("test", metrics, sync_dist=False)
+    def evaluate(self, stage: str, samples: dict[str, Tensor], table: pd.DataFrame | None) -> dict[str, float]:
+        """Test metrics (the shared evaluation hook): frame → video → mean over videos, overall and per
+        dataset (named by the sample table's ``dataset`` column), plus the per-video CSV and plots."""
+        g = {k: v.cpu().numpy() for k, v in samples.items()}
+        metrics = self.test_metrics(g, table)
         nan_frames = {m: int(np.isnan(g[m]).sum()) for m in METRICS}
         dropped = ", ".join(f"{m} {k}" for m, k in nan_frames.items())
         self.summary_lines = [
@@ -219,8 +209,8 @@ class SaliencyModule(AvlabModule):
             (f"protocol: prediction resized to the GT size (bicubic), Gaussian blur σ={self.blur_sigma} "
              f"({self.blur_ksize}×{self.blur_ksize}), min-max; fixations never resized"),
         ]
-        if self.run_dir is not None and self.is_main_process:
-            self._write_outputs(g, meta)
+        self._write_outputs(g, table)
+        return metrics
 
     @staticmethod
     def test_metrics(g: dict[str, np.ndarray], meta: pd.DataFrame | None = None) -> dict[str, float]:
@@ -244,14 +234,16 @@ class SaliencyModule(AvlabModule):
     def _write_outputs(self, g: dict[str, np.ndarray], meta: pd.DataFrame | None) -> None:
         import pandas as pd
 
-        table = pd.DataFrame({k: g[k] for k in ("video", "frame", *METRICS)})
-        per_video = table.groupby("video")[list(METRICS)].mean()  # pandas' mean skips NaN frames
-        if meta is not None:
-            names = meta.assign(video=g["video"]).groupby("video")[["dataset", "name"]].first()
-            per_video = names.join(per_video)
-        per_video.to_csv(Path(self.run_dir) / "saliency_per_video.csv")
-        if self._plots and self.plots_dir is not None:
-            self._plot_examples(self.plots_dir / "saliency_examples.png")
+        out = self.eval_outputs()  # writes on rank zero of a run with a run directory only
+        if out.enabled:
+            table = pd.DataFrame({k: g[k] for k in ("video", "frame", *METRICS)})
+            per_video = table.groupby("video")[list(METRICS)].mean()  # pandas' mean skips NaN frames
+            if meta is not None:
+                names = meta.assign(video=g["video"]).groupby("video")[["dataset", "name"]].first()
+                per_video = names.join(per_video)
+            out.write_csv("saliency_per_video.csv", per_video, index=True)
+            if self._plots:
+                out.plot("saliency_examples.png", self._plot_examples)
         self._plots = []
 
     def _plot_examples(self, path: Path) -> None:

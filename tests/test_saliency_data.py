@@ -242,3 +242,79 @@ def test_demo_is_deterministic(demo: Path, tmp_path: Path) -> None:
     w1, _ = sf.read(str(next((demo / "stavis/video_audio/DIEM").rglob("*.wav"))))
     w2, _ = sf.read(str(next((again / "stavis/video_audio/DIEM").rglob("*.wav"))))
     np.testing.assert_array_equal(w1, w2)
+
+
+# --------------------------------------------------------------------------- catalog and sample table
+def test_layouts_are_formats_of_the_shared_reader_catalog(demo: Path, tmp_path: Path) -> None:
+    from avlab.datamodules.readers import ReadOptions, get_reader
+
+    table = get_reader("stavis").read(demo / "stavis", ReadOptions("stavis"))
+    assert len(table) == 18 and set(table["dataset"]) == set(AV_DATASETS)
+    # every non-DIEM video is the test video of exactly one fold; DIEM's split is the same in all three
+    for _, row in table.iterrows():
+        sides = [row[f"fold{f}"] for f in (1, 2, 3)]
+        assert sides.count("test") == (3 if row["dataset"] == "DIEM" and sides[0] == "test" else
+                                       0 if row["dataset"] == "DIEM" else 1)
+    dhf = get_reader("dhf1k").read(demo / "DHF1K", ReadOptions("dhf1k"))
+    assert dict(zip(dhf["name"], dhf["fold1"])) == {"0001": "train", "0002": "train", "0003": "train",
+                                                    "0004": "train", "0601": "test", "0602": "test"}
+    with pytest.raises(ConfigError, match=r"data.layout: unknown format 'stavs'\. Did you mean `stavis`"):
+        SaliencyDataModule(layout="stavs")
+    with pytest.raises(ConfigError, match="data.layout: unknown format 'manifest'"):
+        SaliencyDataModule(layout="manifest")  # a quality format of the catalog is not a saliency layout
+    (tmp_path / "empty").mkdir()
+    dm = _dm(tmp_path / "empty", datasets=["AVAD"])
+    assert any("AVAD_list_train_1_fps.txt does not exist" in p for p in dm.check())
+
+
+def test_sample_table_names_what_batches_carry(demo: Path) -> None:
+    dm = _dm(demo / "stavis", datasets=["AVAD", "DIEM"], batch_size=3, test_stride=4, clips_per_video=2)
+    dm.setup()
+    test = dm.sample_table("test")
+    batch = next(iter(dm.test_dataloader()))
+    rows = test.loc[batch["index"].numpy()]
+    assert rows["video"].tolist() == batch["video"].tolist() and rows["frame"].tolist() == batch["frame"].tolist()
+    assert rows["dataset_id"].tolist() == batch["dataset"].tolist()
+    assert set(test["dataset"]) == {"AVAD", "DIEM"} and test.index.is_unique
+    assert len(dm.sample_table("train")) == len(dm._dataset("train")) == 2 * len(dm.splits["train"])
+    val = dm.sample_table("val")
+    item = dm._dataset("val")[len(val) - 1]
+    rec = dm.splits["val"][int(val["video"].iloc[-1])]
+    assert rec.name == val["name"].iloc[-1]
+    torch.testing.assert_close(item["target"], dm._dataset("val")._target(int(val["video"].iloc[-1]),
+                                                                           int(val["frame"].iloc[-1])))
+
+
+# --------------------------------------------------------------------------- the demo's audio-visual signal
+def test_the_voice_says_which_speaker_is_watched(demo: Path) -> None:
+    """The demo's gaze follows the speaker whose voice is heard (documented in avlab.demo.saliency)."""
+    from avlab.demo.saliency import SPEAKER_F0, _seed, plan_speakers
+    from avlab.media.clips import load_wav
+
+    dm = _dm(demo / "stavis", datasets=["AVAD", "SumMe", "ETMD_av"])
+    dm.setup()
+    on_speaker, heard_right = [], []
+    for rec in dm.splits["train"] + dm.splits["val"] + dm.splits["test"]:
+        gt = load_fixation(rec.fixations[0])
+        h, w = gt.shape
+        sp = plan_speakers(rec.n_frames, h, w, rec.fps, np.random.default_rng(_seed(0, rec.dataset, rec.name)))
+        wav = load_wav(rec.wav, sr=22050)
+        s, e = frame_audio_bounds(rec.n_frames, rec.fps, len(wav))
+        yy, xx = np.mgrid[0:h, 0:w]
+        for t in range(rec.n_frames):
+            fix = load_fixation(rec.fixations[t], (h, w)).astype(bool)
+            if not fix.any():
+                continue  # the blink frame
+            dist = [np.hypot(yy - cy, xx - cx)[fix] for cy, cx in sp.centres[t]]
+            near = [(d < 2 * sp.radius).mean() for d in dist]
+            on_speaker.append(near[sp.speaking[t]] > near[1 - sp.speaking[t]])
+            # the heard voice: which f0 has more energy in this frame's audio
+            seg = wav[s[t]: e[t] + 1] * np.hanning(e[t] + 1 - s[t])
+            spec = np.abs(np.fft.rfft(seg, 8192))
+            freqs = np.fft.rfftfreq(8192, 1 / 22050)
+            energy = [spec[np.abs(freqs - f0) < 20].max() for f0 in SPEAKER_F0]
+            heard_right.append(int(np.argmax(energy)) == sp.speaking[t])
+    # the voice matches the plan except where a turn changes inside the frame's audio
+    assert np.mean(heard_right) > 0.9
+    # most frames' fixations sit on the speaker who speaks (latency: observers follow within a few frames)
+    assert np.mean(on_speaker) > 0.75
