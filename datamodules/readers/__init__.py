@@ -23,7 +23,8 @@ group                content id (source clip); splits never put one group on two
 where                ``<score file> row N``, for error messages
 ===================  =================================================================================
 
-Optional columns: ``mos_scale`` (``LOW-HIGH`` per row), ``audio_bitrate_kbps``,
+An absent path is a missing value (test a path with ``isinstance(value, str)``: pandas' string
+dtype turns ``None`` into NaN). Optional columns: ``mos_scale`` (``LOW-HIGH`` per row), ``audio_bitrate_kbps``,
 ``video_bitrate_kbps``, and ``width``/``height``/``fps`` for raw ``.yuv`` video. Paths that the
 score file names but that are not on disk are still returned (under the folder), so that a
 caller can report every missing file at once with :func:`missing_files`.
