@@ -6,8 +6,8 @@ of steps one epoch of that database alone takes; audio databases' steps are mult
 ``audio_repeat`` (Fig. 7: 2 → 8 with a factor 4) so the audio extractor learns in step with the
 visual ones. An epoch has ``Σ steps`` steps.
 
-Why not ``WeightedRandomSampler``: Lightning replaces or fails to shard samplers under DDP
-(reference notes ``frameworks.md`` §0.3). Here every rank owns an identical
+Why not ``WeightedRandomSampler``: under DDP Lightning replaces a custom sampler with a
+``DistributedSampler`` (or fails to shard it), which would break the per-step database choice. Here every rank owns an identical
 ``numpy.random.Generator`` (same seed, same state), so all ranks draw the same database at every
 step (one gradient all-reduce per step stays consistent) and the same per-database permutation;
 rank r then takes the items ``r, r + world, …`` of the step's global batch of ``B · world`` items,
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from lightning import Callback, LightningModule, Trainer
 
+from avlab.datamodules.base import SupportsTaskSampling
 from avlab.errors import ConfigError
 
 __all__ = ["TaskSampler", "WeightedTaskSampling"]
@@ -113,8 +114,8 @@ class TaskSampler:
 class WeightedTaskSampling(Callback):
     """Lightning callback that owns the :class:`TaskSampler` and logs the realised task mix.
 
-    The datamodule must expose ``train_plan_inputs()`` → (train indices per database, modalities,
-    names) and ``set_train_plan(plan)`` (see :class:`avlab.datamodules.unqa.UNQADataModule`).
+    The datamodule must implement :class:`avlab.datamodules.base.SupportsTaskSampling`
+    (``attach_task_sampler``, ``train_plan_inputs``, ``set_train_plan``), as the unqa one does.
     Each epoch logs ``train/task_mix/<db>`` (fraction of steps); at the end of fit the sequence
     is written to ``<run dir>/task_sequence.csv`` and plotted to ``plots/task_sampling.png``.
     """
@@ -131,13 +132,14 @@ class WeightedTaskSampling(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # Before the dataloaders exist: the datamodule needs the sampler for the epoch length.
-        if trainer.datamodule is not None and hasattr(trainer.datamodule, "set_train_plan"):
-            trainer.datamodule.task_sampler = self.sampler
+        if isinstance(trainer.datamodule, SupportsTaskSampling):
+            trainer.datamodule.attach_task_sampler(self.sampler)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "set_train_plan"):
-            raise ConfigError("WeightedTaskSampling needs the unqa datamodule (it has no set_train_plan())")
+        if not isinstance(dm, SupportsTaskSampling):
+            raise ConfigError(f"callbacks.extra: WeightedTaskSampling needs a DataModule that supports task sampling "
+                              f"(avlab.datamodules.base.SupportsTaskSampling, e.g. the unqa one); got {type(dm).__name__}")
         indices, modalities, names = dm.train_plan_inputs()
         plan = self.sampler.plan_epoch(indices, modalities, dm.batch_size, trainer.world_size, trainer.global_rank)
         dm.set_train_plan(plan)
