@@ -66,6 +66,9 @@ class SaliencyModule(AvlabModule):
         fusion: fusion block (``model.fusion``; RAVF or a Table V alternative) or None.
         channels: width C of the multi-scale features and fusion tokens.
         ms_mrg_pairs: MS & MRG pairs, 0–4 (Table IV; AVRSP uses 3).
+        use_ms, use_mrg: keep the MS, resp. MRG, half of the pairs (Table III's "MS only" and
+            "MRG only" rows switch one off).
+        ms_mrg_norm_act: BatchNorm + ReLU after the convs of MS and MRG (False: the paper's plain convs).
         aspp_rates: ASPP dilation rates.
         kernel: 3-D conv kernel of MS, MRG and decoder.
         lr, weight_decay: AdamW (paper: 1e-4, 1e-5).
@@ -89,6 +92,9 @@ class SaliencyModule(AvlabModule):
         fusion: nn.Module | None = None,
         channels: int = 128,
         ms_mrg_pairs: int = 3,
+        use_ms: bool = True,
+        use_mrg: bool = True,
+        ms_mrg_norm_act: bool = True,
         aspp_rates: Sequence[int] = (1, 2, 3),
         kernel: int = 3,
         lr: float = 1e-4,
@@ -105,7 +111,8 @@ class SaliencyModule(AvlabModule):
     ) -> None:
         super().__init__()
         self.net = AVRSP(visual, audio, fusion, channels=channels, ms_mrg_pairs=ms_mrg_pairs,
-                         aspp_rates=tuple(aspp_rates), kernel=kernel)
+                         aspp_rates=tuple(aspp_rates), kernel=kernel, use_ms=use_ms, use_mrg=use_mrg,
+                         ms_mrg_norm_act=ms_mrg_norm_act)
         if bn_momentum is not None:
             if not 0 < bn_momentum <= 1:
                 raise ConfigError(f"model.bn_momentum must be in (0, 1] or null, got {bn_momentum}")

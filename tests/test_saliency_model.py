@@ -78,6 +78,8 @@ def test_visual_only_and_mismatched_audio_fusion() -> None:
                                   "saliency/ablation_fusion_concat", "saliency/ablation_fusion_bilinear",
                                   "saliency/ablation_fusion_mbt", "saliency/ablation_fusion_ravf",
                                   "saliency/ablation_msmrg_0", "saliency/ablation_msmrg_4",
+                                  "saliency/ablation_ms_only", "saliency/ablation_mrg_only",
+                                  "saliency/ablation_ravf_literal",
                                   "saliency/avrsp_visual", "saliency/avrsp_dhf1k_pretrain"])
 def test_experiment_configs_build_and_run(name: str) -> None:
     cfg = load_experiment(name, TINY)
@@ -86,3 +88,7 @@ def test_experiment_configs_build_and_run(name: str) -> None:
     assert module(torch.randn(1, 3, 8, 32, 56), audio).shape == (1, 32, 56)
     if "fusion" in name:
         assert type(module.net.fusion).__name__ == cfg.model.fusion._target_.rsplit(".", 1)[1]
+    if name.endswith(("ms_only", "mrg_only")):
+        assert (len(module.net.ms), len(module.net.mrg)) == ((3, 0) if name.endswith("ms_only") else (0, 3))
+    if name.endswith("ravf_literal"):
+        assert all(not b.attn.retention_sigmoid and not b.attn.head_scale for b in module.net.fusion.blocks)
