@@ -34,7 +34,8 @@ next round) so load from other processes hits all feeds alike; the figure is the
 ``ratio_memory_over_<feed>`` = memory examples/s / feed examples/s: 1.0 means the data never
 holds training up; the goal is ≤ 1.1.
 
-Usage: ``python bench/yt8m_train.py [--steps 50] [--warmup 10] [--repeats 3] [--hidden 128 512] [--threads 1]``.
+Usage: ``python bench/yt8m_train.py [--steps 50] [--warmup 10] [--repeats 3] [--hidden 128 512]
+[--threads 1]``.
 Prints one JSON object.
 """
 

@@ -172,8 +172,8 @@ class YT8MModule(AvlabModule):
         if stage == "test":
             if positives == 0:
                 log.warning(
-                    "the test split has no labels, so every metric is 0 (the official test split's labels are "
-                    "withheld): set data.test_pattern to a held-out part of validate"
+                    "the test split has no labels, so every metric is 0 (the official test split's "
+                    "labels are withheld): set data.test_pattern to a held-out part of validate"
                 )
             if per_class is not None:
                 self._write_per_class(per_class)
@@ -217,9 +217,15 @@ class YT8MModule(AvlabModule):
         if any, are ignored.
         """
         if "input" not in inputs:
-            raise ConfigError("yt8m predict needs input=SHARDS (a .tfrecord file, a folder or a glob) and optionally output=CSV")
+            raise ConfigError(
+                "yt8m predict needs input=SHARDS (a .tfrecord file, a folder or a glob) "
+                "and optionally output=CSV"
+            )
         if not isinstance(datamodule, YT8MDataModule):
-            raise ConfigError(f"yt8m predict reads shards through YT8MDataModule; data._target_ builds {type(datamodule).__name__}")
+            raise ConfigError(
+                "yt8m predict reads shards through YT8MDataModule; "
+                f"data._target_ builds {type(datamodule).__name__}"
+            )
         loader = datamodule.shard_loader(inputs["input"])
         ids: list[str] = []
         scores: list[Tensor] = []

@@ -92,7 +92,8 @@ def test_ablation_variants_drop_what_they_say():
 
 
 def test_attention_block_size_is_a_transformer_layer():
-    # Table 1's Attend-Fusion size needs a 25.19M layer at width 2048: nn.TransformerEncoderLayer(2048, ff=2048).
+    # Table 1's Attend-Fusion size needs a 25.19M layer at width 2048:
+    # nn.TransformerEncoderLayer(2048, ff=2048).
     with torch.device("meta"):
         ours = AttentionBlock(2048, 8, 2048)
         cross = AttentionBlock(2048, 8, 2048, cross=True)

@@ -211,7 +211,8 @@ def build_yt8m_demo(
         "description": (
             "Synthetic YouTube-8M-format data for demos and tests; NOT real YouTube-8M. "
             f"{n_active} active classes out of {num_classes}: 'seen' classes add a fixed random direction to "
-            "the visual features only, 'heard' classes to the audio features only, 'seen and heard' classes add "
+            "the visual features only, 'heard' classes to the audio features only, "
+            "'seen and heard' classes add "
             "weaker directions to both. Frames = per-video content (background N(0, 0.5²) + the label "
             "directions) + per-second noise N(0, 0.3²), clipped to [-2, 2] and quantised like the official "
             "extractor; video-level means are the means of the dequantised frames. All splits are labelled."

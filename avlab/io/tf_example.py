@@ -185,7 +185,10 @@ def _parse_feature(buf: bytes, pos: int, end: int) -> FeatureValue:
         pos += n
         if kind == tag and value is not None:
             # A repeated occurrence of the same oneof member merges (protobuf semantics).
-            value = value + part if isinstance(part, list) else np.concatenate([value, part])  # type: ignore[operator]
+            if isinstance(part, list):
+                value = value + part  # type: ignore[operator]
+            else:
+                value = np.concatenate([value, part])
         else:
             value, kind = part, tag
     if pos != end:

@@ -266,9 +266,10 @@ class YT8MRecordDataset(IterableDataset):
             bad = raw[(raw < 0) | (raw >= self.num_classes)]
             if bad.size:
                 raise DataError(
-                    f"{self._where(path, record, offset)}, video {video_id!r}: label {int(bad[0])} is outside "
-                    f"0..{self.num_classes - 1} (data.num_classes={self.num_classes}). The 2018 vocabulary has "
-                    "3862 classes and the 2017 one 4716: set data.num_classes to match your data."
+                    f"{self._where(path, record, offset)}, video {video_id!r}: label {int(bad[0])} "
+                    f"is outside 0..{self.num_classes - 1} (data.num_classes={self.num_classes}). "
+                    "The 2018 vocabulary has 3862 classes and the 2017 one 4716: set data.num_classes "
+                    "to match your data."
                 )
             y[raw] = 1.0
         return y
@@ -284,7 +285,8 @@ class YT8MRecordDataset(IterableDataset):
             )
         if value.shape[0] != width:
             raise DataError(
-                f"{self._where(path, record, offset)}: feature {key!r} has {value.shape[0]} values, expected {width}"
+                f"{self._where(path, record, offset)}: feature {key!r} has {value.shape[0]} values, "
+                f"expected {width}"
             )
         return value.copy()  # own the memory (the parsed view is read-only)
 
@@ -292,8 +294,8 @@ class YT8MRecordDataset(IterableDataset):
         q = lists.get(key)
         if q is None:
             raise DataError(
-                f"{self._where(path, record, offset)}: feature list {key!r} is missing; frame-level records need "
-                "feature lists rgb and audio"
+                f"{self._where(path, record, offset)}: feature list {key!r} is missing; "
+                "frame-level records need feature lists rgb and audio"
             )
         if self.max_frames is not None:
             q = q[: self.max_frames]

@@ -1,4 +1,4 @@
-"""The Attend-Fusion paper's YouTube-8M models (Awan et al., arXiv 2408.14441): 15 architectures + 3 ablations.
+"""The Attend-Fusion paper's YouTube-8M models (Awan et al., arXiv 2408.14441): 15 + 3 ablations.
 
 One module per architecture family; each config under ``experiments/yt8m/`` names its class by
 import path (``avlab.models.yt8m.attend_fusion.AttendFusion``), so there is no registry: a new

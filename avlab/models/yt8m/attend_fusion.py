@@ -45,7 +45,10 @@ class AttendFusion(AttentionModel):
         mods = tuple(modalities)
         unknown = [m for m in mods if m not in ("visual", "audio")]
         if not mods or unknown or len(set(mods)) != len(mods):
-            raise ValueError(f"AttendFusion: modalities must be a non-empty subset of ['visual', 'audio'], found {list(mods)}")
+            raise ValueError(
+                "AttendFusion: modalities must be a non-empty subset of ['visual', 'audio'], "
+                f"found {list(mods)}"
+            )
         self.modalities, self.attention = mods, bool(attention)
         if "visual" not in mods:
             del self.proj_v

@@ -21,7 +21,10 @@ __all__ = ["FCAttention", "ResidualAttentionEarlyFusion", "ResidualAttentionLate
 
 
 class FCAttention(AttentionModel):
-    """FC Attention Network (Fig. 3a, §3.2.1): self-attention per modality, concat, FC ``2d → 2d``, ``2d → C``."""
+    """FC Attention Network (Fig. 3a, §3.2.1).
+
+    Self-attention per modality (eqs. 4–5); concat; FC ``2d → 2d``; ``2d → C``.
+    """
 
     def __init__(
         self,
@@ -78,7 +81,10 @@ class ResidualAttentionEarlyFusion(AttentionModel):
 
 
 class ResidualAttentionLateFusion(AttentionModel):
-    """Residual Attention Late Fusion (Fig. 3c): as :class:`FCAttention`, the fused FC layer residual (eq. 1)."""
+    """Residual Attention Late Fusion (Fig. 3c).
+
+    As :class:`FCAttention`, with the fused FC layer made residual (eq. 1).
+    """
 
     def __init__(
         self,

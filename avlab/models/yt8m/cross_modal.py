@@ -55,7 +55,10 @@ class AudioVisualAttention(AttentionModel):
 
 
 class SelfCrossModalAttention(AttentionModel):
-    """Self and Cross Modal Attention Network (Fig. 3f, §3.2.5): self → cross (eqs. 6–9) → self, concat, ``2d → C``."""
+    """Self and Cross Modal Attention Network (Fig. 3f, §3.2.5).
+
+    Self → cross-modal (eqs. 6–9) → self attention per stream; concat; ``2d → C``.
+    """
 
     def __init__(
         self,
@@ -82,7 +85,10 @@ class SelfCrossModalAttention(AttentionModel):
 
 
 class SelfAttendedCrossModalFCRN(AttentionModel):
-    """Self-Attended Cross-Modal FCRN (Fig. 3g, §3.2.6): self → cross attention, concat, residual FC blocks (eq. 1), ``2d → C``."""
+    """Self-Attended Cross-Modal FCRN (Fig. 3g, §3.2.6).
+
+    Self → cross-modal attention; concat; residual FC blocks (eq. 1); ``2d → C``.
+    """
 
     def __init__(
         self,

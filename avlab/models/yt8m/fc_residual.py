@@ -71,7 +71,10 @@ class FCResidualLateFusion(YT8MModel):
 
 
 class FCResidualGatedEarlyFusion(YT8MModel):
-    """FC Residual Gated Early Fusion (Fig. 2g): ``[rgb; audio] → H``, gated residual block (eqs. 2–3), ``H → C``."""
+    """FC Residual Gated Early Fusion (Fig. 2g).
+
+    ``[rgb; audio] → H``, gated residual block (eqs. 2–3), ``H → C``.
+    """
 
     def __init__(
         self,
@@ -125,4 +128,5 @@ class FCResidualGatedLateFusion(YT8MModel):
         logits = self.head(fused)
         if self.class_gate is None:
             return logits
-        return gated_logits(logits, self.class_gate(fused))  # σ(W_g f + b_g) ⊙ σ(z), eq. (2) at class level
+        # σ(W_g f + b_g) ⊙ σ(z): eq. (2) applied at the class level
+        return gated_logits(logits, self.class_gate(fused))

@@ -86,4 +86,5 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"{r['name']:34s} {r['params'] / 1e6:11.2f} {'-':>10s} {'-':>8s}  not in the paper")
             continue
         check = "reported" if r["tolerance"] is None else f"within ±{100 * r['tolerance']:g}%"
-        print(f"{r['name']:34s} {r['params'] / 1e6:11.2f} {r['paper_m']:10.0f} {100 * r['deviation']:+7.1f}%  {check}")
+        deviation = f"{100 * r['deviation']:+7.1f}%"
+        print(f"{r['name']:34s} {r['params'] / 1e6:11.2f} {r['paper_m']:10.0f} {deviation}  {check}")
