@@ -50,7 +50,8 @@ def read_state_dict(path: str | Path, config_key: str) -> dict[str, Tensor]:
     """
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ConfigError(f"{config_key}: weights file {p} does not exist (weights are only read from a local path)")
+        raise ConfigError(
+            f"{config_key}: weights file {p} does not exist (weights are only read from a local path)")
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -111,7 +112,8 @@ class LoadReport:
     path: str
 
 
-def _pick(layouts: Sequence[Layout], keys: Sequence[str], layout: str | None, config_key: str, path: Path) -> Layout:
+def _pick(layouts: Sequence[Layout], keys: Sequence[str], layout: str | None, config_key: str,
+          path: Path) -> Layout:
     names = [lay.name for lay in layouts]
     if layout is not None:
         for lay in layouts:
@@ -172,7 +174,8 @@ def load_pretrained(module: nn.Module, path: str | Path, layouts: Sequence[Layou
             problems.append(f"{len(items)} {label}, e.g. {items[:4]}")
     if problems:
         raise ConfigError(
-            f"{config_key}: {p} does not fit as a {lay.name} checkpoint ({lay.source}): " + "; ".join(problems)
+            f"{config_key}: {p} does not fit as a {lay.name} checkpoint ({lay.source}): "
+            + "; ".join(problems)
             + ". Check that the file and the architecture constants in the config describe the same network.")
     for k, v in target.items():
         if k not in mapped:

@@ -26,7 +26,8 @@ Layouts:
   branch2.conv_a/norm_a/...``); the classifier ``blocks.6.proj`` is ignored.
 * ``slowfast``: facebookresearch/SlowFast's ``model_state`` (``slowfast/models/
   video_model_builder.py``, ``stem_helper.py``, ``resnet_helper.py``): ``s1.pathway{0,1}_stem.conv/bn``,
-  ``s{1..4}_fuse.conv_f2s/bn``, ``s{2..5}.pathway{0,1}_res{M}.branch1/branch1_bn/branch2.a/a_bn/b/b_bn/c/c_bn``;
+  ``s{1..4}_fuse.conv_f2s/bn``,
+  ``s{2..5}.pathway{0,1}_res{M}.branch1/branch1_bn/branch2.a/a_bn/b/b_bn/c/c_bn``;
   the classifier ``head.*`` is ignored. (Files in its Caffe2 format must first be converted by
   that repository.)
 * ``avlab``: this module's own names.
@@ -56,7 +57,8 @@ class _Bottleneck3d(nn.Module):
         super().__init__()
         self.a = nn.Conv3d(c_in, c_inner, (kt, 1, 1), padding=(kt // 2, 0, 0), bias=False)
         self.a_bn = nn.BatchNorm3d(c_inner)
-        self.b = nn.Conv3d(c_inner, c_inner, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1), bias=False)
+        self.b = nn.Conv3d(c_inner, c_inner, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1),
+                           bias=False)
         self.b_bn = nn.BatchNorm3d(c_inner)
         self.c = nn.Conv3d(c_inner, c_out, 1, bias=False)
         self.c_bn = nn.BatchNorm3d(c_out)
@@ -73,8 +75,9 @@ class _Bottleneck3d(nn.Module):
 
 
 def _stage(c_in: int, c_inner: int, c_out: int, depth: int, kt: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(*[_Bottleneck3d(c_in if i == 0 else c_out, c_inner, c_out, kt, stride if i == 0 else 1)
-                           for i in range(depth)])
+    return nn.Sequential(*[
+        _Bottleneck3d(c_in if i == 0 else c_out, c_inner, c_out, kt, stride if i == 0 else 1) for i in range(depth)
+    ])
 
 
 class SlowFast(nn.Module):
@@ -84,22 +87,24 @@ class SlowFast(nn.Module):
     which keeps the topology (a reduced variant that no published checkpoint fits).
     """
 
-    def __init__(self, depths: Sequence[int] = (3, 4, 6, 3), width: int = 64, alpha: int = 4, beta_inv: int = 8,
-                 fusion_ratio: int = 2, fusion_kernel: int = 7, slow_kernels: Sequence[int] = (1, 1, 3, 3),
+    def __init__(self, depths: Sequence[int] = (3, 4, 6, 3), width: int = 64, alpha: int = 4,
+                 beta_inv: int = 8, fusion_ratio: int = 2, fusion_kernel: int = 7, slow_kernels: Sequence[int] = (1, 1, 3, 3),
                  fast_kernels: Sequence[int] = (3, 3, 3, 3), fast_stem_kernel: int = 5,
                  slow_sampling: str = "linspace") -> None:
         super().__init__()
         if len(depths) != 4 or len(slow_kernels) != 4 or len(fast_kernels) != 4:
-            raise ConfigError("model.net.motion.depths, slow_kernels and fast_kernels must list 4 values (res2..res5), "
-                              f"got {list(depths)}, {list(slow_kernels)}, {list(fast_kernels)}")
+            raise ConfigError("model.net.motion.depths, slow_kernels and fast_kernels must list 4 values "
+                              f"(res2..res5), got {list(depths)}, {list(slow_kernels)}, {list(fast_kernels)}")
         if width % beta_inv:
             raise ConfigError(f"model.net.motion.width ({width}) must be divisible by beta_inv ({beta_inv})")
         if slow_sampling not in ("linspace", "stride"):
-            raise ConfigError(f"model.net.motion.slow_sampling must be linspace or stride, got {slow_sampling!r}")
+            raise ConfigError(
+                f"model.net.motion.slow_sampling must be linspace or stride, got {slow_sampling!r}")
         self.alpha, self.slow_sampling = int(alpha), slow_sampling
         ws, wf = int(width), int(width) // int(beta_inv)
-        self.slow_stem = nn.Sequential(nn.Conv3d(3, ws, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
-                                       nn.BatchNorm3d(ws), nn.ReLU(inplace=True))
+        self.slow_stem = nn.Sequential(
+            nn.Conv3d(3, ws, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
+            nn.BatchNorm3d(ws), nn.ReLU(inplace=True))
         kf = int(fast_stem_kernel)
         self.fast_stem = nn.Sequential(nn.Conv3d(3, wf, (kf, 7, 7), stride=(1, 2, 2), padding=(kf // 2, 3, 3),
                                                  bias=False),
@@ -154,7 +159,8 @@ class SlowFast(nn.Module):
 
 
 # --------------------------------------------------------------------------- layouts
-_PTV_BLOCK = {"conv_a": "a", "norm_a": "a_bn", "conv_b": "b", "norm_b": "b_bn", "conv_c": "c", "norm_c": "c_bn"}
+_PTV_BLOCK = {"conv_a": "a", "norm_a": "a_bn", "conv_b": "b", "norm_b": "b_bn", "conv_c": "c",
+              "norm_c": "c_bn"}
 
 
 def _pytorchvideo_rename(key: str) -> str | None:
@@ -183,8 +189,8 @@ def _slowfast_rename(key: str) -> str | None:
     m = re.fullmatch(r"s([1-4])_fuse\.(conv_f2s|bn)\.(\w+)", key)
     if m:
         return f"fuse.{int(m.group(1)) - 1}.{int(m.group(2) == 'bn')}.{m.group(3)}"
-    m = re.fullmatch(r"s([2-5])\.pathway([01])_res(\d+)\.(branch1|branch1_bn|branch2\.(?:a|a_bn|b|b_bn|c|c_bn))\.(\w+)",
-                     key)
+    m = re.fullmatch(
+        r"s([2-5])\.pathway([01])_res(\d+)\.(branch1|branch1_bn|branch2\.(?:a|a_bn|b|b_bn|c|c_bn))\.(\w+)", key)
     if m is None:
         return None
     stage, path, block, part, param = m.groups()

@@ -111,7 +111,8 @@ class SoundNet8(nn.Module):
         self.out_channels = ch
         if weights:
             if width_mult != 1.0:
-                raise ConfigError("model.audio.weights needs model.audio.width_mult=1.0 (the real SoundNet-8)")
+                raise ConfigError(
+                    "model.audio.weights needs model.audio.width_mult=1.0 (the real SoundNet-8)")
             load_soundnet_weights(self.net, weights, weights_layout)
         self.freeze = freeze
         if freeze:
