@@ -33,12 +33,12 @@ from typing import Any
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from avlab.datamodules.yt8m import YT8MDataModule
-from avlab.lightningmodules.base import AvlabModule
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from avlab.datamodules.yt8m import YT8MDataModule
 from avlab.errors import ConfigError
+from avlab.lightningmodules.base import AvlabModule
 from avlab.metrics.yt8m import YT8MMetrics
 from avlab.models.yt8m.base import YT8MModel
 from avlab.plots import grouped_bars

@@ -19,6 +19,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from torchmetrics.classification import MultilabelF1Score
 
 from avlab.metrics.yt8m import YT8MMetrics, tie_averaged_ap, yt8m_metrics
 
@@ -246,8 +247,6 @@ def test_map_drops_empty_classes_and_keeps_missed_ones():
 
 
 def test_f1_is_micro_at_threshold_half():
-    from torchmetrics.classification import MultilabelF1Score
-
     preds, labels = make_data(11)
     got = yt8m_metrics(torch.from_numpy(preds), torch.from_numpy(labels))["f1"]
     tm = MultilabelF1Score(num_labels=preds.shape[1], threshold=0.5, average="micro")

@@ -12,7 +12,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from avlab.datamodules.yt8m import (
+    YT8MDataModule,
+    YT8MFeatureCacheDataset,
     YT8MRecordDataset,
+    build_feature_cache,
     dequantize,
     read_vocabulary,
     resolve_split,
@@ -320,8 +323,6 @@ def test_demo_is_deterministic_idempotent_and_has_2017_variant(tmp_path, demo):
 
 # ----------------------------------------------------------------------------- feature cache
 def test_feature_cache_equals_the_records_and_shards_exactly_once(tmp_path, demo):
-    from avlab.datamodules.yt8m import YT8MFeatureCacheDataset, build_feature_cache
-
     records = YT8MRecordDataset(resolve_split(demo, "frame/train*.tfrecord"), schema="frame", features="mf_std")
     cache = build_feature_cache(records, tmp_path / "cache")
     want = {s["video_id"]: s for s in records}
@@ -344,8 +345,6 @@ def test_feature_cache_equals_the_records_and_shards_exactly_once(tmp_path, demo
 
 
 def test_datamodule_feature_cache_option(tmp_path, demo):
-    from avlab.datamodules.yt8m import YT8MDataModule, YT8MFeatureCacheDataset
-
     dm = YT8MDataModule(root=str(demo), schema="frame", features="mf_std", feature_cache=True, batch_size=16)
     dm.prepare_data()
     dm.setup("fit")
@@ -355,8 +354,6 @@ def test_datamodule_feature_cache_option(tmp_path, demo):
 
 
 def test_extract_features_fills_the_cache_that_setup_reads(tmp_path, demo):
-    from avlab.datamodules.yt8m import YT8MDataModule
-
     dm = YT8MDataModule(root=str(demo), schema="frame", features="mf", feature_cache=True, batch_size=16)
     summary = dm.extract_features(progress=False)
     caches = [Path(summary[f"{split} cache"]) for split in ("train", "val", "test")]
@@ -372,8 +369,6 @@ def test_extract_features_fills_the_cache_that_setup_reads(tmp_path, demo):
 
 @pytest.mark.parametrize("feature_cache", [False, True], ids=["records", "cache"])
 def test_sample_table_describes_every_batch_sample(demo, feature_cache):
-    from avlab.datamodules.yt8m import YT8MDataModule
-
     dm = YT8MDataModule(root=str(demo), feature_cache=feature_cache, batch_size=16)
     dm.prepare_data()
     table = dm.sample_table("val")
@@ -391,8 +386,6 @@ def test_sample_table_describes_every_batch_sample(demo, feature_cache):
 
 
 def test_dataset_info_names_the_classes_from_the_vocabulary(demo, tmp_path):
-    from avlab.datamodules.yt8m import YT8MDataModule
-
     names = YT8MDataModule(root=str(demo)).dataset_info().class_names
     vocab = read_vocabulary(demo / "vocabulary.csv")
     assert len(names) == 3862 and names[3861] == vocab.loc[3861, "Name"]

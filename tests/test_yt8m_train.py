@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import csv
-import math
 import json
+import math
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from avlab import cli
 from avlab.config import load_experiment
 from avlab.datamodules.yt8m import YT8MDataModule, YT8MRecordDataset, resolve_split
+from avlab.errors import ConfigError
 from avlab.instantiate import instantiate
-from avlab.lightningmodules.yt8m import multilabel_bce
+from avlab.lightningmodules.yt8m import YT8MModule, multilabel_bce
 from avlab.metrics.yt8m import YT8MMetrics
+from avlab.models.yt8m.fc_residual import FCResidualGatedLateFusion
 from avlab.models.yt8m.params import yt8m_experiments
 
 SMALL = ["logger.wandb.mode=disabled", "trainer.accelerator=cpu", "trainer.max_epochs=1", "data.batch_size=32",
@@ -137,10 +143,6 @@ torch.distributed.destroy_process_group()
 
 @pytest.mark.ddp
 def test_ddp_evaluation_reads_each_record_once_and_matches_single_process(tiny: Path, tmp_path: Path):
-    import socket
-    import subprocess
-    import sys
-
     paths = [str(p) for p in resolve_split(tiny, "video/validate*.tfrecord")] + [str(p) for p in resolve_split(tiny, "video/test*.tfrecord")]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -182,12 +184,6 @@ def test_attend_fusion_beats_both_single_modality_ablations_on_gap(capsys, tmp_p
 
 
 def test_module_requires_a_yt8m_model_and_sets_the_prior_bias_on_its_classifier():
-    from torch import nn
-
-    from avlab.errors import ConfigError
-    from avlab.lightningmodules.yt8m import YT8MModule
-    from avlab.models.yt8m.fc_residual import FCResidualGatedLateFusion
-
     with pytest.raises(ConfigError, match="YT8MModel"):
         YT8MModule(nn.Linear(4, 3))
     net = FCResidualGatedLateFusion(num_classes=7, hidden=8, class_gate=True)

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from avlab.errors import DataError
 from avlab.io.tf_example import encode_example, encode_sequence_example
@@ -234,8 +235,6 @@ def _write_vocabulary(
     path: Path, num_classes: int, class_index: np.ndarray, kinds: list[str], train_counts: np.ndarray
 ) -> None:
     """``vocabulary.csv`` with the official 2018 columns; inactive classes are placeholders."""
-    import pandas as pd
-
     kind_name = {"seen": "Seen", "heard": "Heard", "both": "Seen and heard"}
     vertical = {"seen": "Demo visual", "heard": "Demo audio", "both": "Demo audio-visual"}
     rows = {

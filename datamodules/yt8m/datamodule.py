@@ -9,16 +9,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from avlab.datamodules.base import AvlabDataModule, DatasetInfo
-from avlab.datamodules.yt8m.feature_cache import (
-    YT8MFeatureCacheDataset,
-    build_feature_cache,
-    feature_cache_key,
-)
-from avlab.datamodules.yt8m.records import YT8MRecordDataset
-from avlab.datamodules.yt8m.schema import check_schema, read_vocabulary, resolve_split, split_record_key
 from torch.utils.data import DataLoader
 
+from avlab.datamodules.base import AvlabDataModule, DatasetInfo
+from avlab.datamodules.yt8m.feature_cache import YT8MFeatureCacheDataset, build_feature_cache, feature_cache_key
+from avlab.datamodules.yt8m.records import YT8MRecordDataset
+from avlab.datamodules.yt8m.schema import check_schema, read_vocabulary, resolve_split, split_record_key
+from avlab.demo.yt8m import build_yt8m_demo
 from avlab.errors import ConfigError, DataError
 from avlab.io.tfrecord import count_records
 from avlab.paths import cache_dir
@@ -96,8 +93,6 @@ class YT8MDataModule(AvlabDataModule):
     @staticmethod
     def build_demo(out_dir: Path, size: str = "small") -> Path:
         """The yt8m demo (:func:`avlab.demo.yt8m.build_yt8m_demo`): both schemas + vocabulary.csv."""
-        from avlab.demo.yt8m import build_yt8m_demo
-
         return build_yt8m_demo(out_dir, size=size)
 
     def pattern(self, split: str) -> str:

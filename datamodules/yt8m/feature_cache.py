@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
 from avlab.datamodules.yt8m.counts import cached_count
 from avlab.datamodules.yt8m.records import YT8MRecordDataset
 from avlab.datamodules.yt8m.schema import RECORD_KEY_SHIFT
 from avlab.datamodules.yt8m.sharding import equal_batches_quota, resolve_dist
-from torch.utils.data import IterableDataset, get_worker_info
-
 from avlab.errors import DataError
 
 __all__ = ["FEATURE_CACHE_VERSION", "YT8MFeatureCacheDataset", "build_feature_cache", "feature_cache_key"]

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
 from avlab.datamodules.yt8m.counts import cached_count
 from avlab.datamodules.yt8m.schema import (
     AUDIO_DIM,
@@ -37,8 +39,6 @@ from avlab.datamodules.yt8m.schema import (
     feature_dims,
 )
 from avlab.datamodules.yt8m.sharding import buffer_shuffle, equal_batches_quota, resolve_dist, take
-from torch.utils.data import IterableDataset, get_worker_info
-
 from avlab.errors import ConfigError, DataError
 from avlab.io.tf_example import parse_example, parse_sequence_example
 from avlab.io.tfrecord import CorruptRecord, iter_records
