@@ -306,13 +306,13 @@ def video_records(table: pd.DataFrame, datasets: list[str], fold: int, policy: R
         side = getattr(row, f"fold{fold}")
         if row.dataset not in datasets or side not in out:
             continue
-        if row.frames is None:
+        if not isinstance(row.frames, (list, Path)):  # None (or NaN, should pandas infer a dtype): not found
             problems.append(f"{row.dataset}/{row.name}: no frames found (image files or a video file; listed in "
                             f"{row.where})")
             continue
         n_frames = len(row.frames) if isinstance(row.frames, list) else len(VideoFrames(row.frames))
         rec = VideoRecord(row.dataset, row.name, n_frames, float(row.fps), row.frames, list(row.maps),
-                          list(row.fixations), row.wav)
+                          list(row.fixations), row.wav if isinstance(row.wav, Path) else None)
         rec = finish_record(rec, None if row.n_listed < 0 else int(row.n_listed), policy, problems)
         if rec is not None:
             out[side].append(rec)

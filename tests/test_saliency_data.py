@@ -10,8 +10,8 @@ import pytest
 import scipy.io
 import soundfile as sf
 import torch
-
 from avlab.datamodules.saliency import SaliencyDataModule, load_fixation, parse_fold_list
+
 from avlab.demo.saliency import AV_DATASETS, build_saliency_demo
 from avlab.errors import ConfigError, DataError
 from avlab.media.clips import audio_buffer_len, clip_audio, frame_audio_bounds, window_indices
@@ -108,7 +108,7 @@ def test_audio_windows_follow_the_soundnet_convention() -> None:
 def test_window_indices_forward_and_reversed() -> None:
     w = window_indices(20, 8)
     assert len(w) == 20
-    assert w[7].frames == tuple(range(0, 8)) and not w[7].reversed
+    assert w[7].frames == tuple(range(8)) and not w[7].reversed
     assert w[19].frames == tuple(range(12, 20))
     assert w[0].frames == tuple(range(7, -1, -1)) and w[0].reversed  # last frame of the window = target
     assert w[6].frames == tuple(range(13, 5, -1))
@@ -135,6 +135,7 @@ def test_clip_frames_and_audio_are_aligned(demo: Path) -> None:
     expected = clip_audio(wav, (s, e), list(range(3, 11)), audio_buffer_len(8))
     np.testing.assert_allclose(item["audio"].numpy(), expected)
     from avlab.datamodules.saliency import preprocess_frames
+
     from avlab.media.clips import read_frames
 
     frames = preprocess_frames(torch.from_numpy(read_frames(rec.frames, list(range(3, 11)))), (32, 56), "imagenet")

@@ -1,7 +1,7 @@
 """Saliency metrics (MIT / DHF1K conventions), the AVRSP loss (eq. 16–19) and video averaging.
 
-Evaluation protocol (fixed, and applied to every number avlab reports; reference notes §2.3)
--------------------------------------------------------------------------------------------
+Evaluation protocol (fixed, and applied to every number avlab reports)
+-------------------------------------------------------------------
 1. The model's map (sigmoid output at the model resolution, e.g. 224×384) is **resized to the
    ground-truth size** with bicubic interpolation (antialiased when shrinking, like MATLAB's
    ``imresize``). Fixation maps are **never resized**; they stay binary at native resolution.
