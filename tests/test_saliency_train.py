@@ -194,10 +194,13 @@ model:
 
 def test_a_fusion_block_is_one_file_and_one_config(capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The way a student adds a saliency fusion block: no edit anywhere in avlab."""
-    (tmp_path / "my_block.py").write_text(FUSION_BLOCK)
-    (tmp_path / "my_block.yaml").write_text(FUSION_CONFIG)
-    monkeypatch.chdir(tmp_path)
-    run = _train(capsys, str(tmp_path / "my_block.yaml"), f"run.root={tmp_path / 'runs'}")
+    student = tmp_path / "student"
+    student.mkdir()
+    (student / "my_block.py").write_text(FUSION_BLOCK)
+    (student / "my_block.yaml").write_text(FUSION_CONFIG)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # `my_block.py` resolves next to the YAML file, not the cwd
+    run = _train(capsys, str(student / "my_block.yaml"), f"run.root={tmp_path / 'runs'}")
     metrics = json.loads((run / "metrics.json").read_text())
     assert all(np.isfinite(metrics[f"test/{m}"]) for m in ("cc", "nss", "auc_j", "sim", "kl"))
     assert metrics["test/n_videos"] == 6.0 and (run / "saliency_per_video.csv").is_file()
@@ -206,7 +209,7 @@ def test_a_fusion_block_is_one_file_and_one_config(capsys, tmp_path: Path, monke
     assert not any(k.startswith("net.fusion.blocks") for k in state), "RAVF's keys must not leak in"
     # `avlab test` on the (only, so best) checkpoint reports the metrics the run reported.
     best = next((run / "checkpoints").glob("best*.ckpt"))
-    assert cli.main(["test", str(tmp_path / "my_block.yaml"), f"ckpt_path={best}", *SMALL,
+    assert cli.main(["test", str(student / "my_block.yaml"), f"ckpt_path={best}", *SMALL,
                      f"run.root={tmp_path / 'runs-test'}"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     again = json.loads((Path(last.removeprefix("run directory: ")) / "metrics.json").read_text())
