@@ -34,10 +34,11 @@ def _default_video() -> Path:
 
 
 def bench_inference(video: Path, batch: int, paper: bool, device: str, max_frames: int | None) -> dict:
-    from avlab.config import load_experiment
     from avlab.datamodules.saliency import preprocess_frames
-    from avlab.instantiate import instantiate
+
+    from avlab.config import load_experiment
     from avlab.inference.saliency import predict_video
+    from avlab.instantiate import instantiate
     from avlab.media.clips import VideoFrames
     from avlab.media.ffmpeg import load_audio
 
