@@ -7,12 +7,13 @@ import torch
 from torch import nn
 
 from avlab.config import load_experiment
-from avlab.instantiate import instantiate
+from avlab.instantiate import instantiate, resolve_target
 from avlab.models.blocks import count_trainable_parameters
 from avlab.models.blocks.gating import ContextGating, GatedResidualBlock, gated_logits
 from avlab.models.blocks.residual import ResidualBlock
 from avlab.models.yt8m.attend_fusion import AttendFusion
 from avlab.models.yt8m.base import AttentionBlock, YT8MModel
+from avlab.models.yt8m.cross_modal import SelfAttendedCrossModalFCRN
 from avlab.models.yt8m.params import main, parameter_table, yt8m_experiments
 
 #: The paper's 15 architectures (Table 1) and the three Attend-Fusion ablations (Table 3).
@@ -142,3 +143,10 @@ def test_parameter_table_command_prints(capsys):
     assert "attend_fusion" in out and "72.06" in out and "data.num_classes=4716" in out
     main(["model.net.hidden=64"])  # overrides apply to every config
     assert "72.06" not in capsys.readouterr().out
+
+
+def test_configs_and_checkpoints_that_name_the_old_flat_paths_still_resolve():
+    assert resolve_target("avlab.models.yt8m.AttendFusion") is AttendFusion
+    assert resolve_target("avlab.models.yt8m.SelfAttendedCrossModalFCRN") is SelfAttendedCrossModalFCRN
+    with pytest.raises(Exception, match="attend_fusion"):  # a typo in a module name gets a hint
+        resolve_target("avlab.models.yt8m.atend_fusion.AttendFusion")

@@ -25,3 +25,34 @@ several tokens in one sequence (Residual Attention Early; the token averaging in
 is a pooling, not attention) have non-trivial attention weights. This follows the paper's
 description and parameter counts; it is stated here so nobody reads more into "attention".
 """
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any
+
+#: Where each of the paper's models lived before the package was split by family: configs and
+#: checkpoints written earlier name ``avlab.models.yt8m.<Class>`` and keep loading. Frozen: new
+#: models are named by their own module path and never added here.
+_MOVED = {
+    "FCAudio": "fc", "FCVisual": "fc", "FCEarlyFusion": "fc", "FCLateFusion": "fc",
+    "FCResidualEarlyFusion": "fc_residual", "FCResidualLateFusion": "fc_residual",
+    "FCResidualGatedEarlyFusion": "fc_residual", "FCResidualGatedLateFusion": "fc_residual",
+    "FCAttention": "attention_fusion", "ResidualAttentionEarlyFusion": "attention_fusion",
+    "ResidualAttentionLateFusion": "attention_fusion", "AttendFusion": "attend_fusion",
+    "AudioVisualAttention": "cross_modal", "SelfCrossModalAttention": "cross_modal",
+    "SelfAttendedCrossModalFCRN": "cross_modal", "YT8MModel": "base", "AttentionBlock": "base",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    # The family modules (found on disk, so a new file shows up in "did you mean" hints).
+    return sorted({info.name for info in pkgutil.iter_modules(__path__)} | set(_MOVED))
