@@ -79,6 +79,10 @@ class CallbacksConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     lr_monitor: bool = True
+    #: Record the fraction of each training step spent waiting for the next batch
+    #: (``train/data_wait_fraction`` in the loggers and metrics.json); off by default because a
+    #: timing would make otherwise identical runs' metrics differ.
+    data_wait: bool = False
     #: ``rich`` | ``tqdm`` | ``none`` | ``auto`` (rich on a terminal, none otherwise).
     progress_bar: str = "auto"
     #: Extra Lightning callbacks by name: ``{name: {_target_: ..., ...}}``.

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import avlab
 from avlab.baselines.base import ClosedFormEstimator
+from avlab.callbacks.data_wait import METRIC, DataWait
 from avlab.callbacks.rng_state import RNGStateCheckpoint
 from avlab.datamodules.base import AvlabDataModule, SupportsArrays
 from avlab.errors import ConfigError
@@ -165,6 +166,8 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, tag: str | None, has_logger:
                 patience=c.early_stopping.patience, min_delta=c.early_stopping.min_delta,
             )
         )
+    if c.data_wait:
+        callbacks.append(DataWait())
     if c.lr_monitor and has_logger:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     bar = c.progress_bar
@@ -260,7 +263,14 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> RunResul
 
 
 def _is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+    # The global rank: torchrun sets RANK; srun's tasks (when it starts more than one) carry only
+    # SLURM_PROCID, so without it every node's first task would write metrics.json; the workers
+    # of Lightning's own one-node launcher carry LOCAL_RANK.
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) == 0
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        return int(os.environ["SLURM_PROCID"]) == 0
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
 def _attach(module: Any, run_dir: Path) -> None:
@@ -280,7 +290,12 @@ def _fit_and_test(cfg: DictConfig, datamodule: Any, run_dir: Path, tag: str | No
     results = _test(trainer, model, datamodule, cfg, ckpt_path=best or None)
     finish_loggers(trainer)
     val = history.selected(cfg.callbacks.checkpoint.monitor, cfg.callbacks.checkpoint.mode)
-    return results, list(model.summary_lines) if isinstance(model, AvlabModule) else [], val
+    lines = list(model.summary_lines) if isinstance(model, AvlabModule) else []
+    wait = next((c for c in trainer.callbacks if isinstance(c, DataWait)), None)
+    if wait is not None and wait.mean_fraction() is not None:
+        results[METRIC] = wait.mean_fraction()
+        lines.append(wait.summary_line())
+    return results, lines, val
 
 
 def _dataset_name(datamodule: Any, default: str = "cross") -> str:
