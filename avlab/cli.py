@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("run_dirs", nargs="+", type=Path)
     cmp_.add_argument("--metrics", default="test/", help="comma-separated metric names, or prefixes ending in / (default test/)")
     cmp_.add_argument("--no-config-diff", action="store_true", help="omit the table of config differences")
+    from avlab.tables import add_parser as add_table_parser
+
+    add_table_parser(sub)  # `avlab table`: a paper table, paper vs avlab (avlab/tables/)
     return p
 
 
@@ -218,6 +221,10 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         result = sweep_mod.run_sweep(args.sweep, trials=args.trials, storage=args.storage, study_name=args.study,
                                      overrides=args.overrides, pruner=args.pruner)
         return 130 if result is not None and result.interrupted else 0
+    if args.command == "table":
+        from avlab import tables
+
+        return tables.main(args)
     if args.command == "compare":
         from avlab.compare import compare_runs
 

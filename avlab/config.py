@@ -176,7 +176,8 @@ def list_yaml(root: Path) -> list[str]:
 
 
 def list_experiments() -> list[str]:
-    return list_yaml(experiments_root())
+    # experiments/<task>/tables/ holds paper-table configs (`avlab table`), not experiments.
+    return [n for n in list_yaml(experiments_root()) if "/tables/" not in n]
 
 
 def find_yaml(name: str, root: Path, *, kind: str, list_command: str,
