@@ -9,9 +9,10 @@
   name and shape match (the visual branch, ASPP/LIP, MS, MRG, decoder); the audio branch and the
   fusion block start fresh. A missing file or a visual branch that does not fit is a clear error.
 * Test: per-frame metrics at the ground-truth resolution (protocol in
-  :mod:`avlab.metrics.saliency`), gathered from all DDP ranks with :meth:`gather_samples`
-  (de-duplicated by sample index), averaged per video, then over videos — overall
-  (``test/cc`` …) and per dataset (``test/<dataset>/cc`` …).
+  :mod:`avlab.metrics.saliency`), through the shared evaluation hook of
+  :mod:`avlab.lightningmodules.base` (collected per batch, gathered from all DDP ranks and
+  de-duplicated by sample index, looked up in the DataModule's sample table), averaged per video,
+  then over videos — overall (``test/cc`` …) and per dataset (``test/<dataset>/cc`` …).
 * Predict: ``avlab predict`` runs :mod:`avlab.inference.saliency` (sliding and reversed windows,
   PNG maps and an overlay MP4).
 """
