@@ -10,8 +10,7 @@ Default steps (paper §V-A: 20, 10 and 10 epochs, learning rate 1e-5):
 
 The SlowFast motion extractor is frozen throughout. Each step starts with a **fresh optimiser**.
 
-Design (reference notes ``frameworks.md`` §0.4: ``BaseFinetuning`` has resume bugs, e.g. it
-re-freezes on resume): the *module* owns the current step (index + spec, saved in every
+Design (Lightning's ``BaseFinetuning`` callback has resume bugs, e.g. it re-freezes on resume): the *module* owns the current step (index + spec, saved in every
 checkpoint by :meth:`UNQAModule.on_save_checkpoint`), so on resume Lightning rebuilds the
 optimiser of the right step — with the right trainable parameters — *before* it restores the
 optimiser state. This callback only decides, at each epoch start, which step the epoch belongs
@@ -106,8 +105,10 @@ class ThreeStepSchedule(Callback):
         return len(self.steps) - 1
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if not hasattr(pl_module, "enter_step"):
-            raise ConfigError("ThreeStepSchedule needs the unqa LightningModule (it has no enter_step())")
+        from avlab.lightningmodules.unqa import UNQAModule
+
+        if not isinstance(pl_module, UNQAModule):
+            raise ConfigError(f"callbacks.extra.schedule: ThreeStepSchedule needs the unqa LightningModule, got {type(pl_module).__name__}")
         if stage != "fit":
             return
         max_epochs = trainer.max_epochs
@@ -117,7 +118,7 @@ class ThreeStepSchedule(Callback):
                              "the extra epochs stay in the last step"), UserWarning, stacklevel=2)
         # Before configure_optimizers. A resumed run overrides this from the checkpoint afterwards
         # (module.on_load_checkpoint runs before the optimisers are built).
-        if getattr(pl_module, "step_index", -1) < 0:
+        if pl_module.step_index < 0:
             pl_module.enter_step(0, self.steps[0], final=len(self.steps) == 1)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

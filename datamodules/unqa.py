@@ -37,13 +37,18 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from avlab.datamodules.base import AvlabDataModule
+from avlab.datamodules.base import AvlabDataModule, DatasetInfo, SupportsTaskSampling
 from avlab.datamodules.unqa_readers import IMAGE_EXTENSIONS, DatabaseSpec, parse_databases, read_database
 from avlab.errors import DataError, MediaError
+from avlab.features.cache import cached, dataset_feature_cache
+from avlab.models.unqa import MotionExtractor
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MediaLoader", "UNQADataModule", "detect_modality"]
+
+#: Version of the cached SlowFast features (bump when the extraction changes).
+MOTION_CACHE_VERSION = "1"
 
 
 # --------------------------------------------------------------------------- media decoding
@@ -67,8 +72,16 @@ def detect_modality(path: str | Path) -> str:
 class MediaLoader:
     """Decodes and preprocesses one stimulus (shared by training, testing and ``avlab predict``)."""
 
+    SAMPLINGS = ("resize", "native", "fragments")
+
     def __init__(self, image_size: int = 64, resize_short: int | None = None, frames: int = 4, motion_frames: int = 8,
-                 motion_size: int = 64, motion_chunks: int = 1, audio_sr: int = 16000, audio_seconds: float = 2.0) -> None:
+                 motion_size: int = 64, motion_chunks: int = 1, audio_sr: int = 16000, audio_seconds: float = 2.0,
+                 spatial_sampling: str = "resize", fragment_grid: int = 4) -> None:
+        if spatial_sampling not in self.SAMPLINGS:
+            raise DataError(f"data.spatial_sampling must be one of {', '.join(self.SAMPLINGS)}, got {spatial_sampling!r}")
+        if spatial_sampling == "fragments" and (fragment_grid < 1 or image_size % fragment_grid):
+            raise DataError(f"data.image_size ({image_size}) must be a multiple of data.fragment_grid ({fragment_grid})")
+        self.spatial_sampling, self.fragment_grid = spatial_sampling, int(fragment_grid)
         self.image_size, self.resize_short = int(image_size), int(resize_short or image_size)
         self.frames, self.motion_frames, self.motion_size = int(frames), int(motion_frames), int(motion_size)
         self.motion_chunks = max(1, int(motion_chunks))
@@ -85,6 +98,50 @@ class MediaLoader:
         top, left = (nh - crop) // 2, (nw - crop) // 2
         return x[..., top:top + crop, left:left + crop].clamp(0, 1)
 
+    @staticmethod
+    def _native_crop(x: Tensor, crop: int) -> Tensor:
+        """Centre ``crop``×``crop`` at native resolution (upscaled only if the input is smaller)."""
+        h, w = x.shape[-2:]
+        if min(h, w) < crop:
+            return MediaLoader._resize_crop(x, crop, crop)
+        top, left = (h - crop) // 2, (w - crop) // 2
+        return x[..., top:top + crop, left:left + crop].clamp(0, 1)
+
+    @staticmethod
+    def _fragments(x: Tensor, grid: int, size: int) -> Tensor:
+        """FAST-VQA-style fragments: the centre ``size/grid`` patch of each cell of a ``grid``×``grid``
+        partition, at native resolution, spliced into one ``size``×``size`` image."""
+        p = size // grid
+        h, w = x.shape[-2:]
+        if min(h, w) < size:  # cells smaller than a patch: upscale just enough
+            s = size / min(h, w)
+            x = F.interpolate(x, size=(max(size, round(h * s)), max(size, round(w * s))), mode="bilinear",
+                              align_corners=False, antialias=True)
+            h, w = x.shape[-2:]
+        rows = []
+        for i in range(grid):
+            top = i * h // grid + ((i + 1) * h // grid - i * h // grid - p) // 2
+            cols = []
+            for j in range(grid):
+                left = j * w // grid + ((j + 1) * w // grid - j * w // grid - p) // 2
+                cols.append(x[..., top:top + p, left:left + p])
+            rows.append(torch.cat(cols, dim=-1))
+        return torch.cat(rows, dim=-2).clamp(0, 1)
+
+    def spatial(self, x: Tensor) -> Tensor:
+        """``[N, 3, H, W]`` in [0, 1] → ``[N, 3, S, S]`` by ``spatial_sampling``:
+
+        * ``resize`` (paper §V-A): short side to ``resize_short``, centre crop ``image_size``;
+        * ``native``: centre crop ``image_size`` at native resolution (no resampling, so JPEG
+          blocks, noise and blur keep their pixel scale; cheap models see a part of the image);
+        * ``fragments``: ``fragment_grid``² native-resolution patches from the whole image.
+        """
+        if self.spatial_sampling == "native":
+            return self._native_crop(x, self.image_size)
+        if self.spatial_sampling == "fragments":
+            return self._fragments(x, self.fragment_grid, self.image_size)
+        return self._resize_crop(x, self.resize_short, self.image_size)
+
     def image(self, path: str) -> Tensor:
         """``[1, 3, S, S]`` in [0, 1]."""
         from PIL import Image
@@ -95,7 +152,7 @@ class MediaLoader:
         except (OSError, ValueError) as exc:
             raise MediaError(f"cannot read image {path}: {exc}") from exc
         x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0
-        return self._resize_crop(x, self.resize_short, self.image_size)
+        return self.spatial(x)
 
     def _read_frames(self, path: str, indices_fn: Any, yuv: tuple[int, int] | None) -> np.ndarray:
         if yuv is not None or str(path).lower().endswith(".yuv"):
@@ -117,7 +174,7 @@ class MediaLoader:
 
         arr = self._read_frames(path, lambda n: uniform_indices(n, self.frames), yuv)
         x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
-        return self._resize_crop(x, self.resize_short, self.image_size)
+        return self.spatial(x)
 
     def motion_clips(self, path: str, yuv: tuple[int, int] | None = None) -> Tensor:
         """``[chunks, 3, motion_frames, M, M]``: one clip per temporal chunk (SlowFast input)."""
@@ -186,6 +243,44 @@ def _read_yuv420(path: str, width: int, height: int, indices_fn: Any) -> np.ndar
     return np.stack(out)
 
 
+# --------------------------------------------------------------------------- splits
+def split_groups(name: str, groups: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """Content groups to split ``name`` by, and a note when they had to change.
+
+    Paper §V-A splits each database "randomly 7:1:2". avlab splits by content group (no source
+    on two sides) when a database has at least 3 groups; with fewer, a group-level split cannot
+    give every part an item, so the split falls back to item level (the paper's random split) and
+    says so. Fewer than 3 items cannot be split at all.
+    """
+    n_groups = len(set(groups.tolist()))
+    if n_groups >= 3:
+        return groups, None
+    if len(items) < 3:
+        raise DataError(f"database `{name}` has only {len(items)} stimuli; a 7:1:2 split needs at least 3 "
+                        f"(drop it with data.databases.{name}=null or give it role: test)")
+    return items, (f"database `{name}` has only {n_groups} content group(s), too few for a 7:1:2 split by group: "
+                   f"splitting its {len(items)} stimuli at item level instead (the paper's random split)")
+
+
+def assign_splits(groups: np.ndarray, ratios: list[float], rng: np.random.Generator) -> np.ndarray:
+    """``train``/``val``/``test`` per row: groups permuted by ``rng``, then cut by ``ratios``.
+
+    Needs at least 3 distinct groups; each part gets at least one group, the test and validation
+    parts ``round(ratio · groups)`` of them.
+    """
+    unique = rng.permutation(np.array(sorted(set(groups.tolist()))))
+    g = len(unique)
+    if g < 3:
+        raise DataError(f"a 7:1:2 split needs at least 3 content groups, got {g}")
+    n_test = max(1, int(round(ratios[2] * g)))
+    n_val = max(1, int(round(ratios[1] * g)))
+    n_train = g - n_test - n_val
+    if n_train < 1:
+        raise DataError(f"data.split_ratios {list(ratios)} leave no training group out of {g}; lower the val/test fractions")
+    part_of = {grp: ("train" if i < n_train else "val" if i < n_train + n_val else "test") for i, grp in enumerate(unique)}
+    return np.array([part_of[grp] for grp in groups.tolist()])
+
+
 # --------------------------------------------------------------------------- datasets
 class _Items(Dataset):
     """Map-style view of some stimuli (by global id); used for validation and testing."""
@@ -221,7 +316,7 @@ class _PlannedBatches(IterableDataset):
 
 
 # --------------------------------------------------------------------------- datamodule
-class UNQADataModule(AvlabDataModule):
+class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
     """Joint audio/image/video/AV quality databases (UNQA).
 
     Args:
@@ -232,6 +327,11 @@ class UNQADataModule(AvlabDataModule):
         split_seed: base seed of the random splits.
         image_size, resize_short, frames, motion_frames, motion_size, motion_chunks, audio_sr,
             audio_seconds: preprocessing (see module docstring).
+        motion: the frozen :class:`~avlab.models.unqa.MotionExtractor` (eq. 7) whose features the
+            batches carry under ``motion`` (``None``: no motion features, the "w/o motion" ablation).
+        motion_batch: clips per SlowFast forward when extracting.
+        spatial_sampling: ``resize`` (paper), ``native`` or ``fragments`` (see :meth:`MediaLoader.spatial`);
+            fragment_grid: cells per side for ``fragments``.
         logistic: ``"4"``/``"5"`` also reports PLCC after a logistic fit (``plcc_logistic``);
             ``None`` reports raw PLCC only.
         cache_decoded: keep decoded stimuli in memory (small databases / demo only).
@@ -245,8 +345,10 @@ class UNQADataModule(AvlabDataModule):
                  split_ratios: list[float] | tuple[float, float, float] = (0.7, 0.1, 0.2), split_seed: int = 0,
                  image_size: int = 64, resize_short: int | None = None, frames: int = 4, motion_frames: int = 8,
                  motion_size: int = 64, motion_chunks: int = 1, audio_sr: int = 16000, audio_seconds: float = 2.0,
+                 spatial_sampling: str = "resize", fragment_grid: int = 4,
                  logistic: str | None = "4", cache_decoded: bool = False, dataset_name: str | None = None,
-                 demo_size: str = "small", batch_size: int = 8, num_workers: int = 0) -> None:
+                 demo_size: str = "small", batch_size: int = 8, num_workers: int = 0,
+                 motion: MotionExtractor | None = None, motion_batch: int = 4) -> None:
         super().__init__(root=root, demo_size=demo_size, batch_size=batch_size, num_workers=num_workers)
         if databases is None:
             from avlab.demo.unqa import DEMO_DATABASES
@@ -260,14 +362,20 @@ class UNQADataModule(AvlabDataModule):
             raise DataError("data.batch_size must be >= 2: the rank losses compare items within a batch")
         self.split_ratios = ratios
         self.split_seed = int(split_seed)
-        self.media = MediaLoader(image_size, resize_short, frames, motion_frames, motion_size, motion_chunks, audio_sr, audio_seconds)
+        self.media = MediaLoader(image_size, resize_short, frames, motion_frames, motion_size, motion_chunks, audio_sr,
+                                 audio_seconds, spatial_sampling=spatial_sampling, fragment_grid=fragment_grid)
         self.logistic = logistic
         self.cache_decoded = bool(cache_decoded)
         self.dataset_name = dataset_name
         self.table: pd.DataFrame | None = None
         self.parts: dict[str, dict[int, np.ndarray]] = {}
+        #: database name -> why its split differs from the group split (fewer than 3 groups)
+        self.split_notes: dict[str, str] = {}
+        # The frozen SlowFast of eq. 7 (the config passes ${model.net.motion}); its features are data:
+        # computed once per stimulus, cached under the dataset with provenance, served in batches.
+        self.motion_extractor = motion
+        self.motion_batch = max(1, int(motion_batch))
         self.motion: np.ndarray | None = None
-        self.motion_signature: Any = None
         self.task_sampler: Any = None
         self._plan: list[tuple[int, np.ndarray]] | None = None
         self._memo: dict[int, dict[str, Any]] = {}
@@ -307,41 +415,26 @@ class UNQADataModule(AvlabDataModule):
         return table, problems
 
     def setup(self, stage: str | None = None) -> None:
-        if self.table is None:
-            self.dataset_root(build=True)
-            table, problems = self.read_all()
-            if problems:
-                raise DataError(f"{len(problems)} problem(s) in the unqa databases:\n  - " + "\n  - ".join(problems[:30]))
-            for col in ("width", "height", "fps"):
-                if col not in table:
-                    table[col] = np.nan
-            table["uid"] = np.arange(len(table))
-            # Normalised MOS in [0, 1] via the declared nominal range (IBM rescale): step one's MAE
-            # then weighs databases on 0–5 and 0–100 scales alike.
-            table["mos_norm"] = (table["mos"] - table["mos_lo"]) / (table["mos_hi"] - table["mos_lo"])
-            self.table = table
+        self._read_table()
+        if self.motion is None and self.motion_extractor is not None:
+            self.motion, _ = self._motion_features()
         self._make_splits()
 
     def _make_splits(self) -> None:
         index = self.split_index if self.split_kind == "repeat" else 0
         parts: dict[str, dict[int, np.ndarray]] = {"train": {}, "val": {}, "test": {}}
+        self.split_notes = {}
         for d, spec in enumerate(self.specs):
             rows = self.table[self.table["db"] == d]
             uids = rows["uid"].to_numpy()
             if spec.role == "test":
                 parts["test"][d] = uids
                 continue
-            groups = np.array(sorted(rows["group"].astype(str).unique()))
-            rng = np.random.default_rng([self.split_seed, index, d])
-            groups = rng.permutation(groups)
-            g = len(groups)
-            n_test = max(1, int(round(self.split_ratios[2] * g))) if g >= 3 else 0
-            n_val = max(1, int(round(self.split_ratios[1] * g))) if g >= 3 else 0
-            n_train = g - n_test - n_val
-            if n_train < 1:
-                raise DataError(f"database `{spec.name}` has only {g} content group(s); it needs at least 3 to split 7:1:2")
-            split_of = {grp: ("train" if i < n_train else "val" if i < n_train + n_val else "test") for i, grp in enumerate(groups)}
-            which = rows["group"].astype(str).map(split_of).to_numpy()
+            groups, note = split_groups(spec.name, rows["group"].astype(str).to_numpy(), rows["media"].astype(str).to_numpy())
+            if note:
+                warnings.warn(note, UserWarning, stacklevel=2)
+                self.split_notes[spec.name] = note
+            which = assign_splits(groups, self.split_ratios, np.random.default_rng([self.split_seed, index, d]))
             for part in ("train", "val", "test"):
                 parts[part][d] = uids[which == part]
         self.parts = parts
@@ -359,8 +452,8 @@ class UNQADataModule(AvlabDataModule):
         if uid in self._memo:
             return self._memo[uid]
         r = self.row(uid)
-        item: dict[str, Any] = {"uid": uid, "db": int(r["db"]), "mos": float(r["mos"]), "mos_norm": float(r["mos_norm"]),
-                                "modality": r["modality"]}
+        item: dict[str, Any] = {"index": uid, "db": int(r["db"]), "database": r["db_name"], "mos": float(r["mos"]),
+                                "mos_norm": float(r["mos_norm"]), "modality": r["modality"]}
         try:
             if r["modality"] == "image":
                 item["frames"] = self.media.image(r["media"])
@@ -377,8 +470,11 @@ class UNQADataModule(AvlabDataModule):
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """Stack items of one database into a batch; adds cached motion features when available."""
+        if len({it["database"] for it in items}) != 1:
+            raise DataError("a unqa batch must hold stimuli of one database (the heads and losses are per database)")
         out: dict[str, Any] = {
-            "uid": torch.tensor([it["uid"] for it in items]), "db": torch.tensor([it["db"] for it in items]),
+            "index": torch.tensor([it["index"] for it in items]), "db": torch.tensor([it["db"] for it in items]),
+            "database": items[0]["database"],
             "mos": torch.tensor([it["mos"] for it in items], dtype=torch.float32),
             "mos_norm": torch.tensor([it["mos_norm"] for it in items], dtype=torch.float32),
             "modality": items[0]["modality"],
@@ -390,23 +486,95 @@ class UNQADataModule(AvlabDataModule):
             out["wave_len"] = torch.tensor([it["wave_len"] for it in items])
             out["has_audio"] = torch.tensor([bool(it["has_audio"]) for it in items])
         if self.motion is not None and out["modality"] in ("video", "av"):
-            out["motion"] = torch.from_numpy(self.motion[out["uid"].numpy()])
+            out["motion"] = torch.from_numpy(self.motion[out["index"].numpy()])
         return out
 
     def _collate_list(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return self.collate(items)
 
-    # ------------------------------------------------------------------ motion features (set by the module)
-    def video_uids(self) -> np.ndarray:
-        return self.table.loc[self.table["modality"].isin(["video", "av"]), "uid"].to_numpy()
+    # ------------------------------------------------------------------ motion features (eq. 7)
+    def _read_table(self) -> pd.DataFrame:
+        if self.table is None:
+            self.dataset_root(build=True)
+            table, problems = self.read_all()
+            if problems:
+                raise DataError(f"{len(problems)} problem(s) in the unqa databases:\n  - " + "\n  - ".join(problems[:30]))
+            for col in ("width", "height", "fps"):
+                if col not in table:
+                    table[col] = np.nan
+            table["uid"] = np.arange(len(table))
+            # Normalised MOS in [0, 1] via the declared nominal range (IBM rescale): step one's MAE
+            # then weighs databases on 0–5 and 0–100 scales alike.
+            table["mos_norm"] = (table["mos"] - table["mos_lo"]) / (table["mos_hi"] - table["mos_lo"])
+            self.table = table
+        return self.table
 
-    def set_motion_features(self, features: np.ndarray, signature: Any) -> None:
-        self.motion, self.motion_signature = np.asarray(features, dtype=np.float32), signature
+    def motion_signature(self) -> dict[str, Any] | None:
+        """What determines a cached F_m: the extractor (architecture, seed, weights file and its
+        SHA-256) and the clip sampling; ``None`` without a motion extractor."""
+        if self.motion_extractor is None:
+            return None
+        media = self.media
+        return {**self.motion_extractor.signature, "frames": media.motion_frames, "size": media.motion_size,
+                "chunks": media.motion_chunks}
+
+    @torch.no_grad()
+    def motion_feature(self, path: str, yuv: tuple[int, int] | None = None) -> np.ndarray:
+        """F_m of one video (mean over its temporal chunks), computed now, not cached."""
+        if self.motion_extractor is None:
+            raise DataError("no motion extractor configured (model.net.motion is null)")
+        extractor = self.motion_extractor.eval()
+        clips = self.media.motion_clips(path, yuv)
+        out = torch.cat([extractor(c) for c in clips.split(self.motion_batch)])
+        return out.mean(dim=0).cpu().numpy().astype(np.float32)
+
+    def _motion_features(self, progress: bool = False) -> tuple[np.ndarray | None, dict[str, int]]:
+        """F_m of every video/AV stimulus from the dataset's feature cache, computing what is missing."""
+        counts = {"videos": 0, "computed": 0}
+        signature = self.motion_signature()
+        if signature is None:
+            return None, counts
+        table = self._read_table()
+        cache = dataset_feature_cache(self.dataset_root())
+        extractor = self.motion_extractor
+        feats = np.zeros((len(table), extractor.out_dim), dtype=np.float32)
+        weights = [signature["weights"]] if signature.get("weights") else []
+        uids = table.loc[table["modality"].isin(["video", "av"]), "uid"].to_numpy()
+        for n, uid in enumerate(uids):
+            r = table.iloc[int(uid)]
+            yuv = self._yuv(r)
+            params = {**signature, "yuv": list(yuv) if yuv else None}
+
+            def compute(r: pd.Series = r, yuv: tuple[int, int] | None = yuv) -> dict[str, np.ndarray]:
+                counts["computed"] += 1
+                return {"motion": self.motion_feature(r["media"], yuv)}
+
+            # Inputs are fingerprinted by content (SHA-1), so the weights file's content is in the key.
+            feats[int(uid)] = cached(cache, "unqa-slowfast", MOTION_CACHE_VERSION, params, [r["media"], *weights],
+                                     compute)["motion"]
+            if progress and (n + 1) % 50 == 0:
+                log.info("unqa motion features: %d/%d", n + 1, len(uids))
+        counts["videos"] = len(uids)
+        return feats, counts
+
+    def extract_features(self, progress: bool = True) -> dict[str, Any]:
+        """Compute and cache the SlowFast motion features (eq. 7) of every video/AV stimulus."""
+        root = self.dataset_root(build=True)
+        feats, counts = self._motion_features(progress)
+        if feats is None:
+            return {"root": str(root), "features": "none: no motion extractor (model.net.motion is null)"}
+        self.motion = feats
+        return {"root": str(root), "features": "unqa-slowfast motion (eq. 7)", "cache": str(root / ".features"),
+                "dim": int(feats.shape[1]), **counts, "signature": self.motion_signature()}
 
     # ------------------------------------------------------------------ task-sampled training
     def train_plan_inputs(self) -> tuple[list[np.ndarray], list[str], list[str]]:
         """Training ids per database (in config order), their modalities and names."""
         return [self.parts["train"].get(d, np.array([], dtype=int)) for d in range(len(self.specs))], self.modalities, self.names
+
+    def attach_task_sampler(self, sampler: Any) -> None:
+        """Use the callback's sampler (its state is checkpointed by the callback)."""
+        self.task_sampler = sampler
 
     def _sampler(self) -> Any:
         if self.task_sampler is None:
@@ -455,6 +623,28 @@ class UNQADataModule(AvlabDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("test")
 
+    # ------------------------------------------------------------------ the evaluation contract
+    def sample_table(self, split: str) -> pd.DataFrame:
+        """Stimuli of ``split`` (``train``/``val``/``test``), indexed by the dataset index that batches
+        carry under ``index``: database, modality, media, MOS."""
+        if self.table is None or split not in self.parts:
+            raise DataError(f"sample_table({split!r}) needs setup() first and a split of train, val, test")
+        uids = np.concatenate([u for u in self.parts[split].values()] or [np.array([], dtype=int)])
+        cols = ["db_name", "modality", "media", "audio", "mos", "mos_norm", "group"]
+        return self.table.iloc[np.sort(uids)][cols].rename(columns={"db_name": "database"}).set_axis(np.sort(uids))
+
+    def dataset_info(self) -> DatasetInfo:
+        return DatasetInfo(name=self.dataset_name, logistic=self.logistic)
+
+    def untested_databases(self) -> dict[str, str]:
+        """Databases that get no test metric, and why (a test part needs at least 3 stimuli)."""
+        out = {}
+        for d, spec in enumerate(self.specs):
+            n = len(self.parts.get("test", {}).get(d, []))
+            if n < 3:
+                out[spec.name] = f"its test part has {n} stimuli (SRCC/PLCC need at least 3)"
+        return out
+
     # ------------------------------------------------------------------ checks
     def check(self) -> list[str]:
         try:
@@ -463,13 +653,38 @@ class UNQADataModule(AvlabDataModule):
             return [str(exc)]
         if not root.exists():
             return [f"{root} does not exist"]
-        _, problems = self.read_all()
+        table, problems = self.read_all()
+        self._check_table = table
         return problems
+
+    def split_report(self, table: pd.DataFrame) -> dict[str, str]:
+        """How each database is split: ``N groups -> train/val/test`` or the item-level fallback."""
+        out: dict[str, str] = {}
+        for d, spec in enumerate(self.specs):
+            rows = table[table["db_name"] == spec.name] if len(table) else table
+            if spec.role == "test":
+                out[spec.name] = f"role test: all {len(rows)} stimuli tested, none trained on"
+                continue
+            try:
+                groups, note = split_groups(spec.name, rows["group"].astype(str).to_numpy(),
+                                            rows["media"].astype(str).to_numpy())
+                which = assign_splits(groups, self.split_ratios, np.random.default_rng([self.split_seed, 0, d]))
+            except DataError as exc:
+                out[spec.name] = f"cannot be split: {exc}"
+                continue
+            counts = "/".join(str(int((which == p).sum())) for p in ("train", "val", "test"))
+            out[spec.name] = (f"WARNING: {note}; " if note else f"{len(set(groups.tolist()))} content groups, ") + \
+                f"train/val/test stimuli {counts}"
+        return out
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"root": str(self.dataset_root())}
         for spec in self.specs:
             out[f"database {spec.name}"] = f"{spec.format}, {spec.modality}, MOS {spec.mos_range[0]:g}-{spec.mos_range[1]:g}, role {spec.role}"
+        table = self.table if self.table is not None else getattr(self, "_check_table", None)
+        if table is not None and len(table):
+            for name, line in self.split_report(table).items():
+                out[f"split {name}"] = line
         if self.table is not None:
             out["stimuli"] = len(self.table)
         return out

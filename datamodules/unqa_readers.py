@@ -1,4 +1,4 @@
-"""Score-file readers of the ``unqa`` databases, in their native formats (reference notes ``quality.md`` §2).
+"""Score-file readers of the ``unqa`` databases, in their native formats.
 
 Every reader turns one database folder into the same table, one row per stimulus:
 
@@ -27,7 +27,7 @@ live_vqc       video   0–100     ``data.mat`` (``video_list``, ``mos``); ``Vid
 youtube_ugc    video   1–5       ``original_videos_MOS_for_YouTube_UGC_dataset.xlsx`` sheet ``MOS`` (``vid``, ``MOS full``); the video file whose name starts with ``<vid>`` anywhere below
 live_sjtu      av      0–100     ``MOS.mat`` (``MOS``, ``disNames`` video .yuv + audio .wav, ``allNames``, ``frameRate``, ``resolution``); files anywhere below
 sjtu_uav       av      0–100     ``MOS.mat`` (``videoName``, ``MOSz``); video anywhere below, audio ``wav/<stem>.wav`` when present
-tcd_voip       audio   1–5       ``Subjective Test Scores.xlsx`` sheet ``Subjective Test Scores`` (``Filename``, ``sample MOS``); wav anywhere below ``Test Set/``
+tcd_voip       audio   1–5       ``Subjective Test Scores.xlsx`` sheet ``Subjective Test Scores`` (``Filename``, ``sample MOS``); wav anywhere below ``Test Set/``; grouped by reference recording
 manifest       any     declared  ``manifest.csv``: ``media``, optional ``audio``, ``mos``, optional ``group`` (paths relative to the CSV)
 =============  ======  ========  ==========================================================================
 
@@ -338,10 +338,26 @@ def read_tcd_voip(spec: DatabaseSpec, folder: Path) -> pd.DataFrame:
     for _, r in table.iterrows():
         fname = str(r["Filename"])
         fname = fname if fname.lower().endswith(".wav") else fname + ".wav"
-        # C_<n>_<COND>_<speaker>.wav: the speaker's sentence is the content group.
-        group = "_".join(Path(fname).stem.split("_")[3:]) or None
-        records.append({"media": str(index.get(fname, test_set / fname)), "mos": r[col], "group": group})
+        media = index.get(fname, test_set / fname)
+        records.append({"media": str(media), "mos": r[col], "group": _tcd_reference_group(media)})
     return _rows(spec, name, records)
+
+
+def _tcd_reference_group(media: Path) -> str | None:
+    """Content group of a TCD-VoIP stimulus: the SHA-1 of its clean reference recording.
+
+    Every degraded file ``<cond>/C_<n>_<COND>_<spk>.wav`` has its reference ``<cond>/ref/R_<n>_<COND>_<spk>.wav``.
+    Stimuli degraded from the same clean sentence share that recording's bytes, so grouping by the
+    reference's content keeps one sentence on one side of a split. Grouping by speaker instead would
+    leave the 4-speaker database with a single test speaker. Without a reference file the stimulus is
+    its own group (item-level split, the paper's "random 7:1:2").
+    """
+    import hashlib
+
+    ref = media.parent / "ref" / ("R_" + media.name[2:] if media.name.startswith("C_") else media.name)
+    if not ref.is_file():
+        return None
+    return "ref:" + hashlib.sha1(ref.read_bytes()).hexdigest()[:16]
 
 
 def read_manifest(spec: DatabaseSpec, folder: Path) -> pd.DataFrame:

@@ -40,6 +40,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -474,20 +475,27 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         w.writerows(rows)
 
 
-def build_unqa_demo(out_dir: str | Path, *, size: str = "small") -> Path:
+def build_unqa_demo(out_dir: str | Path, *, size: str = "small", databases: Sequence[str] | None = None) -> Path:
     """Write the demo databases into ``out_dir`` (idempotent; returns ``out_dir``).
 
-    ``small`` (default, ~220 stimuli) or ``tiny`` (for tests, ~100 stimuli). The build goes to a
-    temporary sibling folder that is renamed into place, so an interrupted build leaves nothing.
+    ``small`` (default, ~220 stimuli) or ``tiny`` (for tests, ~100 stimuli). ``databases`` (names
+    of :data:`DEMO_DATABASES`) builds only those, e.g. ``["koniq"]`` for a quick image-only set.
+    The build goes to a temporary sibling folder that is renamed into place, so an interrupted
+    build leaves nothing.
     """
     if size not in SIZES:
         raise ConfigError(f"unknown unqa demo size {size!r}; use 'small' or 'tiny'")
+    wanted = list(DEMO_DATABASES) if databases is None else list(databases)
+    unknown = [d for d in wanted if d not in DEMO_DATABASES]
+    if unknown:
+        raise ConfigError(f"unknown demo database(s) {unknown}; choose from {', '.join(DEMO_DATABASES)}")
     out_dir = Path(out_dir)
     info_path = out_dir / "demo_info.json"
     if info_path.is_file():
         try:
             info = json.loads(info_path.read_text())
-            if (info.get("size"), info.get("builder_version")) == (size, BUILDER_VERSION):
+            built = info.get("built", list(DEMO_DATABASES))
+            if (info.get("size"), info.get("builder_version")) == (size, BUILDER_VERSION) and set(wanted) <= set(built):
                 return out_dir
         except (OSError, json.JSONDecodeError):
             pass
@@ -497,14 +505,20 @@ def build_unqa_demo(out_dir: str | Path, *, size: str = "small") -> Path:
     work = Path(tempfile.mkdtemp(prefix="avlab-unqa-"))
     try:
         comps: list[dict[str, Any]] = []
-        _build_koniq(stage / "KonIQ-10k", cfg, comps)
-        _build_clive(stage / "CLIVE", cfg, comps)
-        _build_konvid(stage / "KoNViD-1k", cfg, comps, work)
-        _build_tcd(stage / "TCD-VoIP", cfg, comps)
-        _build_noizeus(stage / "NOIZEUS", cfg, comps)
-        _build_live_sjtu(stage / "LIVE-SJTU", cfg, comps, work)
+        builders = {
+            "koniq": lambda: _build_koniq(stage / "KonIQ-10k", cfg, comps),
+            "clive": lambda: _build_clive(stage / "CLIVE", cfg, comps),
+            "konvid": lambda: _build_konvid(stage / "KoNViD-1k", cfg, comps, work),
+            "tcd_voip": lambda: _build_tcd(stage / "TCD-VoIP", cfg, comps),
+            "noizeus": lambda: _build_noizeus(stage / "NOIZEUS", cfg, comps),
+            "live_sjtu": lambda: _build_live_sjtu(stage / "LIVE-SJTU", cfg, comps, work),
+        }
+        for name in DEMO_DATABASES:
+            if name in wanted:
+                builders[name]()
         _write_csv(stage / "pseudo_mos_components.csv", comps)
         info = {"task": "unqa", "size": size, "builder_version": BUILDER_VERSION, "databases": DEMO_DATABASES,
+                "built": [d for d in DEMO_DATABASES if d in wanted],
                 "pseudo_mos": {"image_video_q": "clip((SSIM - 0.3) / 0.7, 0, 1)", "audio_q": "exp(-LSD_logmel_dB / 15)",
                                "av_q": "q_v^0.65 * q_a^0.35",
                                "mos": "lo + (hi - lo) * (0.05 + 0.9 * q^gamma) + N(0, (0.03 (hi - lo))^2), clipped",
