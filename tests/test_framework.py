@@ -175,3 +175,10 @@ def test_file_targets_resolve_next_to_the_yaml_that_names_them(tmp_path: Path, m
     cfg = load_experiment(str(exp_dir / "exp.yaml"), overlays=[str(overlay_dir / "ov.yaml")])
     model = instantiate(cfg.model)
     assert type(model).__module__.startswith("avlab_user_other") and (model.k, model.extra) == (3, "y")
+
+
+def test_features_command_works_for_a_datamodule_with_nothing_to_extract(capsys, toy_experiment: Path) -> None:
+    # The base DataModule's extract_features: builds the (demo) dataset folder and says so.
+    assert cli.main(["features", str(toy_experiment)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert Path(summary["root"]).is_dir() and summary["features"].startswith("none: ToyDataModule")

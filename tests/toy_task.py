@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from avlab.datamodules.base import AvlabDataModule
 from avlab.errors import DataError
 from avlab.lightningmodules.base import AvlabModule
+from avlab.rundir import atomic_path
 
 
 class _Rows(Dataset):
@@ -40,7 +42,9 @@ class ToyDataModule(AvlabDataModule):
         rng = np.random.default_rng(0)
         x = rng.normal(size=(96, 4)).astype(np.float32)
         y = (x @ np.array([1.0, -2.0, 0.5, 0.0], dtype=np.float32) + 0.05 * rng.normal(size=96)).astype(np.float32)
-        np.savez(out_dir / "toy.npz", x=x, y=y)
+        # Atomic: under DDP another rank may be reading the file while prepare_data rewrites it.
+        with atomic_path(out_dir / "toy.npz") as tmp:
+            np.savez(tmp, x=x, y=y)
         return out_dir
 
     def setup(self, stage: str | None = None) -> None:
@@ -56,6 +60,10 @@ class ToyDataModule(AvlabDataModule):
             test = order[-24:]
         rest = np.setdiff1d(order, test)
         self.parts = {"train": rest[:-16], "val": rest[-16:], "test": test}
+
+    def sample_table(self, split: str) -> pd.DataFrame:
+        idx = self.parts[split]
+        return pd.DataFrame({"name": [f"row{j}" for j in idx], "y": self.y[idx]}, index=idx)
 
     def _loader(self, part: str, shuffle: bool = False) -> DataLoader:
         return DataLoader(_Rows(self.x, self.y, self.parts[part]), batch_size=self.batch_size, shuffle=shuffle)
@@ -74,7 +82,6 @@ class ToyModule(AvlabModule):
     def __init__(self, net: nn.Module, lr: float = 0.05) -> None:
         super().__init__()
         self.net, self.lr = net, lr
-        self._test: list[dict[str, torch.Tensor]] = []
 
     def training_step(self, batch, batch_idx):
         loss = nn.functional.mse_loss(self.net(batch["x"]).squeeze(-1), batch["y"])
@@ -86,17 +93,18 @@ class ToyModule(AvlabModule):
         self.log("val/loss", loss, add_dataloader_idx=False)
 
     def test_step(self, batch, batch_idx):
-        self._test.append({"index": batch["index"], "pred": self.net(batch["x"]).squeeze(-1), "y": batch["y"]})
+        self.collect("test", index=batch["index"], pred=self.net(batch["x"]).squeeze(-1), y=batch["y"])
 
-    def on_test_epoch_end(self):
-        merged = {k: torch.cat([o[k] for o in self._test]) for k in self._test[0]}
-        self._test = []
-        g = self.gather_samples(merged)
-        # gather_samples' contract, checked on every use: each test sample exactly once, in order.
-        assert torch.equal(g["index"], torch.unique(g["index"])), "duplicate or unordered samples after gathering"
-        rmse = torch.sqrt(torch.mean((g["pred"] - g["y"]) ** 2))
-        self.log_metrics("test", {"rmse": rmse, "n": float(len(g["y"]))})
-        self.summary_lines = [f"toy: {len(g['y'])} test samples"]
+    def evaluate(self, stage, samples, table):
+        # The shared hook's contract, checked on every use: each sample exactly once, in index
+        # order (also under DDP), and the sample_table rows aligned with the samples.
+        assert torch.equal(samples["index"], torch.unique(samples["index"])), "duplicate or unordered samples after gathering"
+        assert list(table.index) == samples["index"].tolist(), "sample_table rows not aligned with the samples"
+        np.testing.assert_array_equal(table["y"].to_numpy(), samples["y"].cpu().numpy())
+        rmse = torch.sqrt(torch.mean((samples["pred"] - samples["y"]) ** 2))
+        self.eval_outputs().write_csv(f"predictions_{stage}.csv", table.assign(predicted=samples["pred"].cpu().numpy()))
+        self.summary_lines = [f"toy: {len(samples['y'])} test samples"]
+        return {"rmse": float(rmse), "n": float(len(samples["y"]))}
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
