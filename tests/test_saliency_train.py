@@ -240,3 +240,15 @@ def _train_cfg(capsys, name: str, *overrides: str) -> dict[str, float]:
     assert cli.main(["train", name, *overrides]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     return json.loads((Path(last.removeprefix("run directory: ")) / "metrics.json").read_text())
+
+
+def test_bn_momentum_reaches_every_batchnorm_and_null_keeps_s3d_s() -> None:
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    module = instantiate(load_experiment("saliency/avrsp_av", [*SMALL, "model.bn_momentum=0.1"]).model)
+    bns = [m for m in module.modules() if isinstance(m, _BatchNorm)]
+    assert len(bns) > 50 and {m.momentum for m in bns} == {0.1}
+    default = instantiate(load_experiment("saliency/avrsp_av", SMALL).model)
+    assert {m.momentum for m in default.net.visual.modules() if isinstance(m, _BatchNorm)} == {0.001}  # torchvision's S3D
+    with pytest.raises(ConfigError, match="model.bn_momentum must be in"):
+        instantiate(load_experiment("saliency/avrsp_av", [*SMALL, "model.bn_momentum=0"]).model)
