@@ -6,6 +6,7 @@ import json
 import math
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -106,7 +107,8 @@ def atomic_path(path: Path | str, *, suffix: str | None = None) -> Iterator[Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ext = path.suffix if suffix is None else suffix
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{ext}")
+    # Unique per process and thread, in the same folder (so os.replace is a rename, never a copy).
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}-{threading.get_ident()}{ext}")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -28,3 +28,23 @@ def test_without_a_launcher_each_run_gets_a_new_directory(monkeypatch, tmp_path:
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     monkeypatch.setenv("SLURM_NTASKS", "1")
     assert rundir.create_run_dir(_cfg(tmp_path)) != rundir.create_run_dir(_cfg(tmp_path))
+
+
+def test_atomic_path_replaces_only_a_complete_file(tmp_path: Path) -> None:
+    from avlab.rundir import atomic_path, atomic_write
+
+    target = tmp_path / "sub" / "table.csv"
+    atomic_write(target, "old\n")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            assert tmp.parent == target.parent and tmp.suffix == ".csv" and tmp != target
+            tmp.write_text("half")
+            raise RuntimeError("writer crashed")
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["table.csv"]  # no temporary left behind
+    with atomic_path(target, suffix=".npy") as tmp:
+        assert tmp.suffix == ".npy"
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    atomic_write(target, b"\x00\x01")
+    assert target.read_bytes() == b"\x00\x01"

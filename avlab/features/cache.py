@@ -22,7 +22,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from avlab.errors import FeatureError
+from avlab.rundir import atomic_path
 
 __all__ = ["FeatureCache", "file_fingerprint", "cache_key", "cached", "dataset_feature_cache"]
 
@@ -114,20 +114,10 @@ class FeatureCache:
 
     @staticmethod
     def _atomic_write(target: Path, write: Callable[[Any], None], mode: str) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, mode) as fh:
-                write(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        with atomic_path(target) as tmp, open(tmp, mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())  # the entry must survive a crash once its sidecar says it exists
 
     def put(self, key: str, arrays: Mapping[str, np.ndarray], provenance: Mapping[str, Any]) -> None:
         """Store ``arrays`` under ``key`` with ``provenance`` (a ``created`` timestamp is added)."""
