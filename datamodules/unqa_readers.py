@@ -1,6 +1,8 @@
 """Score-file readers of the ``unqa`` databases, in their native formats.
 
-Every reader turns one database folder into the same table, one row per stimulus:
+The unqa-only formats register in the shared reader catalog (:mod:`avlab.datamodules.readers`),
+which also holds the ``live_sjtu`` and ``manifest`` readers that avq uses. Every reader turns one
+database folder into the catalog's table, one row per stimulus; unqa uses these columns:
 
 ==========  ======================================================================================
 column      meaning
@@ -37,7 +39,6 @@ NOIZEUS): it needs ``modality`` and ``mos_range`` in the config entry.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,20 +46,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from avlab.datamodules.readers import ReadOptions, get_reader, register_reader
+from avlab.datamodules.readers.common import cell_str, file_index, finish_rows, load_mat, need, read_excel
 from avlab.errors import ConfigError, DataError
 
 __all__ = ["DatabaseSpec", "FORMATS", "IMAGE_EXTENSIONS", "parse_databases", "read_database"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MODALITIES = ("audio", "image", "video", "av")
-
-
-@dataclass(frozen=True)
-class FormatInfo:
-    modalities: tuple[str, ...]
-    mos_range: tuple[float, float] | None
-    reader: Callable[["DatabaseSpec", Path], pd.DataFrame]
-    score_file: str
 
 
 @dataclass
@@ -98,11 +93,7 @@ def parse_databases(databases: Any) -> list[DatabaseSpec]:
         entry = dict(entry)
         where = f"data.databases.{name}"
         fmt = entry.get("format")
-        if fmt not in FORMATS:
-            from avlab.errors import did_you_mean
-
-            raise ConfigError(f"database `{name}`: unknown format {fmt!r}.{did_you_mean(str(fmt), FORMATS)} Formats: {', '.join(FORMATS)}")
-        info = FORMATS[fmt]
+        info = get_reader(str(fmt), where=f"database `{name}` ({where}.format)", allowed=FORMATS)
         modality = entry.get("modality") or (info.modalities[0] if len(info.modalities) == 1 else None)
         if modality not in MODALITIES:
             raise ConfigError(f"database `{name}`: unsupported modality {modality!r}; use one of {', '.join(MODALITIES)}")
@@ -131,216 +122,146 @@ def parse_databases(databases: Any) -> list[DatabaseSpec]:
     return specs
 
 
-# --------------------------------------------------------------------------- helpers
-def _need(path: Path, spec: DatabaseSpec) -> Path:
-    if not path.is_file():
-        raise DataError(f"database `{spec.name}` ({spec.format}): score file {path} does not exist; "
-                        f"check data.databases.{spec.name}.path (and data.root)")
-    return path
+# --------------------------------------------------------------------------- readers (unqa-only formats)
+def _records_table(records: list[dict[str, Any]], score_file: str) -> pd.DataFrame:
+    return finish_rows(records, score_file)
 
 
-def _file_index(folder: Path) -> dict[str, Path]:
-    """``{file name: path}`` of every file below ``folder`` (first one wins)."""
-    out: dict[str, Path] = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts):
-            out.setdefault(p.name, p)
-    return out
-
-
-def _read_excel(path: Path, spec: DatabaseSpec, **kwargs: Any) -> pd.DataFrame:
-    try:
-        return pd.read_excel(path, **kwargs)
-    except ImportError as exc:
-        raise DataError(f"database `{spec.name}`: reading {path.name} needs openpyxl (`pip install openpyxl`)") from exc
-    except Exception as exc:  # noqa: BLE001 - any parse error becomes one actionable message
-        raise DataError(f"database `{spec.name}`: cannot read {path}: {exc}") from exc
-
-
-def _mat(path: Path, spec: DatabaseSpec, keys: tuple[str, ...]) -> dict[str, Any]:
-    import scipy.io
-
-    try:
-        mat = scipy.io.loadmat(str(path))
-    except NotImplementedError:  # MATLAB v7.3 = HDF5
-        import h5py
-
-        with h5py.File(path, "r") as fh:
-            mat = {k: _h5_value(fh, fh[k]) for k in fh.keys() if not k.startswith("#")}
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"database `{spec.name}`: cannot read {path}: {exc}") from exc
-    missing = [k for k in keys if k not in mat]
-    if missing:
-        raise DataError(f"database `{spec.name}`: {path} lacks field(s) {', '.join(missing)} (found {', '.join(k for k in mat if not k.startswith('__'))})")
-    return mat
-
-
-def _h5_value(fh: Any, ds: Any) -> Any:
-    data = ds[()]
-    if data.dtype == object:  # cell array of references to char arrays
-        return np.array([["".join(chr(c) for c in np.asarray(fh[r]).ravel())] for r in data.ravel()], dtype=object)
-    return np.asarray(data).T
-
-
-def _cell_str(cell: Any) -> str:
-    arr = np.asarray(cell, dtype=object).ravel()
-    while arr.size == 1 and isinstance(arr[0], np.ndarray):
-        arr = np.asarray(arr[0], dtype=object).ravel()
-    return str(arr[0]).strip() if arr.size else ""
-
-
-def _rows(spec: DatabaseSpec, file_name: str, records: list[dict[str, Any]], *, first_row: int = 2) -> pd.DataFrame:
-    for i, r in enumerate(records):
-        r.setdefault("audio", None)
-        r.setdefault("group", None)
-        r.setdefault("where", f"{file_name} row {i + first_row}")
-    table = pd.DataFrame.from_records(records, columns=None)
-    for col in ("media", "audio", "mos", "group", "where"):
-        if col not in table:
-            table[col] = None
-    table["group"] = [g if g not in (None, "") and not (isinstance(g, float) and np.isnan(g)) else str(m)
-                      for g, m in zip(table["group"], table["media"])]
-    return table
-
-
-# --------------------------------------------------------------------------- readers
-def read_koniq10k(spec: DatabaseSpec, folder: Path) -> pd.DataFrame:
-    name = spec.score_file or "koniq10k_scores_and_distributions.csv"
-    table = pd.read_csv(_need(folder / name, spec))
-    col = spec.score_column or "MOS"
-    for c in ("image_name", col):
+def _columns(table: pd.DataFrame, needed: tuple[str, ...], label: str, where: str) -> None:
+    for c in needed:
         if c not in table:
-            raise DataError(f"database `{spec.name}`: {name} has no column `{c}` (columns: {', '.join(map(str, table.columns))})")
+            raise DataError(f"{label}: {where} has no column `{c}` (columns: {', '.join(map(str, table.columns))})")
+
+
+@register_reader("koniq10k", modalities=("image",), mos_range=(1.0, 5.0), score_file="koniq10k_scores_and_distributions.csv")
+def read_koniq10k(folder: Path, options: ReadOptions) -> pd.DataFrame:
+    name = options.score_file or "koniq10k_scores_and_distributions.csv"
+    label = options.label("koniq10k")
+    table = pd.read_csv(need(folder / name, label))
+    col = options.score_column or "MOS"
+    _columns(table, ("image_name", col), label, name)
     img_dir = next((folder / d for d in ("1024x768", "512x384") if (folder / d).is_dir()), folder)
-    return _rows(spec, name, [{"media": str(img_dir / str(r["image_name"])), "mos": r[col]} for _, r in table.iterrows()])
+    return _records_table([{"media": str(img_dir / str(r["image_name"])), "mos": r[col]} for _, r in table.iterrows()], name)
 
 
-def read_spaq(spec: DatabaseSpec, folder: Path) -> pd.DataFrame:
-    name = spec.score_file or "Annotations/MOS and Image attribute scores.xlsx"
-    table = _read_excel(_need(folder / name, spec), spec)
-    for c in ("Image name", "MOS"):
-        if c not in table:
-            raise DataError(f"database `{spec.name}`: {name} has no column `{c}`")
+@register_reader("spaq", modalities=("image",), mos_range=(0.0, 100.0), score_file="Annotations/MOS and Image attribute scores.xlsx")
+def read_spaq(folder: Path, options: ReadOptions) -> pd.DataFrame:
+    name = options.score_file or "Annotations/MOS and Image attribute scores.xlsx"
+    label = options.label("spaq")
+    table = read_excel(need(folder / name, label), label)
+    _columns(table, ("Image name", "MOS"), label, name)
     img_dir = folder / "TestImage"
-    index = _file_index(img_dir) if img_dir.is_dir() else {}
+    index = file_index(img_dir) if img_dir.is_dir() else {}
     records = []
     for _, r in table.iterrows():
         fname = str(r["Image name"])
         path = index.get(fname) or index.get(Path(fname).stem + ".jpg") or index.get(Path(fname).stem + ".png") or img_dir / fname
         records.append({"media": str(path), "mos": r["MOS"]})
-    return _rows(spec, name, records)
+    return _records_table(records, name)
 
 
-def read_clive(spec: DatabaseSpec, folder: Path) -> pd.DataFrame:
-    names = _mat(_need(folder / "Data" / "AllImages_release.mat", spec), spec, ("AllImages_release",))["AllImages_release"]
-    mos = _mat(_need(folder / "Data" / "AllMOS_release.mat", spec), spec, ("AllMOS_release",))["AllMOS_release"]
+@register_reader("clive", modalities=("image",), mos_range=(0.0, 100.0), score_file="Data/AllMOS_release.mat")
+def read_clive(folder: Path, options: ReadOptions) -> pd.DataFrame:
+    label = options.label("clive")
+    names = load_mat(need(folder / "Data" / "AllImages_release.mat", label), label, ("AllImages_release",))["AllImages_release"]
+    mos = load_mat(need(folder / "Data" / "AllMOS_release.mat", label), label, ("AllMOS_release",))["AllMOS_release"]
     names, mos = np.asarray(names, dtype=object).ravel(), np.asarray(mos, dtype=float).ravel()
     if len(names) != len(mos):
-        raise DataError(f"database `{spec.name}`: AllImages_release has {len(names)} entries but AllMOS_release {len(mos)}")
+        raise DataError(f"{label}: AllImages_release has {len(names)} entries but AllMOS_release {len(mos)}")
     # The first 7 entries are CLIVE's training images (Images/trainingImages), not part of the 1162.
-    records = [{"media": str(folder / "Images" / _cell_str(names[i])), "mos": float(mos[i]),
+    records = [{"media": str(folder / "Images" / cell_str(names[i])), "mos": float(mos[i]),
                 "where": f"AllMOS_release.mat entry {i + 1}"} for i in range(7, len(names))]
-    return _rows(spec, "AllMOS_release.mat", records)
+    return _records_table(records, "AllMOS_release.mat")
 
 
-def read_bid(spec: DatabaseSpec, folder: Path) -> pd.DataFrame:
-    name = spec.score_file or "DatabaseGrades.xlsx"
-    table = _read_excel(_need(folder / name, spec), spec)
+@register_reader("bid", modalities=("image",), mos_range=(0.0, 5.0), score_file="DatabaseGrades.xlsx")
+def read_bid(folder: Path, options: ReadOptions) -> pd.DataFrame:
+    name = options.score_file or "DatabaseGrades.xlsx"
+    label = options.label("bid")
+    table = read_excel(need(folder / name, label), label)
     if table.shape[1] < 2:
-        raise DataError(f"database `{spec.name}`: {name} needs two columns (image number, MOS)")
-    index = {k.lower(): v for k, v in _file_index(folder).items()}
+        raise DataError(f"{label}: {name} needs two columns (image number, MOS)")
+    index = {k.lower(): v for k, v in file_index(folder).items()}
     records = []
     for _, r in table.iterrows():
         num = pd.to_numeric(r.iloc[0], errors="coerce")
         fname = f"DatabaseImage{int(num):04d}.JPG" if not pd.isna(num) else str(r.iloc[0])
         records.append({"media": str(index.get(fname.lower(), folder / fname)), "mos": r.iloc[1]})
-    return _rows(spec, name, records)
+    return _records_table(records, name)
 
 
-def read_konvid1k(spec: DatabaseSpec, folder: Path) -> pd.DataFrame:
-    name = spec.score_file or "KoNViD_1k_mos.csv"
-    table = pd.read_csv(_need(folder / name, spec), dtype={0: str})  # flickr ids must not become floats
+@register_reader("konvid1k", modalities=("video",), mos_range=(1.0, 5.0), score_file="KoNViD_1k_mos.csv")
+def read_konvid1k(folder: Path, options: ReadOptions) -> pd.DataFrame:
+    name = options.score_file or "KoNViD_1k_mos.csv"
+    label = options.label("konvid1k")
+    table = pd.read_csv(need(folder / name, label), dtype={0: str})  # flickr ids must not become floats
     if table.shape[1] < 2:
-        raise DataError(f"database `{spec.name}`: {name} needs the columns flickr_id, mos")
+        raise DataError(f"{label}: {name} needs the columns flickr_id, mos")
     vid_dir = folder / "KoNViD_1k_videos"
     records = [{"media": str(vid_dir / f"{str(r.iloc[0]).strip()}.mp4"), "mos": r.iloc[1]} for _, r in table.iterrows()]
-    return _rows(spec, name, records)
+    return _records_table(records, name)
 
 
-def read_live_vqc(spec: DatabaseSpec, folder: Path) -> pd.DataFrame:
-    name = spec.score_file or "data.mat"
-    mat = _mat(_need(folder / name, spec), spec, ("video_list", "mos"))
+@register_reader("live_vqc", modalities=("video",), mos_range=(0.0, 100.0), score_file="data.mat")
+def read_live_vqc(folder: Path, options: ReadOptions) -> pd.DataFrame:
+    name = options.score_file or "data.mat"
+    label = options.label("live_vqc")
+    mat = load_mat(need(folder / name, label), label, ("video_list", "mos"))
     names, mos = np.asarray(mat["video_list"], dtype=object).ravel(), np.asarray(mat["mos"], dtype=float).ravel()
-    records = [{"media": str(folder / "Video" / _cell_str(n)), "mos": float(m), "where": f"{name} entry {i + 1}"}
+    records = [{"media": str(folder / "Video" / cell_str(n)), "mos": float(m), "where": f"{name} entry {i + 1}"}
                for i, (n, m) in enumerate(zip(names, mos))]
-    return _rows(spec, name, records)
+    return _records_table(records, name)
 
 
-def read_youtube_ugc(spec: DatabaseSpec, folder: Path) -> pd.DataFrame:
-    name = spec.score_file or "original_videos_MOS_for_YouTube_UGC_dataset.xlsx"
-    table = _read_excel(_need(folder / name, spec), spec, sheet_name="MOS")
-    col = spec.score_column or "MOS full"
-    for c in ("vid", col):
-        if c not in table:
-            raise DataError(f"database `{spec.name}`: sheet MOS of {name} has no column `{c}`")
+@register_reader("youtube_ugc", modalities=("video",), mos_range=(1.0, 5.0),
+                 score_file="original_videos_MOS_for_YouTube_UGC_dataset.xlsx")
+def read_youtube_ugc(folder: Path, options: ReadOptions) -> pd.DataFrame:
+    name = options.score_file or "original_videos_MOS_for_YouTube_UGC_dataset.xlsx"
+    label = options.label("youtube_ugc")
+    table = read_excel(need(folder / name, label), label, sheet_name="MOS")
+    col = options.score_column or "MOS full"
+    _columns(table, ("vid", col), label, f"sheet MOS of {name}")
     videos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".mp4", ".mkv", ".webm", ".mov"))
     records = []
     for _, r in table.iterrows():
         vid = str(r["vid"])
         match = next((p for p in videos if p.stem == vid or p.stem.startswith(vid + "_")), None)
         records.append({"media": str(match or folder / f"{vid}.mp4"), "mos": r[col]})
-    return _rows(spec, name, records)
+    return _records_table(records, name)
 
 
-def read_live_sjtu(spec: DatabaseSpec, folder: Path) -> pd.DataFrame:
-    name = spec.score_file or "MOS.mat"
-    mat = _mat(_need(folder / name, spec), spec, ("MOS", "disNames"))
-    index = _file_index(folder)
-    mos = np.asarray(mat["MOS"], dtype=float).ravel()
-    dis = np.asarray(mat["disNames"], dtype=object)
-    fps = np.asarray(mat.get("frameRate", np.full(len(mos), 25.0)), dtype=float).ravel()
-    res = np.asarray(mat.get("resolution", [[1080, 1920]]), dtype=float).ravel()
-    all_names = np.asarray(mat["allNames"], dtype=object) if "allNames" in mat else None
-    records = []
-    for i in range(len(mos)):
-        video, audio = _cell_str(dis[i][0]), _cell_str(dis[i][1]) if dis.shape[1] > 1 else ""
-        source = _cell_str(all_names[i][0]) if all_names is not None else video.split("_")[0]
-        records.append({"media": str(index.get(video, folder / video)), "audio": str(index.get(audio, folder / audio)) if audio else None,
-                        "mos": float(mos[i]), "group": source, "where": f"{name} entry {i + 1}",
-                        "height": int(res[0]), "width": int(res[1]), "fps": float(fps[i] if i < len(fps) else 25.0)})
-    return _rows(spec, name, records)
-
-
-def read_sjtu_uav(spec: DatabaseSpec, folder: Path) -> pd.DataFrame:
-    name = spec.score_file or "MOS.mat"
-    mat = _mat(_need(folder / name, spec), spec, ("videoName", "MOSz"))
-    index = _file_index(folder)
+@register_reader("sjtu_uav", modalities=("av",), mos_range=(0.0, 100.0), score_file="MOS.mat")
+def read_sjtu_uav(folder: Path, options: ReadOptions) -> pd.DataFrame:
+    name = options.score_file or "MOS.mat"
+    label = options.label("sjtu_uav")
+    mat = load_mat(need(folder / name, label), label, ("videoName", "MOSz"))
+    index = file_index(folder)
     names, mos = np.asarray(mat["videoName"], dtype=object).ravel(), np.asarray(mat["MOSz"], dtype=float).ravel()
     records = []
     for i, (n, m) in enumerate(zip(names, mos)):
-        video = _cell_str(n)
+        video = cell_str(n)
         wav = folder / "wav" / f"{Path(video).stem}.wav"
         records.append({"media": str(index.get(video, folder / video)), "audio": str(wav) if wav.is_file() else None,
                         "mos": float(m), "where": f"{name} entry {i + 1}"})
-    return _rows(spec, name, records)
+    return _records_table(records, name)
 
 
-def read_tcd_voip(spec: DatabaseSpec, folder: Path) -> pd.DataFrame:
-    name = spec.score_file or "Subjective Test Scores.xlsx"
-    table = _read_excel(_need(folder / name, spec), spec, sheet_name="Subjective Test Scores")
-    col = spec.score_column or "sample MOS"
-    for c in ("Filename", col):
-        if c not in table:
-            raise DataError(f"database `{spec.name}`: sheet `Subjective Test Scores` of {name} has no column `{c}`")
+@register_reader("tcd_voip", modalities=("audio",), mos_range=(1.0, 5.0), score_file="Subjective Test Scores.xlsx")
+def read_tcd_voip(folder: Path, options: ReadOptions) -> pd.DataFrame:
+    name = options.score_file or "Subjective Test Scores.xlsx"
+    label = options.label("tcd_voip")
+    table = read_excel(need(folder / name, label), label, sheet_name="Subjective Test Scores")
+    col = options.score_column or "sample MOS"
+    _columns(table, ("Filename", col), label, f"sheet `Subjective Test Scores` of {name}")
     test_set = folder / "Test Set"
-    index = _file_index(test_set if test_set.is_dir() else folder)
+    index = file_index(test_set if test_set.is_dir() else folder)
     records = []
     for _, r in table.iterrows():
         fname = str(r["Filename"])
         fname = fname if fname.lower().endswith(".wav") else fname + ".wav"
         media = index.get(fname, test_set / fname)
         records.append({"media": str(media), "mos": r[col], "group": _tcd_reference_group(media)})
-    return _rows(spec, name, records)
+    return _records_table(records, name)
 
 
 def _tcd_reference_group(media: Path) -> str | None:
@@ -360,34 +281,9 @@ def _tcd_reference_group(media: Path) -> str | None:
     return "ref:" + hashlib.sha1(ref.read_bytes()).hexdigest()[:16]
 
 
-def read_manifest(spec: DatabaseSpec, folder: Path) -> pd.DataFrame:
-    name = spec.score_file or "manifest.csv"
-    table = pd.read_csv(_need(folder / name, spec))
-    for c in ("media", "mos"):
-        if c not in table:
-            raise DataError(f"database `{spec.name}`: {name} has no column `{c}` (needs media, mos; optional audio, group)")
-    records = []
-    for _, r in table.iterrows():
-        audio = r.get("audio")
-        records.append({"media": str((folder / str(r["media"])).resolve()) if isinstance(r["media"], str) else None,
-                        "audio": str((folder / audio).resolve()) if isinstance(audio, str) and audio else None,
-                        "mos": r["mos"], "group": r.get("group") if isinstance(r.get("group"), str) else None})
-    return _rows(spec, name, records)
-
-
-FORMATS: dict[str, FormatInfo] = {
-    "koniq10k": FormatInfo(("image",), (1.0, 5.0), read_koniq10k, "koniq10k_scores_and_distributions.csv"),
-    "spaq": FormatInfo(("image",), (0.0, 100.0), read_spaq, "Annotations/MOS and Image attribute scores.xlsx"),
-    "clive": FormatInfo(("image",), (0.0, 100.0), read_clive, "Data/AllMOS_release.mat"),
-    "bid": FormatInfo(("image",), (0.0, 5.0), read_bid, "DatabaseGrades.xlsx"),
-    "konvid1k": FormatInfo(("video",), (1.0, 5.0), read_konvid1k, "KoNViD_1k_mos.csv"),
-    "live_vqc": FormatInfo(("video",), (0.0, 100.0), read_live_vqc, "data.mat"),
-    "youtube_ugc": FormatInfo(("video",), (1.0, 5.0), read_youtube_ugc, "original_videos_MOS_for_YouTube_UGC_dataset.xlsx"),
-    "live_sjtu": FormatInfo(("av",), (0.0, 100.0), read_live_sjtu, "MOS.mat"),
-    "sjtu_uav": FormatInfo(("av",), (0.0, 100.0), read_sjtu_uav, "MOS.mat"),
-    "tcd_voip": FormatInfo(("audio",), (1.0, 5.0), read_tcd_voip, "Subjective Test Scores.xlsx"),
-    "manifest": FormatInfo(MODALITIES, None, read_manifest, "manifest.csv"),
-}
+#: The formats a unqa database entry may name (the shared ``live_sjtu`` and ``manifest`` included).
+FORMATS = ("koniq10k", "spaq", "clive", "bid", "konvid1k", "live_vqc", "youtube_ugc", "live_sjtu", "sjtu_uav",
+           "tcd_voip", "manifest")
 
 
 def read_database(spec: DatabaseSpec, root: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -400,7 +296,8 @@ def read_database(spec: DatabaseSpec, root: Path) -> tuple[pd.DataFrame, list[st
     if not folder.is_dir():
         return pd.DataFrame(), [f"database `{spec.name}`: folder {folder} does not exist (data.databases.{spec.name}.path)"]
     try:
-        table = FORMATS[spec.format].reader(spec, folder)
+        options = ReadOptions(name=spec.name, score_file=spec.score_file, score_column=spec.score_column)
+        table = get_reader(spec.format, allowed=FORMATS).read(folder, options)
     except DataError as exc:
         return pd.DataFrame(), [str(exc)]
     problems = []
