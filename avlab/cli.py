@@ -1,4 +1,4 @@
-"""The ``avlab`` command line (handbook §2)."""
+"""The ``avlab`` command line: train, test, predict, data, features, sweep, compare."""
 
 from __future__ import annotations
 

@@ -24,10 +24,10 @@ where                ``<score file> row N``, for error messages
 ===================  =================================================================================
 
 An absent path is a missing value (test a path with ``isinstance(value, str)``: pandas' string
-dtype turns ``None`` into NaN). Optional columns: ``mos_scale`` (``LOW-HIGH`` per row), ``audio_bitrate_kbps``,
-``video_bitrate_kbps``, and ``width``/``height``/``fps`` for raw ``.yuv`` video. Paths that the
-score file names but that are not on disk are still returned (under the folder), so that a
-caller can report every missing file at once with :func:`missing_files`.
+dtype turns ``None`` into NaN). Optional columns: ``mos_scale`` (``LOW-HIGH`` per row),
+``audio_bitrate_kbps``, ``video_bitrate_kbps``, and ``width``/``height``/``fps`` for raw ``.yuv``
+video. Paths that the score file names but that are not on disk are still returned (under the
+folder), so that a caller can report every missing file at once with :func:`missing_files`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ import pandas as pd
 
 from avlab.errors import ConfigError, DataError, did_you_mean
 
-__all__ = ["ReadOptions", "Reader", "READERS", "detect_format", "get_reader", "missing_files", "register_reader"]
+__all__ = ["READERS", "ReadOptions", "Reader", "detect_format", "get_reader", "missing_files",
+           "register_reader"]
 
 
 @dataclass(frozen=True)
@@ -88,13 +89,15 @@ READERS: dict[str, Reader] = {}
 F = TypeVar("F", bound=ReadFn)
 
 
-def register_reader(name: str, *, modalities: Sequence[str] = (), mos_range: tuple[float, float] | None = None,
+def register_reader(name: str, *, modalities: Sequence[str] = (),
+                    mos_range: tuple[float, float] | None = None,
                     score_file: str | None = None) -> Callable[[F], F]:
     """Decorator: register ``read(folder, options)`` as format ``name``."""
 
     def wrap(fn: F) -> F:
         if name in READERS and READERS[name].read is not fn:
-            raise ValueError(f"reader format `{name}` is registered twice ({READERS[name].read.__module__} and {fn.__module__})")
+            where = f"{READERS[name].read.__module__} and {fn.__module__}"
+            raise ValueError(f"reader format `{name}` is registered twice ({where})")
         READERS[name] = Reader(name, fn, tuple(modalities), None if mos_range is None else
                                (float(mos_range[0]), float(mos_range[1])), score_file)
         return fn
@@ -106,7 +109,8 @@ def get_reader(name: str, *, where: str = "data.format", allowed: Sequence[str] 
     """The reader of format ``name``; unknown names fail with the closest one and the list."""
     options = [n for n in READERS if allowed is None or n in allowed]
     if name not in options:
-        raise ConfigError(f"{where}: unknown format {name!r}.{did_you_mean(str(name), options)} Formats: {', '.join(options)}")
+        hint = did_you_mean(str(name), options)
+        raise ConfigError(f"{where}: unknown format {name!r}.{hint} Formats: {', '.join(options)}")
     return READERS[name]
 
 
@@ -117,10 +121,12 @@ def detect_format(folder: Path, candidates: Sequence[str]) -> str:
         if marker and (Path(folder) / marker).is_file():
             return name
     files = [f"{get_reader(n).score_file} ({n})" for n in candidates if get_reader(n).score_file]
-    raise DataError(f"{folder} holds none of {', '.join(files)}; set data.format or point data.root at a dataset folder")
+    raise DataError(f"{folder} holds none of {', '.join(files)}; "
+                    "set data.format or point data.root at a dataset folder")
 
 
-def missing_files(table: pd.DataFrame, columns: Sequence[str] = ("media", "audio", "reference", "reference_audio"),
+def missing_files(table: pd.DataFrame,
+                  columns: Sequence[str] = ("media", "audio", "reference", "reference_audio"),
                   *, label: str = "") -> list[str]:
     """One message per file that a row names and that does not exist."""
     problems = []
@@ -129,7 +135,8 @@ def missing_files(table: pd.DataFrame, columns: Sequence[str] = ("media", "audio
             value: Any = row.get(col)
             if isinstance(value, str) and value and not Path(value).is_file():
                 stimulus = f" (stimulus {row['stimulus']!r})" if isinstance(row.get("stimulus"), str) else ""
-                problems.append(f"{label + ': ' if label else ''}{row.get('where', '')}{stimulus}: {col} file {value} does not exist")
+                where = f"{label + ': ' if label else ''}{row.get('where', '')}{stimulus}"
+                problems.append(f"{where}: {col} file {value} does not exist")
     return problems
 
 

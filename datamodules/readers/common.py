@@ -16,7 +16,8 @@ __all__ = ["cell_str", "file_index", "finish_rows", "load_mat", "need", "read_ex
 def need(path: Path, label: str) -> Path:
     """``path`` if it is a file, else a DataError naming it and the dataset."""
     if not path.is_file():
-        raise DataError(f"{label}: score file {path} does not exist; check the dataset folder (data.root / path)")
+        raise DataError(f"{label}: score file {path} does not exist; "
+                        "check the dataset folder (data.root / path)")
     return path
 
 
@@ -67,7 +68,8 @@ def load_mat(path: Path, label: str, keys: tuple[str, ...]) -> dict[str, Any]:
 def _h5_value(fh: Any, ds: Any) -> Any:
     data = ds[()]
     if data.dtype == object:  # cell array of references to char arrays
-        return np.array([["".join(chr(c) for c in np.asarray(fh[r]).ravel())] for r in data.ravel()], dtype=object)
+        strings = [["".join(chr(c) for c in np.asarray(fh[r]).ravel())] for r in data.ravel()]
+        return np.array(strings, dtype=object)
     return np.asarray(data).T  # HDF5 stores MATLAB arrays transposed
 
 
@@ -91,7 +93,8 @@ def finish_rows(records: list[dict[str, Any]], score_file: str, *, first_row: in
     for col in COLUMNS:
         if col not in table:
             table[col] = None
-    table["group"] = [g if isinstance(g, str) and g else str(m) for g, m in zip(table["group"], table["media"])]
+    table["group"] = [g if isinstance(g, str) and g else str(m)
+                      for g, m in zip(table["group"], table["media"], strict=True)]
     table["stimulus"] = [s if isinstance(s, str) and s else Path(str(m)).stem
                          for s, m in zip(table["stimulus"], table["media"])]
     return table

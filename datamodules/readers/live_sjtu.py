@@ -37,7 +37,8 @@ def read_live_sjtu(folder: Path, options: ReadOptions) -> pd.DataFrame:
     ref = np.asarray(mat["refNames"], dtype=object) if "refNames" in mat else None
     all_names = np.asarray(mat["allNames"], dtype=object) if "allNames" in mat else None
     fps = np.asarray(mat.get("frameRate", np.full(len(mos), 25.0)), dtype=float).ravel()
-    height, width = (int(v) for v in np.asarray(mat.get("resolution", [[1080, 1920]]), dtype=float).ravel()[:2])
+    resolution = np.asarray(mat.get("resolution", [[1080, 1920]]), dtype=float).ravel()
+    height, width = int(resolution[0]), int(resolution[1])
     records = []
     for i in range(len(mos)):
         video = cell_str(dis[i][0])

@@ -52,11 +52,12 @@ def read_manifest(folder: Path, options: ReadOptions) -> pd.DataFrame:
     raw = raw.rename(columns=ALIASES)
     missing = [c for c in ("media", "mos") if c not in raw]
     if missing:
-        raise DataError(f"{label}: {path} has no column(s) {', '.join(missing)} (needs media or distorted, and mos; "
+        raise DataError(f"{label}: {path} has no column(s) {', '.join(missing)} "
+                        "(needs media or distorted, and mos; "
                         f"found {', '.join(map(str, raw.columns))})")
     records: list[dict[str, Any]] = []
     for _, row in raw.iterrows():
-        rec = {str(k): (None if isinstance(v, float) and pd.isna(v) and k in PATH_COLUMNS else v) for k, v in row.items()}
+        rec = {str(k): v for k, v in row.items()}
         for col in PATH_COLUMNS:
             value = rec.get(col)
             rec[col] = str((folder / value).resolve()) if isinstance(value, str) and value else None
