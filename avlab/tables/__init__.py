@@ -46,16 +46,21 @@ def make_table(name: str, overrides: list[str] = (), *, runs: Path | str | None 
     rows = plan(table, list(overrides), list(overlays), runs_root)
     if dry_run:
         for res in rows:
-            what = {"reuse": f"reuse {res.run_dir}", "run": "run", "none": "nothing to run"}[res.action]
-            print(f"{res.row.name} [{res.row.experiment} {' '.join(res.row.overrides)}]".replace(" ]", "]")
-                  + f" config {res.config_hash}: {what}")
+            what = {"reuse": f"reuse {res.run_dir}", "run": "run", "none": "nothing to run",
+                    "missing": "no avlab experiment (the paper's values only)"}[res.action]
+            ran = f"{res.row.experiment} {' '.join(res.row.overrides)}".strip()
+            print(f"{res.row.name} [{ran}] config {res.config_hash}: {what}" if ran else f"{res.row.name}: {what}")
         return TableResult(table, rows, None, render.print_table(table, rows, dry_run=True))
     run_missing(rows)
-    root = runs_root if runs_root is not None else Path(str(rows[0].cfg.run.root)).expanduser().resolve()
+    cfg = next((r.cfg for r in rows if r.cfg is not None), None)
+    if runs_root is not None or cfg is None:
+        root = runs_root or Path("runs").resolve()
+    else:
+        root = Path(str(cfg.run.root)).expanduser().resolve()
     out_dir = root / "tables" / table.name if "/" in table.name else root / "tables" / table.task / table.name
     text = render.print_table(table, rows)
     files = render.write_outputs(table, rows, out_dir)
-    wandb_dir = render.log_wandb(table, rows, out_dir, wandb_mode(rows[0].cfg))
+    wandb_dir = render.log_wandb(table, rows, out_dir, wandb_mode(cfg) if cfg is not None else "disabled")
     if wandb_dir is not None:
         files["wandb"] = wandb_dir
     print(f"table directory: {out_dir}")

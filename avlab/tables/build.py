@@ -46,11 +46,13 @@ class DataUsed:
 @dataclass
 class RowResult:
     row: Row
-    cfg: DictConfig
+    #: The resolved config; ``None`` for a row without an experiment.
+    cfg: DictConfig | None
     config_hash: str
-    data: DataUsed
+    data: DataUsed | None
     #: ``reuse`` (a finished run with the same config hash exists), ``run`` (to run / was run),
-    #: ``failed`` (the run raised) or ``none`` (no metric column: nothing to run).
+    #: ``failed`` (the run raised), ``none`` (no metric column: nothing to run) or ``missing``
+    #: (the row has no avlab experiment; the paper's values only).
     action: str = "run"
     run_dir: Path | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -190,6 +192,9 @@ def plan(table: TableSpec, overrides: list[str] = (), overlays: list[str] = (),
     needs_run = any(c.kind == "metric" for c in table.columns)
     problems = []
     for row in table.rows:
+        if not row.experiment:
+            results.append(RowResult(row=row, cfg=None, config_hash="", data=None, action="missing"))
+            continue
         try:
             cfg, used, root = resolve_row(table, row, list(overrides), list(overlays), runs_root)
         except ConfigError as exc:

@@ -39,15 +39,17 @@ def status(res: RowResult, dry_run: bool = False) -> str:
         return "FAILED"
     if res.action == "none":
         return "computed"
+    if res.action == "missing":
+        return "no experiment"
     return "would run" if dry_run else (f"ran {res.seconds:.0f} s" if res.run_dir else "not run")
 
 
 def data_lines(table: TableSpec, results: list[RowResult]) -> list[str]:
     """Which data the avlab numbers come from; demo data is flagged as not the paper's."""
     lines = []
-    for desc in dict.fromkeys(r.data.describe() for r in results):
+    for desc in dict.fromkeys(r.data.describe() for r in results if r.data):
         lines.append(f"avlab data: {desc}")
-    if any(r.data.demo for r in results):
+    if any(r.data and r.data.demo for r in results):
         note = f" ({table.demo_note})" if table.demo_note else ""
         lines.append("The avlab numbers come from DEMO data, not the paper's data: they test that the "
                      f"pipeline runs and compare models with each other, not with the paper{note}.")
@@ -161,7 +163,8 @@ def csv_text(table: TableSpec, results: list[RowResult]) -> str:
         for col in table.columns:
             paper, ours = res.row.paper.get(col.id), res.value(col)
             line += [_num(paper), _num(ours), _num(None if paper is None or ours is None else ours - paper)]
-        line += [res.row.source, res.action, res.run_dir or "", res.config_hash, res.data.root, res.data.demo]
+        data = [res.data.root, res.data.demo] if res.data else ["", ""]
+        line += [res.row.source, res.action, res.run_dir or "", res.config_hash, *data]
         writer.writerow(line)
     return buf.getvalue()
 
@@ -194,7 +197,7 @@ def plot(table: TableSpec, results: list[RowResult], path: Path) -> None:
     axes[0][0].set_yticklabels([r.row.name for r in results], fontsize=8)
     axes[0][0].invert_yaxis()
     axes[0][-1].legend(fontsize=8, loc="lower right")
-    demo = any(r.data.demo for r in results)
+    demo = any(r.data and r.data.demo for r in results)
     fig.suptitle(f"{table.name}: paper vs avlab" + (" (avlab on DEMO data, not the paper's)" if demo else ""),
                  fontsize=10)
     fig.tight_layout()
@@ -219,14 +222,15 @@ def log_wandb(table: TableSpec, results: list[RowResult], out_dir: Path, mode: s
         return None
     import wandb
 
-    cfg = results[0].cfg.logger.wandb if results else None
+    first = next((r.cfg for r in results if r.cfg is not None), None)
+    cfg = first.logger.wandb if first is not None else None
     head, body = flat_rows(table, results)
     run = wandb.init(project=cfg.project if cfg else "avlab", entity=cfg.entity if cfg else None, mode=mode,
                      dir=str(out_dir), job_type="table", group=f"table/{table.name}",
                      name=f"table/{table.name}",
                      tags=[table.task, "table"], reinit="finish_previous",
                      config={"table": table.name, "rows": {r.row.name: r.config_hash for r in results},
-                             "data": sorted({r.data.root for r in results})})
+                             "data": sorted({r.data.root for r in results if r.data})})
     try:
         run.log({"table": wandb.Table(columns=head, data=body),
                  "table_plot": wandb.Image(str(out_dir / "table.png"))})

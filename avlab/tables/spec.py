@@ -58,6 +58,8 @@ class Column:
 @dataclass
 class Row:
     name: str
+    #: The experiment config that reproduces the row; empty (``experiment: null``) for a row the
+    #: paper reports and avlab has no experiment for: it is shown with the paper's values only.
     experiment: str
     overrides: list[str] = field(default_factory=list)
     #: The paper's grouping of rows (``Baseline``, ``SVR``, ``Deep Learning``).
@@ -198,7 +200,7 @@ def load_table(name: str) -> TableSpec:
                 hint = closest(str(key), sorted(ids))
                 did = f" Did you mean `{hint[0]}`?" if hint else ""
                 problems.append(f"`{where}paper.{key}` is not a column id.{did}")
-        rows.append(Row(name=str(node["name"]), experiment=str(node["experiment"]),
+        rows.append(Row(name=str(node["name"]), experiment=str(node["experiment"] or ""),
                         overrides=_str_list(node.get("overrides"), where + "overrides", problems),
                         group=str(node.get("group", "")), source=str(node.get("source", "")),
                         paper={str(k): float(v) for k, v in paper.items() if v is not None}))
