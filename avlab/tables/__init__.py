@@ -49,7 +49,8 @@ def make_table(name: str, overrides: list[str] = (), *, runs: Path | str | None 
             what = {"reuse": f"reuse {res.run_dir}", "run": "run", "none": "nothing to run",
                     "missing": "no avlab experiment (the paper's values only)"}[res.action]
             ran = f"{res.row.experiment} {' '.join(res.row.overrides)}".strip()
-            print(f"{res.row.name} [{ran}] config {res.config_hash}: {what}" if ran else f"{res.row.name}: {what}")
+            where = f" [{ran}] config {res.config_hash}" if ran else ""
+            print(f"{res.row.name}{where}: {what}")
         return TableResult(table, rows, None, render.print_table(table, rows, dry_run=True))
     run_missing(rows)
     cfg = next((r.cfg for r in rows if r.cfg is not None), None)
