@@ -264,7 +264,8 @@ def _run_experiment_command(command: str, cfg: Any, inputs: dict[str, str]) -> i
 
         dm = instantiate(cfg.data)
         if not isinstance(dm, AvlabDataModule):
-            raise ConfigError(f"`data._target_` builds {type(dm).__name__}, not an avlab DataModule: nothing to extract")
+            raise ConfigError(f"`data._target_` builds {type(dm).__name__}, not an avlab DataModule: "
+                              "nothing to extract")
         # The DataModule fills the same cache that training reads (its prepare_data calls this too).
         summary = dm.extract_features(progress=True)
         print(json.dumps(summary, indent=2, default=str))

@@ -232,7 +232,8 @@ def anchor_file_targets(node: Any, folder: Path) -> Any:
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
-            if key == "_target_" and isinstance(value, str) and ":" in value and value.split(":", 1)[0].endswith(".py"):
+            is_file_target = isinstance(value, str) and value.split(":", 1)[0].endswith(".py") and ":" in value
+            if key == "_target_" and is_file_target:
                 file_name, attr = value.split(":", 1)
                 file_path = Path(file_name).expanduser()
                 if not file_path.is_absolute():

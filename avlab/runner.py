@@ -321,11 +321,11 @@ def _test(trainer: Trainer, model: Any, datamodule: Any, cfg: DictConfig, ckpt_p
 
 def _estimator_parts(estimator: Any, datamodule: Any, where: str) -> None:
     if not isinstance(estimator, ClosedFormEstimator):
-        raise ConfigError(f"`model._target_` builds {type(estimator).__name__}, which is neither a LightningModule nor an "
-                          "avlab.baselines.base.ClosedFormEstimator (fit/predict/evaluate)")
+        raise ConfigError(f"`model._target_` builds {type(estimator).__name__}, which is neither a "
+                          "LightningModule nor an avlab.baselines.base.ClosedFormEstimator (fit/predict/evaluate)")
     if not isinstance(datamodule, SupportsArrays):
-        raise ConfigError(f"`{where}` ({type(datamodule).__name__}) does not serve arrays (SupportsArrays), which "
-                          f"the closed-form estimator {type(estimator).__name__} needs")
+        raise ConfigError(f"`{where}` ({type(datamodule).__name__}) does not serve arrays (SupportsArrays), "
+                          f"which the closed-form estimator {type(estimator).__name__} needs")
 
 
 def evaluate_estimator(estimator: ClosedFormEstimator, datamodule: Any, run_dir: Path | None,

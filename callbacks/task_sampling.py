@@ -7,12 +7,12 @@ of steps one epoch of that database alone takes; audio databases' steps are mult
 visual ones. An epoch has ``Σ steps`` steps.
 
 Why not ``WeightedRandomSampler``: under DDP Lightning replaces a custom sampler with a
-``DistributedSampler`` (or fails to shard it), which would break the per-step database choice. Here every rank owns an identical
-``numpy.random.Generator`` (same seed, same state), so all ranks draw the same database at every
-step (one gradient all-reduce per step stays consistent) and the same per-database permutation;
-rank r then takes the items ``r, r + world, …`` of the step's global batch of ``B · world`` items,
-so ranks see distinct samples. When a database's permutation runs out it is reshuffled (a new
-permutation from the same generator), so small databases cycle.
+``DistributedSampler`` (or fails to shard it), which would break the per-step database choice.
+Here every rank owns an identical ``numpy.random.Generator`` (same seed, same state), so all ranks
+draw the same database at every step (one gradient all-reduce per step stays consistent) and the
+same per-database permutation; rank r then takes the items ``r, r + world, …`` of the step's
+global batch of ``B · world`` items, so ranks see distinct samples. When a database's permutation
+runs out it is reshuffled (a new permutation from the same generator), so small databases cycle.
 
 The whole epoch plan is drawn at the start of the epoch, in the main process, by
 :meth:`WeightedTaskSampling.on_train_epoch_start`; the generator state is in the callback's
@@ -138,8 +138,9 @@ class WeightedTaskSampling(Callback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         dm = trainer.datamodule
         if not isinstance(dm, SupportsTaskSampling):
-            raise ConfigError(f"callbacks.extra: WeightedTaskSampling needs a DataModule that supports task sampling "
-                              f"(avlab.datamodules.base.SupportsTaskSampling, e.g. the unqa one); got {type(dm).__name__}")
+            raise ConfigError("callbacks.extra: WeightedTaskSampling needs a DataModule that supports task "
+                              "sampling (avlab.datamodules.base.SupportsTaskSampling, e.g. the unqa one); "
+                              f"got {type(dm).__name__}")
         indices, modalities, names = dm.train_plan_inputs()
         plan = self.sampler.plan_epoch(indices, modalities, dm.batch_size, trainer.world_size, trainer.global_rank)
         dm.set_train_plan(plan)

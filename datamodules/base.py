@@ -77,7 +77,8 @@ class ArraySplit:
         n = len(self.index)
         bad = {k: len(v) for k, v in self.features.items() if len(v) != n}
         if len(self.target) != n or bad:
-            raise DataError(f"ArraySplit: {n} indices but target has {len(self.target)} rows and features {bad or 'match'}")
+            raise DataError(f"ArraySplit: {n} indices but target has {len(self.target)} rows "
+                            f"and features {bad or 'match'}")
 
 
 class AvlabDataModule(LightningDataModule):

@@ -76,7 +76,8 @@ def _targets(mos: Any, n: int) -> np.ndarray:
 
 
 class AVQEstimator(ClosedFormEstimator):
-    """An avq baseline: evaluated exactly like the deep models (:func:`avlab.lightningmodules.avq.evaluate_quality`)."""
+    """An avq baseline, evaluated exactly like the deep models
+    (:func:`avlab.lightningmodules.avq.evaluate_quality`)."""
 
     name: str = ""
 
