@@ -61,7 +61,8 @@ def parse_scale(text: Any, *, where: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in str(text).replace("–", "-").split("-", 1))
     except ValueError as exc:
-        raise DataError(f"{where}: mos_scale {text!r} is not of the form LOW-HIGH (e.g. 1-5 or 0-100)") from exc
+        raise DataError(f"{where}: mos_scale {text!r} is not of the form LOW-HIGH (e.g. 1-5 or 0-100)"
+                        ) from exc
     if not hi > lo:
         raise DataError(f"{where}: mos_scale {text!r} must have HIGH > LOW")
     return lo, hi
@@ -81,7 +82,8 @@ def read_manifest(path: Path) -> pd.DataFrame:
     Every problem is reported at once, each naming its row and stimulus.
     """
     if not path.is_file():
-        raise DataError(f"{path} does not exist; an avq dataset folder needs a manifest.csv (see datamodules/avq.py)")
+        raise DataError(f"{path} does not exist; an avq dataset folder needs a manifest.csv "
+                        "(see datamodules/avq.py)")
     table = get_reader("manifest").read(path.parent, ReadOptions(name=path.parent.name, score_file=path.name))
     problems = validate_table(table, path)
     if problems:
@@ -109,7 +111,8 @@ def validate_table(table: pd.DataFrame, path: Path, *, check_files: bool = True)
         where = f"{row['where']} (stimulus {row['stimulus']!r})"
         mos = pd.to_numeric(row["mos"], errors="coerce")
         if pd.isna(mos):
-            problems.append(f"{where}: MOS is missing or not a number ({row['mos']!r}); fill it in or drop the row")
+            problems.append(f"{where}: MOS is missing or not a number ({row['mos']!r}); "
+                            "fill it in or drop the row")
         else:
             try:
                 lo, hi = parse_scale(row["mos_scale"], where=where)
@@ -118,7 +121,8 @@ def validate_table(table: pd.DataFrame, path: Path, *, check_files: bool = True)
             except DataError as exc:
                 problems.append(str(exc))
     if check_files:
-        problems.extend(missing_files(_avq_columns(table), ("reference", "distorted", "reference_audio", "distorted_audio")))
+        paths = ("reference", "distorted", "reference_audio", "distorted_audio")
+        problems.extend(missing_files(_avq_columns(table), paths))
     return problems
 
 
@@ -128,10 +132,12 @@ def read_live_sjtu(root: Path, audio_bitrates: list[int] | None) -> pd.DataFrame
     if audio_bitrates:
         table = table[table["audio_bitrate_kbps"].isin([float(b) for b in audio_bitrates])]
         if table.empty:
-            raise DataError(f"{root / 'MOS.mat'}: no stimulus left after keeping audio bitrates {audio_bitrates}")
+            raise DataError(f"{root / 'MOS.mat'}: no stimulus left after keeping audio bitrates "
+                            f"{audio_bitrates} (data.audio_bitrates)")
     problems = missing_files(table, label=str(root))
     if problems:
-        raise DataError(f"{root}: {len(problems)} file(s) named in MOS.mat are not anywhere under the folder:\n  - "
+        raise DataError(f"{root}: {len(problems)} file(s) named in MOS.mat are not anywhere under "
+                        "the folder:\n  - "
                         + "\n  - ".join(problems[:20]))
     return _avq_columns(table)
 
@@ -146,7 +152,8 @@ def wrap_raw_yuv(path: str, *, width: int, height: int, fps: float, cache_root: 
         return str(out)
     with atomic_path(out) as tmp:
         run_ffmpeg(["-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{width}x{height}",
-                    "-r", f"{fps}", "-i", str(src), "-c:v", "libx264", "-qp", "0", "-preset", "ultrafast", str(tmp)],
+                    "-r", f"{fps}", "-i", str(src),
+                    "-c:v", "libx264", "-qp", "0", "-preset", "ultrafast", str(tmp)],
                    what=f"wrapping raw YUV {src}")
     return str(out)
 

@@ -37,8 +37,8 @@ class ProvidesIntermediates(Protocol):
     def intermediates(self, video: Tensor, audio: Tensor) -> dict[str, Tensor]: ...
 
 
-def evaluate_quality(stage: str, samples: dict[str, np.ndarray], table: pd.DataFrame | None, outputs: EvalOutputs,
-                     info: DatasetInfo, *, name: str = "") -> dict[str, float]:
+def evaluate_quality(stage: str, samples: dict[str, np.ndarray], table: pd.DataFrame | None,
+                     outputs: EvalOutputs, info: DatasetInfo, *, name: str = "") -> dict[str, float]:
     """PLCC/SRCC/KRCC/RMSE on the MOS scale, ``predictions_<stage>.csv`` and a scatter plot.
 
     The one evaluation of avq, shared by the deep models (:meth:`AVQModule.evaluate`) and the
@@ -47,7 +47,8 @@ def evaluate_quality(stage: str, samples: dict[str, np.ndarray], table: pd.DataF
     """
     pred, target = np.asarray(samples["pred"], dtype=float), np.asarray(samples["target"], dtype=float)
     if np.isnan(pred).any():
-        raise FeatureError(f"{int(np.isnan(pred).sum())} predictions are NaN; the model diverged (lower the learning rate)")
+        raise FeatureError(f"{int(np.isnan(pred).sum())} predictions are NaN; the model diverged "
+                           "(lower model.lr)")
     metrics = quality_metrics(pred, target, logistic=info.logistic)
     if outputs.enabled:
         frame = (table.reset_index(drop=True) if table is not None
@@ -119,15 +120,18 @@ class AVQModule(AvlabModule):
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         extra = {"video": batch["video"], "audio": batch["audio"]} if self.reports_importance else {}
-        self.collect("test", index=batch["index"], pred=self(batch["video"], batch["audio"]), mos=batch["mos"], **extra)
+        pred = self(batch["video"], batch["audio"])
+        self.collect("test", index=batch["index"], pred=pred, mos=batch["mos"], **extra)
 
-    def evaluate(self, stage: str, samples: dict[str, Tensor], table: pd.DataFrame | None) -> dict[str, float]:
+    def evaluate(self, stage: str, samples: dict[str, Tensor],
+                 table: pd.DataFrame | None) -> dict[str, float]:
         # The loss of the whole set, not a mean of batch losses: CCC is not additive.
         loss = float(self.loss_fn(samples["pred"], samples["mos"]))
         pred, mos = (samples[k].double().cpu().numpy() for k in ("pred", "mos"))
         if stage == "val":
             metrics = quality_metrics(pred, mos) if len(pred) > 2 else {}
-            return {"loss": loss} | {k: float(np.nan_to_num(metrics[k])) for k in ("plcc", "srcc", "rmse") if k in metrics}
+            shown = {k: float(np.nan_to_num(metrics[k])) for k in ("plcc", "srcc", "rmse") if k in metrics}
+            return {"loss": loss} | shown
         info, outputs = self.dataset_info, self.eval_outputs()
         arrays = {"index": samples["index"].cpu().numpy(), "pred": pred, "target": mos}
         metrics = evaluate_quality(stage, arrays, table, outputs, info, name=type(self.net).__name__)
@@ -140,19 +144,24 @@ class AVQModule(AvlabModule):
         return metrics
 
     # ------------------------------------------------------------------ modality importance (paper §3)
-    def _importance(self, samples: dict[str, Tensor], table: pd.DataFrame | None, outputs: EvalOutputs) -> dict[str, float]:
-        # The paper zeroes the model's input (standardised features), i.e. sets a modality to its training mean.
+    def _importance(self, samples: dict[str, Tensor], table: pd.DataFrame | None,
+                    outputs: EvalOutputs) -> dict[str, float]:
+        # The paper zeroes the model's input (standardised features), i.e. sets a modality to its
+        # training mean.
         video, audio = self.standardise(samples["video"].to(self.device), samples["audio"].to(self.device))
         frame = modality_importance(self.net, video, audio, alpha=self.alpha, beta=self.beta)
         index = samples["index"].cpu().numpy()
-        names = table if table is not None else pd.DataFrame({"stimulus": index, "source": "all"}, index=index)
+        names = table if table is not None else pd.DataFrame({"stimulus": index, "source": "all"})
         frame.insert(0, "stimulus", names["stimulus"].to_numpy())
         frame.insert(1, "source", names["source"].to_numpy())
-        by_source = frame.groupby("source")[["importance_audio", "importance_video", "abl_audio", "abl_video"]].mean()
-        lines = ["modality importance (eq. 6-8, mean over held-out stimuli; alpha=%g, beta=%g):" % (self.alpha, self.beta)]
+        columns = ["importance_audio", "importance_video", "abl_audio", "abl_video"]
+        by_source = frame.groupby("source")[columns].mean()
+        lines = [f"modality importance (eq. 6-8, mean over held-out stimuli; alpha={self.alpha:g}, "
+                 f"beta={self.beta:g}):"]
         for source, row in by_source.iterrows():
             dominant = "audio" if row["importance_audio"] > row["importance_video"] else "video"
-            lines.append(f"  {source:<24} audio {row['importance_audio']:.3f}  video {row['importance_video']:.3f}  -> {dominant}-dominant")
+            lines.append(f"  {source:<24} audio {row['importance_audio']:.3f}  "
+                         f"video {row['importance_video']:.3f}  -> {dominant}-dominant")
         self.summary_lines = lines
         outputs.write_csv("modality_importance.csv", frame)
         outputs.write_csv("modality_importance_by_source.csv", by_source, index=True)
@@ -160,7 +169,7 @@ class AVQModule(AvlabModule):
             from avlab.plots import grouped_bars
 
             outputs.plot("modality_importance.png", grouped_bars, [str(s) for s in by_source.index],
-                         {"audio": by_source["importance_audio"].tolist(), "video": by_source["importance_video"].tolist()},
+                         {m: by_source[f"importance_{m}"].tolist() for m in ("audio", "video")},
                          title="Modality importance per source (eq. 8)", ylabel="importance")
         return {f"importance_{m}": float(frame[f"importance_{m}"].mean()) for m in MODALITIES}
 
