@@ -106,6 +106,7 @@ def main() -> None:
     import lightning
     from lightning import Trainer
 
+    from avlab.callbacks.data_wait import DataWait
     from avlab.datamodules.yt8m import YT8MDataModule, YT8MRecordDataset, resolve_split
     from avlab.demo.yt8m import build_yt8m_demo
     from avlab.lightningmodules.yt8m import YT8MModule
@@ -145,10 +146,11 @@ def main() -> None:
         net = AttendFusion(visual_dim=1024, audio_dim=128, num_classes=3862, hidden=hidden, num_heads=8, dropout=0.4)
         module = YT8MModule(net, lr=1e-3, prior_bias=0.001)
         timer = _Throughput(args.warmup)
+        wait = DataWait()
         trainer = Trainer(
             accelerator="cpu", devices=1, max_steps=args.steps, max_epochs=-1, logger=False,
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer.cb],
+            limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer.cb, wait],
             default_root_dir=str(work / "trainer"),
         )
         if feed == "memory":
@@ -156,7 +158,10 @@ def main() -> None:
         else:
             kind, w = feed.split("_w")
             trainer.fit(module, datamodule=datamodule(int(w), kind == "cache"))
+        waits.setdefault((hidden, feed), []).append(wait.mean_fraction())
         return timer.rate
+
+    waits: dict[tuple[int, str], list[float | None]] = {}
 
     params = {}
     rates: dict[int, dict[str, list[float]]] = {h: {f: [] for f in args.feeds} for h in args.hidden}
@@ -185,6 +190,10 @@ def main() -> None:
     for h in args.hidden:
         med = {f: round(statistics.median(v), 1) for f, v in rates[h].items()}
         entry: dict[str, Any] = {"params": params[h], **med, "all": {f: [round(x, 1) for x in v] for f, v in rates[h].items()}}
+        # Fraction of step time spent waiting for the next batch (callbacks/data_wait.py), per feed.
+        entry["data_wait_fraction"] = {
+            f: round(statistics.median(w), 3) if (w := [x for x in waits[(h, f)][-args.repeats:] if x is not None])
+            else None for f in rates[h]}
         if "memory" in med:
             for f in med:
                 if f != "memory":
