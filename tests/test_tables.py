@@ -14,7 +14,7 @@ from avlab.datamodules.yt8m import YT8MDataModule
 from avlab import cli
 from avlab.config import find_experiment, list_experiments, load_experiment
 from avlab.tables import config_hash, list_tables, load_table
-from avlab.tables.build import find_finished_run
+from avlab.tables.build import find_finished_run, plan
 
 #: Tiny and fast: one epoch of 32-wide models on the tiny demo (the test table adds data.root).
 SMALL = ["trainer.accelerator=cpu", "trainer.max_epochs=1", "data.batch_size=32", "model.net.hidden=32",
@@ -53,9 +53,13 @@ def test_list_names_every_packaged_table_and_experiments_do_not_include_them(cap
 
 
 @pytest.mark.parametrize("name", list_tables())
-def test_every_packaged_table_is_complete(name: str) -> None:
+def test_every_packaged_table_is_complete(name: str, tmp_path: Path) -> None:
     table = load_table(name)
     assert table.paper and table.source and table.protocol and table.needs and table.footnotes
+    # Every row resolves to a valid config (its overrides exist), and no two rows are the same run.
+    planned = plan(table, runs_root=tmp_path)
+    hashes = [r.config_hash for r in planned if r.action == "run"]
+    assert len(set(hashes)) == len(hashes) == sum(1 for r in table.rows if r.experiment)
     for row in table.rows:
         if row.experiment:  # rows without one show the paper's values only
             find_experiment(row.experiment)
@@ -71,6 +75,14 @@ def test_yt8m_table1_holds_the_papers_fifteen_rows() -> None:
     # Each row's published parameter count is the one its experiment config states.
     for row in table.rows:
         assert load_experiment(row.experiment).paper.params_m == row.paper["params"], row.name
+
+
+def test_tables_share_a_run_when_rows_resolve_to_the_same_config(tmp_path: Path) -> None:
+    # AVRSP's full model is the last row of Table III and of Table V: one run serves both.
+    full = [next(r for r in plan(load_table(name), runs_root=tmp_path) if r.row.experiment == experiment)
+            for name, experiment in (("saliency/table3", "saliency/ablation_fusion_ravf"),
+                                     ("saliency/table5", "saliency/ablation_fusion_ravf"))]
+    assert full[0].config_hash == full[1].config_hash
 
 
 def test_avq_table1_rows_and_columns() -> None:
@@ -168,3 +180,22 @@ def test_config_hash_reads_run_directories_and_ignores_where_output_goes(toy_exp
     assert find_finished_run(Path(cfg.run.root), cfg.experiment, config_hash(cfg)) == run_dir
     (run_dir / "metrics.json").unlink()
     assert find_finished_run(Path(cfg.run.root), cfg.experiment, config_hash(cfg)) is None
+
+
+def test_demo_data_is_recognised_wherever_data_root_points(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from avlab.tables.build import data_used
+
+    def used(root: object) -> tuple[bool, str]:
+        got = data_used(OmegaConf.create({"task": "saliency", "data": {"root": root, "demo_size": "tiny"}}))
+        return got.demo, got.demo_size
+
+    built = tmp_path / "demo"
+    (built / "stavis").mkdir(parents=True)
+    (built / "demo_info.json").write_text(json.dumps({"size": "small"}))
+    real = tmp_path / "real"
+    real.mkdir()
+    assert used(None) == (True, "tiny")  # unset: the task's demo data
+    assert used(str(built)) == (True, "small") and used(str(built / "stavis")) == (True, "small")
+    assert used(str(real)) == (False, "")

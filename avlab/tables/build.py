@@ -124,8 +124,10 @@ def data_used(cfg: DictConfig) -> DataUsed:
     if root in (None, ""):
         return DataUsed(root=str(cache_dir() / "demo" / str(cfg.task) / size), demo=True, demo_size=size)
     path = Path(str(root)).expanduser()
-    info = path / "demo_info.json"
-    if info.is_file():
+    # A demo builder writes demo_info.json at the top of what it built; data.root may name a
+    # layout folder inside it (saliency's DIR/stavis).
+    info = next((p / "demo_info.json" for p in (path, path.parent) if (p / "demo_info.json").is_file()), None)
+    if info is not None:
         try:
             size = str(json.loads(info.read_text()).get("size") or "")
         except (OSError, json.JSONDecodeError):
