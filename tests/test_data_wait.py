@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -90,3 +93,19 @@ def test_the_config_key_writes_the_fraction_to_metrics_and_prints_it(capsys, toy
     assert cli.main(["train", str(toy_experiment)]) == 0
     run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("run directory: "))
     assert METRIC not in json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.mark.ddp
+def test_under_ddp_the_ranks_agree_on_one_fraction(toy_experiment: Path, tmp_path: Path) -> None:
+    # The fraction is averaged over ranks inside the callback (a collective call per epoch): a
+    # rank that skipped it would hang the run, hence the timeout.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("AVLAB_RUN_DIR", None)
+    command = [sys.executable, "-m", "avlab.cli", "train", str(toy_experiment), "callbacks.data_wait=true",
+               "data.batch_size=8", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = Path(proc.stdout.strip().splitlines()[-1].removeprefix("run directory: "))
+    assert 0.0 <= json.loads((run_dir / "metrics.json").read_text())[METRIC] <= 1.0
+    assert proc.stdout.count("data wait: ") == 1  # printed once, by rank 0
