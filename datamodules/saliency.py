@@ -78,7 +78,8 @@ class _FrameSource:
     The cache makes sliding test windows (which share all but one frame) decode each frame once.
     """
 
-    def __init__(self, videos: list[VideoRecord], frame_size: tuple[int, int], normalize: str, cache: int = 96) -> None:
+    def __init__(self, videos: list[VideoRecord], frame_size: tuple[int, int], normalize: str,
+                 cache: int = 96) -> None:
         self.videos, self.frame_size, self.normalize = videos, tuple(frame_size), normalize
         self.cache: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
         self.capacity = cache
@@ -97,7 +98,8 @@ class _FrameSource:
         """``[3, T, H, W]`` float clip of the frames ``indices`` (in that order)."""
         missing = sorted({i for i in indices if (vid, i) not in self.cache})
         if missing:
-            frames = preprocess_frames(torch.from_numpy(self.raw(vid, missing)), self.frame_size, self.normalize)
+            raw = torch.from_numpy(self.raw(vid, missing))
+            frames = preprocess_frames(raw, self.frame_size, self.normalize)
             for i, f in zip(missing, frames):
                 self.cache[(vid, i)] = f
         for i in indices:
@@ -137,8 +139,8 @@ class _AudioSource:
                 if self.missing_audio == "silence":
                     wav = np.zeros(0, np.float32)
                 else:
-                    raise DataError(f"{rec.dataset}/{rec.name}: audio file {rec.wav} does not exist; add it, or set "
-                                    "data.missing_audio=silence to use silence")
+                    raise DataError(f"{rec.dataset}/{rec.name}: audio file {rec.wav} does not exist; "
+                                    "add it, or set data.missing_audio=silence to use silence")
             else:
                 wav = load_wav(rec.wav)
             self.loaded[vid] = (wav, frame_audio_bounds(rec.n_frames, rec.fps, len(wav)))
@@ -151,7 +153,8 @@ class SaliencyClips(Dataset):
 
     def __init__(self, videos: list[VideoRecord], *, mode: str, clip_len: int, frame_size: tuple[int, int],
                  normalize: str, audio: bool, missing_audio: str = "error", clips_per_video: int = 1,
-                 val_clips_per_video: int = 2, test_stride: int = 1, dataset_ids: dict[str, int] | None = None,
+                 val_clips_per_video: int = 2, test_stride: int = 1,
+                 dataset_ids: dict[str, int] | None = None,
                  video_offset: int = 0) -> None:
         self.videos, self.mode, self.clip_len = videos, mode, clip_len
         self.frame_size = tuple(frame_size)
@@ -279,14 +282,15 @@ class SaliencyDataModule(AvlabDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(root=root, demo_size=demo_size, batch_size=batch_size, num_workers=num_workers)
-        get_reader(layout, where="data.layout", allowed=LAYOUTS)  # an unknown layout fails here, with the list
+        get_reader(layout, where="data.layout", allowed=LAYOUTS)  # an unknown layout fails here
         self.layout = layout
         self.datasets = list(datasets) if datasets else list(AV_DATASETS)
         unknown = [d for d in self.datasets if d not in AV_DATASETS]
         if unknown and layout == "stavis":
             from avlab.errors import did_you_mean
 
-            raise ConfigError(f"data.datasets: unknown dataset {unknown[0]!r}.{did_you_mean(unknown[0], AV_DATASETS)} "
+            hint = did_you_mean(unknown[0], AV_DATASETS)
+            raise ConfigError(f"data.datasets: unknown dataset {unknown[0]!r}.{hint} "
                               f"Known: {', '.join(AV_DATASETS)}")
         if fold not in (1, 2, 3):
             raise ConfigError(f"data.fold must be 1, 2 or 3 (the STAViS folds), got {fold}")
@@ -303,7 +307,8 @@ class SaliencyDataModule(AvlabDataModule):
         self.audio, self.normalize = bool(audio), normalize
         self.clips_per_video, self.val_fraction = int(clips_per_video), float(val_fraction)
         self.val_clips_per_video, self.test_stride = int(val_clips_per_video), int(test_stride)
-        self.short_videos, self.count_mismatch, self.missing_audio = short_videos, count_mismatch, missing_audio
+        self.short_videos, self.count_mismatch = short_videos, count_mismatch
+        self.missing_audio = missing_audio
         self.split_seed = split_seed
         self.splits: dict[str, list[VideoRecord]] = {}
         self.dataset_names: list[str] = list(self.datasets) if layout == "stavis" else ["DHF1K"]
@@ -325,7 +330,8 @@ class SaliencyDataModule(AvlabDataModule):
         super().configure_split(kind, index, count)
         if kind == "fold":
             if self.layout != "stavis" or count != 3:
-                raise ConfigError("cv.folds for saliency must be 3 (the STAViS folds) with data.layout=stavis")
+                raise ConfigError("cv.folds for saliency must be 3 (the STAViS folds) "
+                                  "with data.layout=stavis")
             self.fold = index + 1
 
     def policy(self) -> RecordPolicy:
@@ -340,7 +346,8 @@ class SaliencyDataModule(AvlabDataModule):
             return empty, [f"dataset folder {root} does not exist"]
         problems: list[str] = []
         try:
-            table = get_reader(self.layout, where="data.layout", allowed=LAYOUTS).read(root, ReadOptions(self.layout))
+            reader = get_reader(self.layout, where="data.layout", allowed=LAYOUTS)
+            table = reader.read(root, ReadOptions(self.layout))
         except DataError as exc:
             return empty, [str(exc)]
         if self.layout == "stavis":
@@ -369,13 +376,15 @@ class SaliencyDataModule(AvlabDataModule):
             return
         found, problems = self.index()
         if problems:
-            raise DataError(f"{self.dataset_root()} has {len(problems)} problem(s) (run `avlab data check` for all):\n  - "
-                            + "\n  - ".join(problems[:15]))
+            listed = "\n  - ".join(problems[:15])
+            raise DataError(f"{self.dataset_root()} has {len(problems)} problem(s) "
+                            f"(run `avlab data check` for all):\n  - {listed}")
         for rec in found["train"] + found["test"]:
             for note in rec.notes:
                 log.warning(note)
         if not found["train"] or not found["test"]:
-            raise DataError(f"{self.dataset_root()}: no {'training' if not found['train'] else 'test'} videos for "
+            which = "training" if not found["train"] else "test"
+            raise DataError(f"{self.dataset_root()}: no {which} videos for "
                             f"fold {self.fold} of {', '.join(self.dataset_names)}")
         train, val = self._hold_out(found["train"])
         if not val:

@@ -154,8 +154,8 @@ def load_fixation(path: Path, shape: tuple[int, int] | None = None) -> np.ndarra
     if fix.ndim != 2:
         raise DataError(f"fixation map {path} must be a 2-D matrix, got shape {fix.shape}")
     if shape is not None and tuple(fix.shape) != tuple(shape):
-        raise DataError(f"fixation map {path} has shape {fix.shape[0]}×{fix.shape[1]} but its saliency map is "
-                        f"{shape[0]}×{shape[1]}; fixations are never resized, so the two must match")
+        raise DataError(f"fixation map {path} has shape {fix.shape[0]}×{fix.shape[1]} but its saliency map "
+                        f"is {shape[0]}×{shape[1]}; fixations are never resized, so the two must match")
     return (fix > 0).astype(np.uint8)
 
 
@@ -186,7 +186,8 @@ def finish_record(rec: VideoRecord, n_list: int | None, policy: RecordPolicy,
     counts = {"frames": rec.n_frames, "maps": len(rec.maps), "fixations": len(rec.fixations)}
     n = min(counts.values())
     if len(set(counts.values())) > 1:
-        msg = f"{where}: frame/map/fixation counts differ ({', '.join(f'{k} {v}' for k, v in counts.items())})"
+        listed = ", ".join(f"{k} {v}" for k, v in counts.items())
+        msg = f"{where}: frame/map/fixation counts differ ({listed})"
         if policy.count_mismatch == "error":
             problems.append(msg + "; fix the files, or set data.count_mismatch=truncate")
             return None
@@ -217,10 +218,12 @@ def finish_record(rec: VideoRecord, n_list: int | None, policy: RecordPolicy,
 FOLDS = (1, 2, 3)
 
 
-def _row(dataset: str, name: str, fps: float, n_listed: int, frames: list[Path] | Path | None, maps: list[Path],
-         fixations: list[Path], wav: Path | None, folds: dict[int, str], where: str) -> dict[str, Any]:
-    return {"dataset": dataset, "name": name, "fps": fps, "n_listed": n_listed, "frames": frames, "maps": maps,
-            "fixations": fixations, "wav": wav, **{f"fold{f}": folds.get(f, "") for f in FOLDS}, "where": where}
+def _row(dataset: str, name: str, fps: float, n_listed: int, frames: list[Path] | Path | None,
+         maps: list[Path], fixations: list[Path], wav: Path | None, folds: dict[int, str],
+         where: str) -> dict[str, Any]:
+    sides = {f"fold{f}": folds.get(f, "") for f in FOLDS}
+    return {"dataset": dataset, "name": name, "fps": fps, "n_listed": n_listed, "frames": frames,
+            "maps": maps, "fixations": fixations, "wav": wav, **sides, "where": where}
 
 
 def _stavis_frames(root: Path, db: str, name: str) -> list[Path] | Path | None:
@@ -290,9 +293,11 @@ def read_dhf1k(folder: Path, options: ReadOptions) -> pd.DataFrame:
         fps = DHF1K_FPS
         if isinstance(frames, Path):
             fps = VideoFrames(frames).fps or fps
-        fix = sorted_files(vdir / "fixation", IMAGE_SUFFIXES) or sorted_files(vdir / "fixation" / "maps", (".mat",))
+        fix = (sorted_files(vdir / "fixation", IMAGE_SUFFIXES)
+               or sorted_files(vdir / "fixation" / "maps", (".mat",)))
         side = "train" if int(vid) <= 600 else "test"
-        rows.append(_row("DHF1K", vid, fps, -1, frames, sorted_files(vdir / "maps", IMAGE_SUFFIXES), fix, None,
+        maps = sorted_files(vdir / "maps", IMAGE_SUFFIXES)
+        rows.append(_row("DHF1K", vid, fps, -1, frames, maps, fix, None,
                          dict.fromkeys(FOLDS, side), f"annotation/{vid}"))
     return pd.DataFrame(rows, columns=list(_row("", "", 0, 0, None, [], [], None, {}, "")))
 
@@ -307,8 +312,8 @@ def video_records(table: pd.DataFrame, datasets: list[str], fold: int, policy: R
         if row.dataset not in datasets or side not in out:
             continue
         if not isinstance(row.frames, (list, Path)):  # None (or NaN, should pandas infer a dtype): not found
-            problems.append(f"{row.dataset}/{row.name}: no frames found (image files or a video file; listed in "
-                            f"{row.where})")
+            problems.append(f"{row.dataset}/{row.name}: no frames found (image files or a video file; "
+                            f"listed in {row.where})")
             continue
         n_frames = len(row.frames) if isinstance(row.frames, list) else len(VideoFrames(row.frames))
         rec = VideoRecord(row.dataset, row.name, n_frames, float(row.fps), row.frames, list(row.maps),

@@ -46,7 +46,8 @@ def resolve_init_checkpoint(path: str | Path) -> Path:
     """A checkpoint file from ``init_from``: a ``.ckpt`` file, or a run directory (best, else last)."""
     p = Path(path).expanduser()
     if p.is_dir():
-        ckpts = sorted((p / "checkpoints").rglob("best*.ckpt")) or sorted((p / "checkpoints").rglob("last.ckpt"))
+        ckpts = (sorted((p / "checkpoints").rglob("best*.ckpt"))
+                 or sorted((p / "checkpoints").rglob("last.ckpt")))
         if not ckpts:
             raise ConfigError(f"model.init_from={p} is a folder without checkpoints/best*.ckpt or last.ckpt; "
                               "give the stage-1 run directory or a .ckpt file")
@@ -154,13 +155,16 @@ class SaliencyModule(AvlabModule):
             raise ConfigError(
                 f"model.init_from={ckpt_path} does not fit this model's visual branch: "
                 f"{len(missing_visual)} of {len(visual)} tensors missing or of another shape (e.g. "
-                f"{(missing_visual or mismatched)[:2]}); use the same model.visual / model.channels as stage 1")
+                f"{(missing_visual or mismatched)[:2]}); use the same model.visual / model.channels "
+                "as stage 1")
         self.load_state_dict(loadable, strict=False)
         skipped = [k for k in own if k not in loadable]
-        log.info("init_from %s: loaded %d tensors, %d start fresh (%s...)", ckpt_path, len(loadable), len(skipped),
-                 ", ".join(sorted({k.split('.')[1] for k in skipped})[:4]))
+        fresh = ", ".join(sorted({k.split(".")[1] for k in skipped})[:4])
+        log.info("init_from %s: loaded %d tensors, %d start fresh (%s...)", ckpt_path, len(loadable),
+                 len(skipped), fresh)
         if mismatched:
-            log.warning("init_from: %d tensors of another shape were skipped, e.g. %s", len(mismatched), mismatched[:3])
+            log.warning("init_from: %d tensors of another shape were skipped, e.g. %s", len(mismatched),
+                        mismatched[:3])
         return {"loaded": len(loadable), "fresh": len(skipped), "mismatched": len(mismatched)}
 
     # ------------------------------------------------------------------ forward and loops
@@ -184,15 +188,17 @@ class SaliencyModule(AvlabModule):
         terms = SaliencyLoss.terms(pred, batch["target"])
         n = len(pred)
         self.log("val/loss", loss, prog_bar=True, batch_size=n, sync_dist=True, add_dataloader_idx=False)
-        self.log("val/cc", torch.nan_to_num(terms["cc"]).mean(), batch_size=n, sync_dist=True, add_dataloader_idx=False)
+        self.log("val/cc", torch.nan_to_num(terms["cc"]).mean(), batch_size=n, sync_dist=True,
+                 add_dataloader_idx=False)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         pred = self._predict(batch)
         loss = self.loss_fn(pred, batch["target"])
         rows = {m: [] for m in METRICS}
         for i in range(len(pred)):
-            fm = frame_metrics(pred[i].detach(), batch["gt"][i].to(pred.device), batch["fix"][i].to(pred.device),
-                               blur_sigma=self.blur_sigma, blur_ksize=self.blur_ksize)
+            gt, fix = batch["gt"][i].to(pred.device), batch["fix"][i].to(pred.device)
+            fm = frame_metrics(pred[i].detach(), gt, fix, blur_sigma=self.blur_sigma,
+                               blur_ksize=self.blur_ksize)
             for m in METRICS:
                 rows[m].append(fm[m].to(torch.float64))
         out = {m: torch.stack(v).to(self.device) for m, v in rows.items()}
@@ -204,7 +210,8 @@ class SaliencyModule(AvlabModule):
                                     "fix": batch["fix"][i].cpu(), "frame": int(batch["frame"][i]),
                                     "video": int(batch["video"][i])})
 
-    def evaluate(self, stage: str, samples: dict[str, Tensor], table: pd.DataFrame | None) -> dict[str, float]:
+    def evaluate(self, stage: str, samples: dict[str, Tensor],
+                 table: pd.DataFrame | None) -> dict[str, float]:
         """Test metrics (the shared evaluation hook): frame → video → mean over videos, overall and per
         dataset (named by the sample table's ``dataset`` column), plus the per-video CSV and plots."""
         g = {k: v.cpu().numpy() for k, v in samples.items()}
@@ -280,7 +287,8 @@ class SaliencyModule(AvlabModule):
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=self.plateau_factor,
                                                            patience=self.plateau_patience)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss", "interval": "epoch"}}
+        schedule = {"scheduler": sched, "monitor": "val/loss", "interval": "epoch"}
+        return {"optimizer": opt, "lr_scheduler": schedule}
 
     # ------------------------------------------------------------------ avlab predict
     def predict_media(self, inputs: dict[str, str], datamodule: Any, out_dir: Path) -> dict[str, Any]:
@@ -295,8 +303,9 @@ class SaliencyModule(AvlabModule):
         was_training = self.training
         self.eval()
         try:
-            return predict_saliency_media(self, inputs["input"], out_dir, preprocess=datamodule.preprocess,
-                                          clip_len=int(datamodule.clip_len), audio_visual=self.net.is_audio_visual,
-                                          postprocess=post, batch_size=self.predict_batch_size, device=self.device)
+            return predict_saliency_media(
+                self, inputs["input"], out_dir, preprocess=datamodule.preprocess,
+                clip_len=int(datamodule.clip_len), audio_visual=self.net.is_audio_visual, postprocess=post,
+                batch_size=self.predict_batch_size, device=self.device)
         finally:
             self.train(was_training)

@@ -99,7 +99,8 @@ def test_audio_windows_follow_the_soundnet_convention() -> None:
     nz = np.flatnonzero(out)
     # Centred in the buffer, Hann-windowed, scaled to ±256.
     off = (buf - excerpt.size) // 2
-    np.testing.assert_allclose(out[off: off + excerpt.size], excerpt * np.hanning(excerpt.size) * 256, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(out[off: off + excerpt.size], excerpt * np.hanning(excerpt.size) * 256,
+                               rtol=1e-5, atol=1e-4)
     assert nz.min() >= off and nz.max() < off + excerpt.size
     rev = clip_audio(wav, (start, end), list(range(12, 4, -1)), buf, reverse=True)
     np.testing.assert_allclose(rev[off: off + excerpt.size], out[off: off + excerpt.size][::-1], atol=1e-4)
@@ -138,10 +139,12 @@ def test_clip_frames_and_audio_are_aligned(demo: Path) -> None:
 
     from avlab.media.clips import read_frames
 
-    frames = preprocess_frames(torch.from_numpy(read_frames(rec.frames, list(range(3, 11)))), (32, 56), "imagenet")
+    raw = torch.from_numpy(read_frames(rec.frames, list(range(3, 11))))
+    frames = preprocess_frames(raw, (32, 56), "imagenet")
     torch.testing.assert_close(item["clip"], frames.permute(1, 0, 2, 3))
     rev = ds[2]  # reversed window [9..2], audio reversed
-    np.testing.assert_allclose(rev["audio"].numpy(), clip_audio(wav, (s, e), list(range(9, 1, -1)), audio_buffer_len(8), reverse=True))
+    expected_rev = clip_audio(wav, (s, e), list(range(9, 1, -1)), audio_buffer_len(8), reverse=True)
+    np.testing.assert_allclose(rev["audio"].numpy(), expected_rev)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -274,7 +277,8 @@ def test_sample_table_names_what_batches_carry(demo: Path) -> None:
     test = dm.sample_table("test")
     batch = next(iter(dm.test_dataloader()))
     rows = test.loc[batch["index"].numpy()]
-    assert rows["video"].tolist() == batch["video"].tolist() and rows["frame"].tolist() == batch["frame"].tolist()
+    assert rows["video"].tolist() == batch["video"].tolist()
+    assert rows["frame"].tolist() == batch["frame"].tolist()
     assert rows["dataset_id"].tolist() == batch["dataset"].tolist()
     assert set(test["dataset"]) == {"AVAD", "DIEM"} and test.index.is_unique
     assert len(dm.sample_table("train")) == len(dm._dataset("train")) == 2 * len(dm.splits["train"])
@@ -298,7 +302,8 @@ def test_the_voice_says_which_speaker_is_watched(demo: Path) -> None:
     for rec in dm.splits["train"] + dm.splits["val"] + dm.splits["test"]:
         gt = load_fixation(rec.fixations[0])
         h, w = gt.shape
-        sp = plan_speakers(rec.n_frames, h, w, rec.fps, np.random.default_rng(_seed(0, rec.dataset, rec.name)))
+        rng = np.random.default_rng(_seed(0, rec.dataset, rec.name))  # the builder's draws, in its order
+        sp = plan_speakers(rec.n_frames, h, w, rec.fps, rng)
         wav = load_wav(rec.wav, sr=22050)
         s, e = frame_audio_bounds(rec.n_frames, rec.fps, len(wav))
         yy, xx = np.mgrid[0:h, 0:w]

@@ -67,7 +67,8 @@ def test_stage2_av_starts_from_stage1_and_reports_per_dataset(capsys, stage1: Pa
     demo = Path(os.environ["AVLAB_CACHE"]) / "demo" / "saliency" / "tiny" / "stavis"
     vdir = next((demo / "video_frames" / "AVAD").iterdir())
     wav = demo / "video_audio" / "AVAD" / vdir.name / f"{vdir.name}.wav"
-    run_ffmpeg(["-v", "error", "-framerate", "25", "-i", str(vdir / "img_%05d.jpg"), "-i", str(wav), "-c:v", "libx264",
+    run_ffmpeg(["-v", "error", "-framerate", "25", "-i", str(vdir / "img_%05d.jpg"), "-i", str(wav),
+                "-c:v", "libx264",
                 "-pix_fmt", "yuv420p", "-c:a", "aac", "-y", str(video)], what="test video")
     ckpt = run / "checkpoints" / "last.ckpt"
     assert cli.main(["predict", "saliency/avrsp_av", f"ckpt_path={ckpt}", f"input={video}", *SMALL,
@@ -125,7 +126,8 @@ def test_sliding_windows_reverse_the_first_frames_and_their_audio() -> None:
         return clips[:, 0, -1].clone()
 
     video = _FakeVideo(n)
-    out = list(predict_video(net, video, lambda f: f.permute(0, 3, 1, 2).float(), T, batch_size=3, wav=wav, fps=25.0))
+    out = list(predict_video(net, video, lambda f: f.permute(0, 3, 1, 2).float(), T, batch_size=3, wav=wav,
+                             fps=25.0))
     assert [t for t, _, _ in out] == list(range(n))
     assert (video.decoded == 1).all(), "every frame is decoded exactly once"
     bounds = frame_audio_bounds(n, 25.0, len(wav))
@@ -138,7 +140,8 @@ def test_sliding_windows_reverse_the_first_frames_and_their_audio() -> None:
             expected = clip_audio(wav, bounds, frames, audio_buffer_len(T), reverse=True)
             forward = clip_audio(wav, bounds, frames[::-1], audio_buffer_len(T))
             nz = np.flatnonzero(forward)
-            np.testing.assert_allclose(expected[nz.min(): nz.max() + 1], forward[nz.min(): nz.max() + 1][::-1], atol=1e-4)
+            span = slice(nz.min(), nz.max() + 1)
+            np.testing.assert_allclose(expected[span], forward[span][::-1], atol=1e-4)
         np.testing.assert_allclose(audio, expected)
         assert float(out[t][1][0, 0]) == t and int(out[t][2][0, 0, 0]) == t
 
@@ -192,7 +195,8 @@ model:
 '''
 
 
-def test_a_fusion_block_is_one_file_and_one_config(capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_fusion_block_is_one_file_and_one_config(capsys, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The way a student adds a saliency fusion block: no edit anywhere in avlab."""
     student = tmp_path / "student"
     student.mkdir()
@@ -220,15 +224,16 @@ def test_a_fusion_block_is_one_file_and_one_config(capsys, tmp_path: Path, monke
 #: CPU-scale schedule on the tiny demo (20-frame videos, 12 training videos of fold 1): 8 random
 #: clips per video and epoch, 6 epochs (72 steps of 8 clips), lr 1e-3, BatchNorm momentum 0.1.
 LEARN = ["data.demo_size=tiny", "data.clip_len=8", "data.frame_size=[32,56]", "data.test_stride=4",
-         "data.batch_size=8", "data.clips_per_video=8", "data.val_fraction=0", "model.visual.width_mult=0.125",
-         "model.channels=16", "model.lr=1e-3", "model.bn_momentum=0.1", "trainer.max_epochs=6", "seed=0",
-         "trainer.accelerator=cpu", "logger.wandb.mode=disabled"]
+         "data.batch_size=8", "data.clips_per_video=8", "data.val_fraction=0",
+         "model.visual.width_mult=0.125", "model.channels=16", "model.lr=1e-3", "model.bn_momentum=0.1",
+         "trainer.max_epochs=6", "seed=0", "trainer.accelerator=cpu", "logger.wandb.mode=disabled"]
 
 
 def test_audio_visual_beats_visual_only_when_the_voice_says_where_to_look(capsys, tmp_path: Path) -> None:
     """Issue: saliency must learn the audio. In the demo the frames cannot tell which of two speakers
     is watched; the voice can (avlab.demo.saliency). Same seed, data and schedule for both models."""
-    av = _train_cfg(capsys, "saliency/avrsp_av", *LEARN, "model.audio.width_mult=0.25", f"run.root={tmp_path}")
+    av = _train_cfg(capsys, "saliency/avrsp_av", *LEARN, "model.audio.width_mult=0.25",
+                    f"run.root={tmp_path}")
     vis = _train_cfg(capsys, "saliency/avrsp_visual", *LEARN, f"run.root={tmp_path}")
     cc_av, cc_v = av["test/cc"], vis["test/cc"]
     # measured: 0.516 vs 0.408 (oracles that place a blob on the speaker / on both speakers: 0.80 / 0.58)
@@ -249,6 +254,7 @@ def test_bn_momentum_reaches_every_batchnorm_and_null_keeps_s3d_s() -> None:
     bns = [m for m in module.modules() if isinstance(m, _BatchNorm)]
     assert len(bns) > 50 and {m.momentum for m in bns} == {0.1}
     default = instantiate(load_experiment("saliency/avrsp_av", SMALL).model)
-    assert {m.momentum for m in default.net.visual.modules() if isinstance(m, _BatchNorm)} == {0.001}  # torchvision's S3D
+    s3d = {m.momentum for m in default.net.visual.modules() if isinstance(m, _BatchNorm)}
+    assert s3d == {0.001}  # torchvision's S3D
     with pytest.raises(ConfigError, match="model.bn_momentum must be in"):
         instantiate(load_experiment("saliency/avrsp_av", [*SMALL, "model.bn_momentum=0"]).model)

@@ -74,8 +74,9 @@ def predict_video(
         clips = torch.stack([torch.stack([frames[i] for i in w.frames], dim=1) for w in batch]).to(device)
         audio = None
         if bounds is not None:
-            audio = torch.stack([torch.from_numpy(clip_audio(wav, bounds, w.frames, buffer, reverse=w.reversed))
-                                 for w in batch]).to(device)
+            audio = torch.stack([
+                torch.from_numpy(clip_audio(wav, bounds, w.frames, buffer, reverse=w.reversed)) for w in batch
+            ]).to(device)
         maps = net(clips, audio).float().cpu()
         for w, m in zip(batch, maps):
             yield w.target, m, natives.pop(w.target)

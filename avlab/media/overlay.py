@@ -26,7 +26,8 @@ def jet_lut() -> np.ndarray:
     return (colormaps["jet"](np.arange(256))[:, :3] * 255).astype(np.uint8)
 
 
-def blend_heatmap(frame: np.ndarray, smap: np.ndarray, lut: np.ndarray, max_alpha: float = 0.65) -> np.ndarray:
+def blend_heatmap(frame: np.ndarray, smap: np.ndarray, lut: np.ndarray,
+                  max_alpha: float = 0.65) -> np.ndarray:
     """``frame`` uint8 ``[H, W, 3]`` with ``smap`` (float ``[H, W]`` in [0, 1]) coloured by ``lut`` on top.
 
     The opacity grows with the saliency (``max_alpha · smap``), so non-salient parts stay visible.
@@ -55,8 +56,8 @@ class OverlayWriter:
         self.cmd = [
             ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
             "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-", "-i", str(source),
-            "-map", "0:v:0", "-map", "1:a:0?", "-vf", f"pad={w2}:{h2}", "-c:v", "libx264", "-preset", "veryfast",
-            "-crf", "20", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k",
+            "-map", "0:v:0", "-map", "1:a:0?", "-vf", f"pad={w2}:{h2}", "-c:v", "libx264",
+            "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k",
             "-t", f"{n_frames / fps:.6f}", "-y", str(self.out),
         ]
         self.proc: subprocess.Popen | None = None
