@@ -200,3 +200,21 @@ def test_demo_data_is_recognised_wherever_data_root_points(tmp_path: Path) -> No
     assert used(None) == (True, "tiny")  # unset: the task's demo data
     assert used(str(built)) == (True, "small") and used(str(built / "stavis")) == (True, "small")
     assert used(str(real)) == (False, "")
+
+
+def test_a_failing_row_is_reported_and_the_others_are_kept(capsys, small_table: Path, tmp_path: Path) -> None:
+    spec = yaml.safe_load(small_table.read_text())
+    spec["rows"] = spec["rows"][:1] + [dict(spec["rows"][1], name="Broken",
+                                            overrides=["data.train_pattern=video/nothing*.tfrecord"])]
+    path = tmp_path / "broken_table.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    runs = tmp_path / "runs"
+    assert cli.main(["table", str(path), "--runs", str(runs)]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "row `Broken` failed" in out and len(_run_dirs(runs)) >= 1
+    md = (runs / "tables" / "yt8m" / "broken_table" / "table.md").read_text()
+    assert "row `Broken` failed" in md
+    # The finished row is reused; the failed one is tried again.
+    assert cli.main(["table", str(path), "--runs", str(runs), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "FC Audio [" in out and ": reuse " in out and out.count(": run\n") == 1
