@@ -218,3 +218,32 @@ def test_a_failing_row_is_reported_and_the_others_are_kept(capsys, small_table: 
     assert cli.main(["table", str(path), "--runs", str(runs), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "FC Audio [" in out and ": reuse " in out and out.count(": run\n") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "experiment", "overrides"), [
+    ("avq/table1", "avq/simple_fusion", ["data.holdout_sources=1", "trainer.max_epochs=2"]),
+    ("saliency/table5", "saliency/ablation_fusion_ravf", ["trainer.max_epochs=1"]),
+    ("unqa/table9", "unqa/regressor_mlp", []),
+])
+def test_one_row_of_each_task_table_on_tiny_demo_data(capsys, tmp_path: Path, name: str, experiment: str,
+                                                       overrides: list[str]) -> None:
+    """The packaged table's demo overlay, columns and metric keys work for every task, end to end."""
+    table = load_table(name)
+    spec = yaml.safe_load(table.path.read_text())
+    spec["task"] = table.task
+    spec["rows"] = [r for r in spec["rows"] if r["experiment"] == experiment]
+    local = table.path.parent
+    spec["demo_overlay"] = [str(local / f"{o}.yaml") if (local / f"{o}.yaml").is_file() else o
+                            for o in spec.get("demo_overlay") or []]
+    path = tmp_path / "one_row.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    args = ["table", str(path), "--runs", str(tmp_path / "runs"), "data.demo_size=tiny",
+            "callbacks.progress_bar=none", *overrides]
+    assert cli.main(args) == 0
+    with open(tmp_path / "runs" / "tables" / table.task / "one_row" / "table.csv") as fh:
+        (row,) = list(csv.DictReader(fh))
+    filled = [c.id for c in table.columns if row[f"{c.id}_avlab"]]
+    assert filled and row["demo_data"] == "True", "no column of the table got a value from the run"
+    capsys.readouterr()
+    assert cli.main([*args, "--dry-run"]) == 0 and ": reuse " in capsys.readouterr().out
