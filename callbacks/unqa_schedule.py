@@ -124,7 +124,11 @@ class ThreeStepSchedule(Callback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         target = self.step_for_epoch(trainer.current_epoch)
         if target != pl_module.step_index:
+            previous = self.steps[pl_module.step_index]["heads"] if pl_module.step_index >= 0 else None
             pl_module.enter_step(target, self.steps[target], final=target == len(self.steps) - 1)
+            if previous == "database" and self.steps[target]["heads"] == "modality":
+                # The modality regressors continue from what step one learned (model.head_init).
+                pl_module.init_modality_heads_from_database_heads()
             # A fresh optimiser for every step (Adam moments of the previous step do not carry over).
             trainer.strategy.setup_optimizers(trainer)
             self.transitions.append({"epoch": trainer.current_epoch, "step": target + 1, "name": self.steps[target]["name"]})

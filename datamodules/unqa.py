@@ -371,6 +371,7 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         self.parts: dict[str, dict[int, np.ndarray]] = {}
         #: database name -> why its split differs from the group split (fewer than 3 groups)
         self.split_notes: dict[str, str] = {}
+        self._check_table: pd.DataFrame | None = None  # what check() read, for describe()
         # The frozen SlowFast of eq. 7 (the config passes ${model.net.motion}); its features are data:
         # computed once per stimulus, cached under the dataset with provenance, served in batches.
         self.motion_extractor = motion
@@ -681,7 +682,7 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         out: dict[str, Any] = {"root": str(self.dataset_root())}
         for spec in self.specs:
             out[f"database {spec.name}"] = f"{spec.format}, {spec.modality}, MOS {spec.mos_range[0]:g}-{spec.mos_range[1]:g}, role {spec.role}"
-        table = self.table if self.table is not None else getattr(self, "_check_table", None)
+        table = self.table if self.table is not None else self._check_table
         if table is not None and len(table):
             for name, line in self.split_report(table).items():
                 out[f"split {name}"] = line

@@ -51,10 +51,19 @@ class UNQAModule(AvlabModule):
         lr: learning rate when no schedule callback sets one (paper 1e-5).
         srcc_temperature: τ of the soft rank in the SRCC loss (relative to the batch's spread).
         rank_weight: weight of L_rank in step one (eq. 9 uses 1).
+        head_init: how the regressors start (the paper does not say). ``shared``: the step-one
+            regressors of one modality start from the same weights, and a step that switches to the
+            modality regressors starts each from the mean of its modality's step-one regressors;
+            ``random``: every regressor has its own random initialisation. With randomly
+            initialised extractors, differently initialised heads of one modality pull the shared
+            extractor in conflicting directions, and fresh random modality heads undo step one.
+        extractor_lr_scale: the spatial and audio extractors train at ``lr × extractor_lr_scale``
+            (1 = the paper's single learning rate).
     """
 
     def __init__(self, net: UNQANet, databases: dict[str, Any] | None = None, lr: float = 1.0e-5,
-                 srcc_temperature: float = 0.05, rank_weight: float = 1.0) -> None:
+                 srcc_temperature: float = 0.05, rank_weight: float = 1.0, head_init: str = "shared",
+                 extractor_lr_scale: float = 1.0) -> None:
         super().__init__()
         from avlab.datamodules.unqa_readers import parse_databases
 
@@ -70,6 +79,12 @@ class UNQAModule(AvlabModule):
         self.net = net
         self.database_names = [s.name for s in specs]
         self.net.add_database_heads({s.name: s.modality for s in specs if s.role == "train"})
+        if head_init not in ("shared", "random"):
+            raise ConfigError(f"model.head_init must be shared or random, got {head_init!r}")
+        self.head_init = head_init
+        self.extractor_lr_scale = float(extractor_lr_scale)
+        if head_init == "shared":
+            self._share_database_head_init()
         self.lr, self.srcc_temperature, self.rank_weight = float(lr), float(srcc_temperature), float(rank_weight)
         self.step_index = -1
         self.step_spec: dict[str, Any] = {**_DEFAULT_STEP, "lr": self.lr}
@@ -78,6 +93,28 @@ class UNQAModule(AvlabModule):
         # only the state dict) scores with the heads the checkpoint was trained with.
         self.register_buffer("heads_mode", torch.tensor(1, dtype=torch.long))
         self._frozen: list[str] = []
+
+    # ------------------------------------------------------------------ regressor initialisation
+    def _share_database_head_init(self) -> None:
+        """Step-one regressors of one modality start from the same weights."""
+        first: dict[str, str] = {}
+        for name, modality in self.net.database_modality.items():
+            if modality in first:
+                self.net.database_heads[name].load_state_dict(self.net.database_heads[first[modality]].state_dict())
+            else:
+                first[modality] = name
+
+    @torch.no_grad()
+    def init_modality_heads_from_database_heads(self) -> None:
+        """Each modality regressor := the mean of its modality's step-one regressors (same layout)."""
+        if self.head_init != "shared" or self.net.regressor != "modality":
+            return
+        for modality, head in self.net.modality_heads.items():
+            names = [n for n, m in self.net.database_modality.items() if m == modality]
+            if not names:
+                continue
+            states = [self.net.database_heads[n].state_dict() for n in names]
+            head.load_state_dict({k: torch.stack([st[k] for st in states]).mean(0) for k in states[0]})
 
     # ------------------------------------------------------------------ schedule state
     def enter_step(self, index: int, spec: dict[str, Any], final: bool = True) -> None:
@@ -110,11 +147,18 @@ class UNQAModule(AvlabModule):
             self.enter_step(state["index"], state["spec"], state.get("final", True))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = self.net.parameter_groups()
+        extractors = {id(p) for part in ("spatial", "audio") for p in groups[part]}
         params = [p for p in self.net.parameters() if p.requires_grad]
         if not params:
             raise ConfigError(f"training step {self.step_spec['name']!r} has no trainable parameters")
+        lr = self.step_spec["lr"]
+        ext = [p for p in params if id(p) in extractors]
+        heads = [p for p in params if id(p) not in extractors]
+        param_groups = [g for g in ({"params": ext, "lr": lr * self.extractor_lr_scale}, {"params": heads, "lr": lr})
+                        if g["params"]]
         # Adam, constant learning rate (paper §V-A); one optimiser per step, rebuilt at each step start.
-        return torch.optim.Adam(params, lr=self.step_spec["lr"], weight_decay=self.step_spec.get("weight_decay", 0.0))
+        return torch.optim.Adam(param_groups, lr=lr, weight_decay=self.step_spec.get("weight_decay", 0.0))
 
     # ------------------------------------------------------------------ forward
     def features(self, batch: dict[str, Any]) -> dict[str, Tensor]:

@@ -68,6 +68,30 @@ def test_spatial_path_overfits_sixty_distorted_images(koniq_images: tuple[torch.
     assert max(curve) > 0.9, f"training SRCC per 20 steps: {np.round(curve, 3).tolist()}"
 
 
+def test_spatial_path_generalises_to_held_out_images(koniq_images: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Trained on 42 images, the image regressor ranks the 18 held-out ones (other distortion levels
+    and photos' variants) far better than a constant predictor, whose SRCC is 0 (undefined)."""
+    x, y = koniq_images
+    held_out = np.arange(len(x)) % 10 >= 7  # 3 of each photo's 10 variants, spread over the levels
+    torch.manual_seed(0)
+    net = UNQANet(spatial=SpatialExtractor("convnextv2_atto", stages=[0, 1, 2]))
+    net.add_database_heads({"koniq": "image"})
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    xt, yt = x[~held_out], y[~held_out]
+    for _ in range(100):
+        idx = torch.randperm(len(xt), generator=gen)[:16]
+        loss = mae_rank_loss(net.database_score(net.extract(frames=xt[idx]), "koniq"), yt[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        pred = net.database_score(net.extract(frames=x[held_out]), "koniq")
+    srcc = float(spearmanr(pred.numpy(), y[held_out].numpy()).statistic)
+    assert srcc > 0.5, srcc
+
+
 def test_std_pooling_needs_a_last_map_larger_than_one_pixel() -> None:
     """Eq. 1 pools every used stage to the last one's size and eq. 5 takes the std over it: with the
     paper's stages [1, 2, 3] at 32 px the last map is 1x1, so half of F_s is identically zero. This
@@ -99,3 +123,23 @@ def test_native_crops_keep_pixel_scale_and_fragments_cover_the_image() -> None:
 def test_demo_subset_builds_only_the_named_databases(tmp_path: Path) -> None:
     root = build_unqa_demo(tmp_path / "demo", size="tiny", databases=["koniq"])
     assert (root / "KonIQ-10k").is_dir() and not (root / "CLIVE").exists()
+
+
+@pytest.mark.slow
+def test_demo_run_learns_every_modality(tmp_path: Path, capsys) -> None:
+    """`avlab train unqa/unqa_demo` on the small demo (about 4 minutes on 2 busy cores): every
+    database's test SRCC beats a constant predictor (SRCC 0). Measured at this seed: KonIQ 0.40,
+    CLIVE 0.27, KoNViD 0.66, TCD-VoIP 0.60, NOIZEUS 1.00, LIVE-SJTU 0.76. Video, audio and AV clear
+    0.5; the two image databases (12 test images each, joint training with the video databases) do
+    not yet, see docs/unqa.md."""
+    import json
+
+    from avlab import cli
+
+    assert cli.main(["train", "unqa/unqa_demo", "logger.wandb.mode=disabled", f"run.root={tmp_path}"]) == 0
+    run = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("run directory: "))
+    metrics = json.loads((run / "metrics.json").read_text())
+    for db in ("konvid", "tcd_voip", "noizeus", "live_sjtu"):
+        assert metrics[f"test/{db}/srcc"] > 0.5, (db, metrics[f"test/{db}/srcc"])
+    for db in ("koniq", "clive"):
+        assert metrics[f"test/{db}/srcc"] > 0.2, (db, metrics[f"test/{db}/srcc"])
