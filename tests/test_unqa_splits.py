@@ -74,3 +74,23 @@ def test_tcd_voip_is_grouped_by_reference_recording() -> None:
         for b in ("train", "val", "test"):
             if a < b:
                 assert not set(t.loc[dm.parts[a][0], "group"]) & set(t.loc[dm.parts[b][0], "group"])
+
+
+def test_a_database_without_a_test_metric_is_named_in_the_summary() -> None:
+    """Every configured database gets test metrics, or the run's summary says why it has none."""
+    import torch
+
+    from avlab.lightningmodules.unqa import UNQAModule
+    from avlab.models.unqa import AudioExtractor, UNQANet
+
+    dbs = {name: {"format": "manifest", "path": name, "modality": "audio", "mos_range": [1, 5]}
+           for name in ("big", "small", "absent")}
+    module = UNQAModule(UNQANet(audio=AudioExtractor(dim=16, num_heads=2)), databases=dbs)
+    names = ["big"] * 5 + ["small"] * 2
+    table = pd.DataFrame({"database": names, "modality": "audio", "media": [f"{i}.wav" for i in range(7)]})
+    mos = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 2.0, 3.0])
+    metrics = module.evaluate("test", {"index": torch.arange(7), "pred": mos * 2, "mos": mos}, table)
+    assert metrics["big/srcc"] == pytest.approx(1.0) and not any(k.startswith("small/") for k in metrics)
+    summary = "\n".join(module.summary_lines)
+    assert "small" in summary and "only 2 test stimuli" in summary
+    assert "absent" in summary and "no test stimuli" in summary
