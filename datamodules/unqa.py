@@ -34,11 +34,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from avlab.datamodules.base import AvlabDataModule, DatasetInfo, SupportsTaskSampling
+from avlab.datamodules.unqa_readers import IMAGE_EXTENSIONS, DatabaseSpec, parse_databases, read_database
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from avlab.datamodules.base import AvlabDataModule, DatasetInfo, SupportsTaskSampling
-from avlab.datamodules.unqa_readers import IMAGE_EXTENSIONS, DatabaseSpec, parse_databases, read_database
 from avlab.errors import DataError, MediaError
 from avlab.features.cache import cached, dataset_feature_cache
 from avlab.models.unqa import MotionExtractor
@@ -85,7 +85,7 @@ class MediaLoader:
         self.image_size, self.resize_short = int(image_size), int(resize_short or image_size)
         self.frames, self.motion_frames, self.motion_size = int(frames), int(motion_frames), int(motion_size)
         self.motion_chunks = max(1, int(motion_chunks))
-        self.audio_sr, self.audio_len = int(audio_sr), int(round(audio_seconds * audio_sr))
+        self.audio_sr, self.audio_len = int(audio_sr), round(audio_seconds * audio_sr)
 
     # ---------------------------------------------------------------- pixels
     @staticmethod
@@ -163,7 +163,7 @@ class MediaLoader:
 
         try:
             vr = decord.VideoReader(str(path), num_threads=1)
-        except Exception as exc:  # noqa: BLE001 - decord raises its own error types
+        except Exception as exc:
             raise MediaError(f"cannot decode video {path}: {exc}") from exc
         idx = indices_fn(len(vr))
         return vr.get_batch(list(map(int, idx))).asnumpy()
@@ -272,8 +272,8 @@ def assign_splits(groups: np.ndarray, ratios: list[float], rng: np.random.Genera
     g = len(unique)
     if g < 3:
         raise DataError(f"a 7:1:2 split needs at least 3 content groups, got {g}")
-    n_test = max(1, int(round(ratios[2] * g)))
-    n_val = max(1, int(round(ratios[1] * g)))
+    n_test = max(1, round(ratios[2] * g))
+    n_val = max(1, round(ratios[1] * g))
     n_train = g - n_test - n_val
     if n_train < 1:
         raise DataError(f"data.split_ratios {list(ratios)} leave no training group out of {g}; lower the val/test fractions")
@@ -285,7 +285,7 @@ def assign_splits(groups: np.ndarray, ratios: list[float], rng: np.random.Genera
 class _Items(Dataset):
     """Map-style view of some stimuli (by global id); used for validation and testing."""
 
-    def __init__(self, dm: "UNQADataModule", uids: np.ndarray) -> None:
+    def __init__(self, dm: UNQADataModule, uids: np.ndarray) -> None:
         self.dm, self.uids = dm, np.asarray(uids, dtype=int)
 
     def __len__(self) -> int:
@@ -298,7 +298,7 @@ class _Items(Dataset):
 class _PlannedBatches(IterableDataset):
     """Yields the collated batches of the current epoch plan (one database per batch)."""
 
-    def __init__(self, dm: "UNQADataModule") -> None:
+    def __init__(self, dm: UNQADataModule) -> None:
         self.dm = dm
 
     def __len__(self) -> int:

@@ -45,12 +45,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from avlab.datamodules.readers import ReadOptions, get_reader, register_reader
 from avlab.datamodules.readers.common import cell_str, file_index, finish_rows, load_mat, need, read_excel
+
 from avlab.errors import ConfigError, DataError
 
-__all__ = ["DatabaseSpec", "FORMATS", "IMAGE_EXTENSIONS", "parse_databases", "read_database"]
+__all__ = ["FORMATS", "IMAGE_EXTENSIONS", "DatabaseSpec", "parse_databases", "read_database"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MODALITIES = ("audio", "image", "video", "av")

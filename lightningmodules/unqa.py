@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from avlab.lightningmodules.base import AvlabModule
 from torch import Tensor
 
 from avlab.errors import ConfigError
-from avlab.lightningmodules.base import AvlabModule
 from avlab.metrics.quality import quality_metrics
 from avlab.metrics.rank import mae_rank_loss, srcc_loss
 from avlab.models.unqa import UNQANet
@@ -130,7 +130,7 @@ class UNQAModule(AvlabModule):
         self._frozen = [name for name in ("spatial", "audio") if name not in spec["train"] and getattr(self.net, name) is not None]
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "UNQAModule":
+    def train(self, mode: bool = True) -> UNQAModule:
         super().train(mode)
         if mode:
             # Frozen extractors stay in eval mode (BatchNorm statistics and dropout off).

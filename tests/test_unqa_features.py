@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from avlab.datamodules.unqa import UNQADataModule
 
 from avlab import cli
-from avlab.datamodules.unqa import UNQADataModule
 from avlab.models.unqa import MotionExtractor
 from avlab.paths import cache_dir
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from avlab.datamodules.unqa import MediaLoader, UNQADataModule
 from scipy.stats import spearmanr
 
-from avlab.datamodules.unqa import MediaLoader, UNQADataModule
 from avlab.demo.unqa import build_unqa_demo
 from avlab.metrics.rank import mae_rank_loss
 from avlab.models.unqa import SpatialExtractor, UNQANet

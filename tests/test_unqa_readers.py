@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from avlab import cli
 from avlab.datamodules.unqa import UNQADataModule, detect_modality
 from avlab.datamodules.unqa_readers import parse_databases, read_database
+
+from avlab import cli
 from avlab.demo.unqa import DEMO_DATABASES
 from avlab.errors import ConfigError, DataError
 from avlab.paths import cache_dir
@@ -68,8 +68,8 @@ def test_mos_outside_declared_range(demo_copy: Path) -> None:
     text[3] = f"{vid},7.5"
     path.write_text("\n".join(text) + "\n")
     problems = _problems(demo_copy, "konvid")
-    assert problems == [f"database `konvid` (KoNViD_1k_mos.csv row 4): MOS 7.5 is outside the declared range [1, 5] "
-                        f"(data.databases.konvid.mos_range)"]
+    assert problems == [("database `konvid` (KoNViD_1k_mos.csv row 4): MOS 7.5 is outside the declared range [1, 5] "
+                         "(data.databases.konvid.mos_range)")]
 
 
 def test_duplicate_rows(demo_copy: Path) -> None:

@@ -10,10 +10,10 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
+from avlab.callbacks.unqa_schedule import PAPER_STEPS, ThreeStepSchedule, normalise_steps
 from lightning import Callback
 
 from avlab import cli
-from avlab.callbacks.unqa_schedule import PAPER_STEPS, ThreeStepSchedule, normalise_steps
 from avlab.errors import ConfigError
 
 HERE = Path(__file__).resolve()
@@ -68,7 +68,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     rec = tmp / "steps.json"
     recorder = f"callbacks.extra.recorder={{_target_: '{HERE}:StepRecorder', path: '{rec}'}}"
     assert cli.main(["train", "unqa/unqa_demo", *fast(tmp, _steps(1, 1, 1), "trainer.max_epochs=3", recorder)]) == 0
-    run = sorted((tmp / "runs" / "unqa" / "unqa_demo").iterdir())[-1]
+    run = max((tmp / "runs" / "unqa" / "unqa_demo").iterdir())
     return {"run": run, "steps": json.loads(rec.read_text()), "tmp": tmp}
 
 
@@ -140,6 +140,7 @@ def test_cross_database_role_tests_an_unseen_database(capsys, tmp_path: Path) ->
 
 def test_predict_each_modality(trained: dict[str, Any], capsys) -> None:
     from avlab.datamodules.unqa import UNQADataModule
+
     from avlab.media.ffmpeg import run_ffmpeg
     from avlab.paths import cache_dir
 

@@ -67,10 +67,10 @@ DEMO_DATABASES: dict[str, dict[str, Any]] = {
 GAMMA = {"koniq": 1.0, "clive": 1.5, "konvid": 1.2, "tcd_voip": 0.8, "noizeus": 1.0, "live_sjtu": 1.3}
 SIZES = {
     # photos per image DB, distortion levels, video sources, frames, speakers, AV sources, video conds, audio rates
-    "small": dict(photos=6, levels=(1, 2, 3), video_sources=6, frames=24, speakers=6, av_sources=4,
-                  av_video=("QP16", "QP42", "QP50", "QP42_S"), av_audio=(128, 32, 8)),
-    "tiny": dict(photos=3, levels=(1, 3), video_sources=4, frames=16, speakers=4, av_sources=3,
-                 av_video=("QP16", "QP50"), av_audio=(128, 8)),
+    "small": {"photos": 6, "levels": (1, 2, 3), "video_sources": 6, "frames": 24, "speakers": 6, "av_sources": 4,
+              "av_video": ("QP16", "QP42", "QP50", "QP42_S"), "av_audio": (128, 32, 8)},
+    "tiny": {"photos": 3, "levels": (1, 3), "video_sources": 4, "frames": 16, "speakers": 4, "av_sources": 3,
+             "av_video": ("QP16", "QP50"), "av_audio": (128, 8)},
 }
 KONIQ_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
 CLIVE_PHOTOS = ("camera", "coins", "horse", "clock", "brick", "gravel")
