@@ -184,8 +184,14 @@ class AVQModule(AvlabModule):
 
         missing = [k for k in ("reference", "distorted") if k not in inputs]
         if missing:
-            raise ConfigError(f"avq predict needs reference=REF.mp4 distorted=DIST.mp4; missing {', '.join(missing)}")
-        feats = datamodule.pair_features(inputs["reference"], inputs["distorted"], stimulus=Path(inputs["distorted"]).stem)
+            raise ConfigError("avq predict needs reference=REF.mp4 distorted=DIST.mp4; "
+                              f"missing {', '.join(missing)}")
+        if not isinstance(datamodule, AVQDataModule):
+            raise ConfigError(f"avq predict extracts features with the avq DataModule; `data._target_` builds "
+                              f"{type(datamodule).__name__}")
+        # The DataModule owns feature extraction, for new media as for the dataset.
+        feats = datamodule.pair_features(inputs["reference"], inputs["distorted"],
+                                         stimulus=Path(inputs["distorted"]).stem)
         video = torch.as_tensor(feats["video"])[None].to(self.device)
         audio = torch.as_tensor(feats["audio"])[None].to(self.device)
         from avlab.metrics.importance import ablation_sensitivity, feature_change_norm
