@@ -258,9 +258,8 @@ def _run_experiment_command(command: str, cfg: Any, inputs: dict[str, str]) -> i
         print(f"run directory: {run_dir}")
         return 0
     if command == "features":
-        from avlab.instantiate import instantiate
-
         from avlab.datamodules.base import AvlabDataModule
+        from avlab.instantiate import instantiate
 
         dm = instantiate(cfg.data)
         if not isinstance(dm, AvlabDataModule):

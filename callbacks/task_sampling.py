@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from avlab.datamodules.base import SupportsTaskSampling
 from lightning import Callback, LightningModule, Trainer
 
-from avlab.datamodules.base import SupportsTaskSampling
 from avlab.errors import ConfigError
 
 __all__ = ["TaskSampler", "WeightedTaskSampling"]

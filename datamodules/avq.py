@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
-
 from avlab.datamodules.base import ArraySplit, AvlabDataModule, DatasetInfo, SupportsArrays
 from avlab.datamodules.readers import ReadOptions, detect_format, get_reader, missing_files
+from torch.utils.data import DataLoader, Dataset
+
 from avlab.errors import DataError, FeatureError, MediaError
 from avlab.features.audio import AudioFeatureExtractor, SpectralSimilarityExtractor
 from avlab.features.cache import FeatureCache

@@ -37,7 +37,7 @@ from avlab.paths import cache_dir
 if TYPE_CHECKING:  # the sampler lives with its callback; only its type is needed here
     from avlab.callbacks.task_sampling import TaskSampler
 
-__all__ = ["AvlabDataModule", "ArraySplit", "DatasetInfo", "SupportsArrays", "SupportsTaskSampling"]
+__all__ = ["ArraySplit", "AvlabDataModule", "DatasetInfo", "SupportsArrays", "SupportsTaskSampling"]
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,15 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor, nn
-
 from avlab.datamodules.avq import AVQDataModule
 from avlab.datamodules.base import DatasetInfo
-from avlab.errors import FeatureError
 from avlab.lightningmodules.base import AvlabModule, EvalOutputs
+from torch import Tensor, nn
+
+from avlab.errors import FeatureError
 from avlab.losses import CCCRMSELoss
 from avlab.metrics.importance import MODALITIES, combined_importance, modality_importance
 from avlab.metrics.quality import quality_metrics
-
 
 log = logging.getLogger(__name__)
 

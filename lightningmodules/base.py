@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from avlab.datamodules.base import AvlabDataModule, DatasetInfo
 from lightning import LightningModule
 
-from avlab.datamodules.base import AvlabDataModule, DatasetInfo
 from avlab.rundir import atomic_path, atomic_write
 
 

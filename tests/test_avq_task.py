@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from avlab.datamodules.avq import AVQDataModule, read_manifest
 
 from avlab import cli
 from avlab.config import load_experiment
-from avlab.datamodules.avq import AVQDataModule, read_manifest
 from avlab.errors import DataError
 from avlab.instantiate import instantiate
 from avlab.models.avq import AttentiveAVFusionNet

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.io
-
 from avlab.datamodules.readers import (
     READERS,
     ReadOptions,
@@ -17,6 +16,7 @@ from avlab.datamodules.readers import (
     missing_files,
     register_reader,
 )
+
 from avlab.errors import ConfigError, DataError
 
 

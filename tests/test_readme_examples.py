@@ -35,7 +35,7 @@ def readme_section(title: str) -> str:
 def code_blocks(text: str) -> dict[str, tuple[str, str]]:
     """``{file name: (language, code)}`` of the fenced blocks whose first line is ``# NAME``."""
     out = {}
-    for lang, body in re.findall(r"```(\w+)\n(.*?)```", text, flags=re.S):
+    for lang, body in re.findall(r"```(\w+)\n(.*?)```", text, flags=re.DOTALL):
         first = body.splitlines()[0] if body.strip() else ""
         m = re.match(r"#\s*(\S+\.(?:py|yaml))\s*$", first)
         if m:

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from avlab.datamodules.base import AvlabDataModule
+from avlab.lightningmodules.base import AvlabModule
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from avlab.datamodules.base import AvlabDataModule
 from avlab.errors import DataError
-from avlab.lightningmodules.base import AvlabModule
 from avlab.rundir import atomic_path
 
 

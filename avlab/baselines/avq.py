@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from avlab.datamodules.base import DatasetInfo
     from avlab.lightningmodules.base import EvalOutputs
 
-__all__ = ["AVQEstimator", "FEATURE_SETS", "SVRBaseline", "WeightedProduct"]
+__all__ = ["FEATURE_SETS", "AVQEstimator", "SVRBaseline", "WeightedProduct"]
 
 #: Table 1's SVR feature sets: name → ordered feature keys ("vmaf" expands to 6 columns).
 FEATURE_SETS: dict[str, tuple[str, ...]] = {

@@ -105,8 +105,17 @@ from avlab.features.vmaf import VMAF_FEATURES, extract_vmaf, vmaf_arrays, vmaf_c
 from avlab.media.ffmpeg import probe, run_ffmpeg
 from avlab.rundir import atomic_write
 
-__all__ = ["build_avq_demo", "MANIFEST_COLUMNS", "OPTIONAL_COLUMNS", "BUILDER_VERSION", "VIDEO_LADDER_KBPS",
-           "AUDIO_LADDER_KBPS", "pseudo_mos", "synthesize_soundtrack", "stimulus_name"]
+__all__ = [
+    "AUDIO_LADDER_KBPS",
+    "BUILDER_VERSION",
+    "MANIFEST_COLUMNS",
+    "OPTIONAL_COLUMNS",
+    "VIDEO_LADDER_KBPS",
+    "build_avq_demo",
+    "pseudo_mos",
+    "stimulus_name",
+    "synthesize_soundtrack",
+]
 
 log = logging.getLogger(__name__)
 

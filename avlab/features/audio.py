@@ -28,8 +28,15 @@ import numpy as np
 from avlab.errors import ConfigError, FeatureError, MediaError
 from avlab.features.cache import FeatureCache, cache_key, file_fingerprint
 
-__all__ = ["AudioFeatures", "AudioFeatureExtractor", "SpectralSimilarityExtractor", "PrecomputedEmbeddings",
-           "estimate_lag", "align_signals", "nsim_to_quality"]
+__all__ = [
+    "AudioFeatureExtractor",
+    "AudioFeatures",
+    "PrecomputedEmbeddings",
+    "SpectralSimilarityExtractor",
+    "align_signals",
+    "estimate_lag",
+    "nsim_to_quality",
+]
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import numpy as np
 from avlab.errors import FeatureError
 from avlab.rundir import atomic_path
 
-__all__ = ["FeatureCache", "file_fingerprint", "cache_key", "cached", "dataset_feature_cache"]
+__all__ = ["FeatureCache", "cache_key", "cached", "dataset_feature_cache", "file_fingerprint"]
 
 # (resolved path, size, mtime_ns) -> sha1; files are re-hashed only when they change.
 _SHA1_MEMO: dict[tuple[str, int, int], str] = {}
@@ -129,7 +129,7 @@ class FeatureCache:
                 raise ValueError(f"array {name!r} has dtype object; the cache stores numeric arrays only")
         npz, meta = self._paths(key)
         prov = dict(_canonical(dict(provenance)))
-        prov.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        prov.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
         prov["key"] = key
         prov["arrays"] = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()}
         # Arrays first, sidecar last: get() needs both, so a crash in between leaves no valid entry.

@@ -34,8 +34,17 @@ from avlab.errors import FeatureError, MediaError
 from avlab.features.cache import FeatureCache, cache_key, file_fingerprint
 from avlab.media.ffmpeg import MediaInfo, ffmpeg_version, probe, run_ffmpeg
 
-__all__ = ["VMAF_FEATURES", "VMAF_MODEL", "VmafResult", "parse_vmaf_log", "pool_frames", "extract_vmaf",
-           "vmaf_cache_key", "vmaf_command", "length_tolerance"]
+__all__ = [
+    "VMAF_FEATURES",
+    "VMAF_MODEL",
+    "VmafResult",
+    "extract_vmaf",
+    "length_tolerance",
+    "parse_vmaf_log",
+    "pool_frames",
+    "vmaf_cache_key",
+    "vmaf_command",
+]
 
 log = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ def load_mat(path: Path, label: str, keys: tuple[str, ...]) -> dict[str, Any]:
 
         with h5py.File(path, "r") as fh:
             mat = {k: _h5_value(fh, fh[k]) for k in fh.keys() if not k.startswith("#")}
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any damaged file becomes one actionable message
         raise DataError(f"{label}: cannot read {path}: {exc}") from exc
     missing = [k for k in keys if k not in mat]
     if missing:

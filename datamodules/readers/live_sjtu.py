@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from avlab.datamodules.readers import ReadOptions, register_reader
 from avlab.datamodules.readers.common import cell_str, file_index, finish_rows, load_mat, need
 

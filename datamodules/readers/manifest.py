@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
 from avlab.datamodules.readers import ReadOptions, register_reader
 from avlab.datamodules.readers.common import finish_rows, need
+
 from avlab.errors import DataError
 
 #: alias in a file → catalog column
