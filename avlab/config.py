@@ -330,7 +330,7 @@ def _merge(cfg: DictConfig, overrides: DictConfig) -> DictConfig:
 def _leaf_paths(node: Any, prefix: str = "") -> list[str]:
     if isinstance(node, dict):
         out = []
-        for k in node.keys():
+        for k in node:
             out.extend(_leaf_paths(node[k], f"{prefix}.{k}" if prefix else str(k)))
         return out
     return [prefix]
@@ -378,7 +378,7 @@ def _validate_dataclass(node: Any, schema: type, path: str) -> list[str]:
     if not isinstance(node, DictConfig):
         return [f"`{path}` must be a mapping, got {node!r}"]
     fields = {f.name: f for f in dataclasses.fields(schema)}
-    for key in node.keys():
+    for key in node:
         key = str(key)
         full = f"{path}.{key}" if path else key
         if key not in fields:
@@ -424,7 +424,7 @@ def _validate_trainer(trainer: Any) -> list[str]:
     params, _ = signature_params(Trainer.__init__)
     reserved = {"logger", "callbacks", "default_root_dir", "enable_checkpointing", "enable_progress_bar"}
     problems = []
-    for key in trainer.keys():
+    for key in trainer:
         if key in reserved:
             problems.append(f"`trainer.{key}` is set by avlab from the `logger`/`callbacks`/`run` sections; set those instead")
         elif key not in params:

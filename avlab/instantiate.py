@@ -113,7 +113,7 @@ def validate_target_node(node: Mapping | DictConfig, path: str, *, provided: Seq
     target = node[TARGET_KEY]
     obj = resolve_target(target, where=f"{path}._target_" if path else "_target_")
     params, var_kw = signature_params(obj)
-    for key in node.keys():
+    for key in node:
         key = str(key)
         if key in META_KEYS:
             continue
@@ -149,7 +149,7 @@ def _validate_value(value: Any, path: str) -> list[str]:
         return out
     if isinstance(value, (Mapping, DictConfig)):
         out = []
-        for k in value.keys():
+        for k in value:
             if is_target_node(value[k]):
                 out.extend(validate_target_node(value[k], f"{path}.{k}"))
         return out

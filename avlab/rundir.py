@@ -24,12 +24,14 @@ RUN_DIR_ENV = "AVLAB_RUN_DIR"
 def git_commit() -> str | None:
     src = Path(avlab.__file__).resolve().parent.parent
     try:
-        out = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
         return None
-    dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+    dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=5, check=False)
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 

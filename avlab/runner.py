@@ -201,7 +201,7 @@ def finish_loggers(trainer: Trainer) -> None:
         if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
             try:
                 logger.experiment.finish()
-            except Exception:  # noqa: BLE001 - a logging hiccup must not lose the results
+            except Exception:  # noqa: BLE001, S110 - a logging hiccup must not lose the results
                 pass
 
 
@@ -377,7 +377,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"ckpt_path {path} does not exist; pass a checkpoint from a run directory's checkpoints/ folder")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - turn any unpickling problem into an actionable message
+    except Exception as exc:  # any unpickling problem becomes an actionable message
         raise ConfigError(f"cannot load checkpoint {path}: {exc}") from exc
 
 

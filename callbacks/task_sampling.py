@@ -168,7 +168,7 @@ class WeightedTaskSampling(Callback):
             w.writerows(self.history)
         try:
             plot_task_sequence(self.history, Path(run_dir) / "plots" / "task_sampling.png")
-        except Exception:  # noqa: BLE001 - a plotting problem must not fail the run
+        except Exception:  # noqa: BLE001, S110 - a plotting problem must not fail the run
             pass
 
     def state_dict(self) -> dict[str, Any]:

@@ -155,8 +155,8 @@ class AVQModule(AvlabModule):
         frame.insert(1, "source", names["source"].to_numpy())
         columns = ["importance_audio", "importance_video", "abl_audio", "abl_video"]
         by_source = frame.groupby("source")[columns].mean()
-        lines = [f"modality importance (eq. 6-8, mean over held-out stimuli; alpha={self.alpha:g}, "
-                 f"beta={self.beta:g}):"]
+        lines = [(f"modality importance (eq. 6-8, mean over held-out stimuli; alpha={self.alpha:g}, "
+                  f"beta={self.beta:g}):")]
         for source, row in by_source.iterrows():
             dominant = "audio" if row["importance_audio"] > row["importance_video"] else "video"
             lines.append(f"  {source:<24} audio {row['importance_audio']:.3f}  "

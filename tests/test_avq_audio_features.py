@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 
 import numpy as np
 import pytest
@@ -77,7 +78,7 @@ def test_identical_is_maximal(audio, extractor):
 
 def test_quality_monotone_over_aac_ladder(audio, extractor):
     q = [extractor.extract(audio["ref"], audio[k]).quality for k in LADDER]
-    assert all(a < b for a, b in zip(q, q[1:])), q
+    assert all(a < b for a, b in itertools.pairwise(q)), q
     assert q[0] < 3.0 < q[-1] and 1.0 <= q[0] and q[-1] <= 5.0
 
 

@@ -128,7 +128,7 @@ def test_bad_manifest_rows_are_named(tiny_avq: Path, tmp_path: Path) -> None:
 
 def test_corrupt_video_is_reported_with_its_stimulus(tiny_avq: Path, tmp_path: Path) -> None:
     root = _corrupt_copy(tiny_avq, tmp_path / "corrupt", lambda t: None)
-    victim = sorted((root / "stimuli").glob("*.mp4"))[0]
+    victim = min((root / "stimuli").glob("*.mp4"))
     victim.write_bytes(victim.read_bytes()[:200])  # truncated file
     from avlab.errors import MediaError
 

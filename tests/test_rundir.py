@@ -35,11 +35,10 @@ def test_atomic_path_replaces_only_a_complete_file(tmp_path: Path) -> None:
 
     target = tmp_path / "sub" / "table.csv"
     atomic_write(target, "old\n")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            assert tmp.parent == target.parent and tmp.suffix == ".csv" and tmp != target
-            tmp.write_text("half")
-            raise RuntimeError("writer crashed")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.suffix == ".csv" and tmp != target
+        tmp.write_text("half")
+        raise RuntimeError("writer crashed")
     assert target.read_text() == "old\n"
     assert sorted(p.name for p in target.parent.iterdir()) == ["table.csv"]  # no temporary left behind
     with atomic_path(target, suffix=".npy") as tmp:

@@ -140,5 +140,5 @@ def missing_files(table: pd.DataFrame,
     return problems
 
 
-# The shared quality formats register themselves on import.
-from avlab.datamodules.readers import live_sjtu, manifest  # noqa: E402,F401
+# The shared quality formats register themselves on import (after the registry above exists).
+from avlab.datamodules.readers import live_sjtu, manifest  # noqa: F401

@@ -41,7 +41,7 @@ def read_excel(path: Path, label: str, **kwargs: Any) -> pd.DataFrame:
         return pd.read_excel(path, **kwargs)
     except ImportError as exc:
         raise DataError(f"{label}: reading {path.name} needs openpyxl (`pip install openpyxl`)") from exc
-    except Exception as exc:  # noqa: BLE001 - any parse error becomes one actionable message
+    except Exception as exc:  # any parse error becomes one actionable message
         raise DataError(f"{label}: cannot read {path}: {exc}") from exc
 
 
@@ -55,8 +55,8 @@ def load_mat(path: Path, label: str, keys: tuple[str, ...]) -> dict[str, Any]:
         import h5py
 
         with h5py.File(path, "r") as fh:
-            mat = {k: _h5_value(fh, fh[k]) for k in fh.keys() if not k.startswith("#")}
-    except Exception as exc:  # noqa: BLE001 - any damaged file becomes one actionable message
+            mat = {k: _h5_value(fh, fh[k]) for k in fh if not k.startswith("#")}
+    except Exception as exc:  # any damaged file becomes one actionable message
         raise DataError(f"{label}: cannot read {path}: {exc}") from exc
     missing = [k for k in keys if k not in mat]
     if missing:

@@ -44,7 +44,7 @@ def read_manifest(folder: Path, options: ReadOptions) -> pd.DataFrame:
     path = need(folder / name, label)
     try:
         raw = pd.read_csv(path)
-    except Exception as exc:  # noqa: BLE001 - any parse error becomes an actionable message
+    except Exception as exc:  # any parse error becomes an actionable message
         raise DataError(f"{label}: cannot read {path}: {exc}") from exc
     both = [f"{a}/{c}" for a, c in ALIASES.items() if a in raw and c in raw]
     if both:
