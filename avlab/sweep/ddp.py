@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from avlab.rundir import atomic_write
 from avlab.sweep.callbacks import pruning_callback_class
 from avlab.sweep.storage import open_storage
 
@@ -49,9 +50,7 @@ class Channel:
         return channel
 
     def _write(self, name: str, payload: dict[str, Any]) -> None:
-        tmp = self.path / f".{name}.tmp"
-        tmp.write_text(json.dumps(payload))
-        os.replace(tmp, self.path / name)
+        atomic_write(self.path / name, json.dumps(payload))
 
     def announce(self, seq: int, message: dict[str, Any]) -> None:
         self._write(f"{seq:06d}.json", message)

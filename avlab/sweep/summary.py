@@ -4,11 +4,11 @@ parallel-coordinate plots) and the table it prints."""
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
 
+from avlab.rundir import atomic_path, atomic_write
 from avlab.sweep.spec import SweepSpec
 
 
@@ -23,8 +23,6 @@ def best_trial(study: Any) -> Any | None:
 def write_summary(study: Any, sweep_dir: Path, spec: SweepSpec) -> None:
     """``best_params.json``, ``trials.csv``, ``param_importances.png``, ``parallel_coordinate.png``."""
     import optuna
-
-    from avlab.rundir import atomic_write
 
     trials = study.get_trials(deepcopy=False)
     states = {s.name: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
@@ -45,9 +43,7 @@ def write_summary(study: Any, sweep_dir: Path, spec: SweepSpec) -> None:
                                           "params", "user_attrs"))
     if "duration" in frame:
         frame["duration"] = frame["duration"].dt.total_seconds()
-    tmp = sweep_dir / f".trials.csv.tmp{os.getpid()}"
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, sweep_dir / "trials.csv")
+    atomic_write(sweep_dir / "trials.csv", frame.to_csv(index=False))
     _plots(study, sweep_dir, spec.metric)
 
 
@@ -79,10 +75,9 @@ def _plots(study: Any, sweep_dir: Path, target: str) -> None:
             fig, ax = plt.subplots(figsize=(8, 3))
             ax.axis("off")
             ax.text(0.5, 0.5, f"{why}\nnot available yet: {exc}", ha="center", va="center", wrap=True)
-        tmp = sweep_dir / f".{filename}.tmp{os.getpid()}.png"
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        with atomic_path(sweep_dir / filename) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
         plt.close(fig)
-        os.replace(tmp, sweep_dir / filename)
 
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     save("param_importances.png", lambda: ovm.plot_param_importances(study, evaluator=evaluator, target_name=target), 2,
