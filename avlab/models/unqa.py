@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -47,15 +48,7 @@ _EXTRACTOR_KEY = {"spatial": "s", "motion": "m", "audio": "a"}
 
 def _fork_init(init_seed: int | None):
     """A context that seeds module initialisation without touching the global RNG stream."""
-    return torch.random.fork_rng(devices=[]) if init_seed is not None else _Null()
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    return torch.random.fork_rng(devices=[]) if init_seed is not None else contextlib.nullcontext()
 
 
 # =========================================================================== spatial (eq. 1–6)
