@@ -234,11 +234,11 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _run_experiment_command(command: str, cfg: Any, inputs: dict[str, str]) -> int:
-    from avlab import runner
+    from avlab import rundir, runner
 
     if command == "train":
         result = runner.train(cfg)
-        if runner._is_rank_zero():
+        if rundir.is_rank_zero():
             _print_metrics(f"{cfg.experiment}: test metrics", result.metrics, result.per_split)
             for line in result.summary_lines:
                 print(line)
@@ -246,7 +246,7 @@ def _run_experiment_command(command: str, cfg: Any, inputs: dict[str, str]) -> i
         return 0
     if command == "test":
         result = runner.test(cfg)
-        if runner._is_rank_zero():
+        if rundir.is_rank_zero():
             _print_metrics(f"{cfg.experiment}: test metrics ({cfg.ckpt_path})", result.metrics)
             for line in result.summary_lines:
                 print(line)

@@ -48,6 +48,25 @@ def _launcher_run_id() -> str | None:
     return None
 
 
+def launch_rank() -> int:
+    """This process's global rank as its launcher set it, before any process group exists.
+
+    torchrun sets RANK; srun's tasks (when it starts more than one) carry only SLURM_PROCID, so
+    without it every node's first task would count as rank 0; the workers of Lightning's own
+    one-node launcher carry LOCAL_RANK.
+    """
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        return int(os.environ["SLURM_PROCID"])
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_rank_zero() -> bool:
+    """Whether this process writes the run directory's shared files (metrics.json, tables)."""
+    return launch_rank() == 0
+
+
 def create_run_dir(cfg: DictConfig, *, suffix: str | None = None) -> Path:
     """A new, never reused run directory; DDP workers reuse the one their launcher created."""
     global _exported

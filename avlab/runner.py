@@ -13,6 +13,7 @@ here is specific to a task.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -35,7 +36,9 @@ from avlab.datamodules.base import AvlabDataModule, SupportsArrays
 from avlab.errors import ConfigError
 from avlab.instantiate import instantiate, resolve_target
 from avlab.lightningmodules.base import AvlabModule, EvalOutputs
-from avlab.rundir import create_run_dir, write_config, write_metrics
+from avlab.rundir import create_run_dir, is_rank_zero, write_config, write_metrics
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- results
@@ -196,13 +199,26 @@ def build_trainer(cfg: DictConfig, run_dir: Path, tag: str | None = None,
 
 
 def finish_loggers(trainer: Trainer) -> None:
-    # One W&B run per fit: without finish(), folds and sweep trials merge into one run.
+    """Finish and flush this Trainer's W&B run before ``train``/``test`` return.
+
+    One W&B run per fit: without ``finish()``, folds and sweep trials merge into one run. And
+    ``finish()`` alone may return while W&B's service process is still writing the offline run
+    file, so a notebook user, ``wandb sync`` or a test reading ``wandb/`` right after ``train``
+    could see a run file holding only its header; ``wandb.teardown()`` waits for the service to
+    write and close everything.
+    """
+    finished = False
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
             try:
                 logger.experiment.finish()
-            except Exception:  # noqa: BLE001, S110 - a logging hiccup must not lose the results
-                pass
+                finished = True
+            except Exception as exc:  # noqa: BLE001 - a logging hiccup must not lose the results
+                log.warning("could not finish the W&B run in %s: %s", logger.save_dir, exc)
+    if finished:
+        import wandb
+
+        wandb.teardown()
 
 
 # --------------------------------------------------------------------------- protocols
@@ -255,27 +271,18 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> RunResul
         per_split.append(metrics)
         summary.extend(lines if kind is None else [f"[{tag}] {line}" for line in lines])
     metrics = aggregate(per_split)
-    if _is_rank_zero():
+    if is_rank_zero():
         if len(per_split) > 1:
             _write_splits_csv(run_dir, per_split)
         metrics = write_metrics(run_dir, metrics)
     return RunResult(run_dir, metrics, per_split, summary, val_metrics)
 
 
-def _is_rank_zero() -> bool:
-    # The global rank: torchrun sets RANK; srun's tasks (when it starts more than one) carry only
-    # SLURM_PROCID, so without it every node's first task would write metrics.json; the workers
-    # of Lightning's own one-node launcher carry LOCAL_RANK.
-    if "RANK" in os.environ:
-        return int(os.environ["RANK"]) == 0
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
-        return int(os.environ["SLURM_PROCID"]) == 0
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
 def _attach(module: Any, run_dir: Path) -> None:
     if isinstance(module, AvlabModule):
-        module.run_dir = run_dir if _is_rank_zero() else None
+        module.run_dir = run_dir if is_rank_zero() else None
 
 
 def _fit_and_test(cfg: DictConfig, datamodule: Any, run_dir: Path, tag: str | None,
@@ -335,7 +342,7 @@ def evaluate_estimator(estimator: ClosedFormEstimator, datamodule: Any, run_dir:
     part = datamodule.arrays(split)
     pred = np.asarray(estimator.predict(part.features), dtype=float)
     info = datamodule.dataset_info()
-    outputs = EvalOutputs(run_dir if _is_rank_zero() else None, prefix=f"{info.name}_" if info.name else "")
+    outputs = EvalOutputs(run_dir if is_rank_zero() else None, prefix=f"{info.name}_" if info.name else "")
     samples = {"index": np.asarray(part.index), "pred": pred, "target": np.asarray(part.target, dtype=float)}
     try:
         table = datamodule.sample_table(split).loc[part.index]
@@ -419,7 +426,7 @@ def test(cfg: DictConfig) -> RunResult:
         datamodule.setup("test")
         metrics = {f"test/{k}": v for k, v in evaluate_estimator(model, datamodule, run_dir).items()}
         lines = []
-    if _is_rank_zero():
+    if is_rank_zero():
         metrics = write_metrics(run_dir, metrics)
     return RunResult(run_dir, metrics, [metrics], lines)
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from avlab.rundir import atomic_write
+from avlab.rundir import atomic_write, launch_rank
 from avlab.sweep.callbacks import pruning_callback_class
 from avlab.sweep.storage import open_storage
 
@@ -28,8 +28,7 @@ DDP_STATUS_WAIT_S = 90
 def is_follower() -> bool:
     """A rank > 0 that Lightning's launcher started by re-running rank 0's ``avlab sweep`` command
     (the same test as the runner's rank-zero check, without importing Lightning)."""
-    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
-    return bool(os.environ.get(CHANNEL_ENV)) and rank != 0
+    return bool(os.environ.get(CHANNEL_ENV)) and launch_rank() != 0
 
 
 class Channel:
