@@ -17,6 +17,12 @@ optimiser state. This callback only decides, at each epoch start, which step the
 to; on a change it calls ``module.enter_step`` (freeze/unfreeze, heads, loss) and re-creates the
 optimisers with ``trainer.strategy.setup_optimizers``.
 
+With ``carry_best: true`` each step starts from the weights of its predecessor's epoch with the best
+mean validation SRCC (``val/srcc_mean``) instead of its last epoch: the paper trains each step to
+its best validation model and carries that into the next step. The default (``false``) continues
+from the last epoch. The kept weights are part of the callback's checkpoint state, so a resumed run
+carries the same model.
+
 A step spec is a mapping with ``name``, ``epochs``, ``heads`` (``database`` | ``modality``),
 ``loss`` (``mae_rank`` | ``srcc``), ``train`` (parts: ``spatial``, ``audio``, ``database_heads``,
 ``modality_heads``) and ``lr``. Any number of steps is allowed, so the ablations of Table VI
@@ -80,12 +86,16 @@ class ThreeStepSchedule(Callback):
 
     Args:
         steps: list of step specs; default :data:`PAPER_STEPS` (20/10/10 epochs).
+        carry_best: start each step from the previous step's best-validation weights (see the module
+            docstring); ``False`` continues from the last epoch.
     """
 
-    def __init__(self, steps: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, steps: list[dict[str, Any]] | None = None, carry_best: bool = False) -> None:
         super().__init__()
         self.steps = normalise_steps(steps)
+        self.carry_best = bool(carry_best)
         self.transitions: list[dict[str, Any]] = []
+        self._best: dict[str, Any] = {"step": -1, "score": None, "epoch": -1, "state": None}
 
     @property
     def state_key(self) -> str:
@@ -125,21 +135,46 @@ class ThreeStepSchedule(Callback):
         target = self.step_for_epoch(trainer.current_epoch)
         if target != pl_module.step_index:
             previous = self.steps[pl_module.step_index]["heads"] if pl_module.step_index >= 0 else None
+            best, carried = self._best, None
+            if self.carry_best and best["state"] is not None and best["step"] == pl_module.step_index:
+                pl_module.load_state_dict(best["state"])
+                log.info("UNQA schedule: step %d starts from epoch %d (best val/srcc_mean %.4f)", target + 1,
+                         best["epoch"], best["score"])
+                carried = best["epoch"]
+            self._best = {"step": -1, "score": None, "epoch": -1, "state": None}
             pl_module.enter_step(target, self.steps[target], final=target == len(self.steps) - 1)
             if previous == "database" and self.steps[target]["heads"] == "modality":
                 # The modality regressors continue from what step one learned (model.head_init).
                 pl_module.init_modality_heads_from_database_heads()
             # A fresh optimiser for every step (Adam moments of the previous step do not carry over).
             trainer.strategy.setup_optimizers(trainer)
-            self.transitions.append({"epoch": trainer.current_epoch, "step": target + 1, "name": self.steps[target]["name"]})
+            record = {"epoch": trainer.current_epoch, "step": target + 1, "name": self.steps[target]["name"]}
+            self.transitions.append(record | ({"carried_from_epoch": carried} if carried is not None else {}))
             log.info("UNQA schedule: epoch %d starts step %d (%s)", trainer.current_epoch, target + 1, self.steps[target]["name"])
         pl_module.log("train/schedule_step", float(target + 1), on_step=False, on_epoch=True, add_dataloader_idx=False)
 
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.carry_best or trainer.sanity_checking or pl_module.step_index < 0:
+            return
+        score = trainer.callback_metrics.get("val/srcc_mean")
+        if score is None:
+            return
+        score, best = float(score), self._best
+        if best["step"] != pl_module.step_index or best["score"] is None or score > best["score"]:
+            state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+            self._best = {"step": pl_module.step_index, "score": score, "epoch": trainer.current_epoch,
+                          "state": state}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": [dict(s) for s in self.steps], "transitions": list(self.transitions)}
+        out: dict[str, Any] = {"steps": [dict(s) for s in self.steps], "transitions": list(self.transitions)}
+        if self.carry_best and self._best["state"] is not None:
+            out["best"] = dict(self._best)
+        return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("steps")
         if saved and [s["epochs"] for s in saved] != [s["epochs"] for s in self.steps]:
             warnings.warn("resuming with a different step schedule than the checkpoint's", UserWarning, stacklevel=2)
         self.transitions = list(state_dict.get("transitions", []))
+        if "best" in state_dict:
+            self._best = dict(state_dict["best"])

@@ -76,12 +76,18 @@ class MediaLoader:
 
     def __init__(self, image_size: int = 64, resize_short: int | None = None, frames: int = 4, motion_frames: int = 8,
                  motion_size: int = 64, motion_chunks: int = 1, audio_sr: int = 16000, audio_seconds: float = 2.0,
-                 spatial_sampling: str = "resize", fragment_grid: int = 4) -> None:
+                 spatial_sampling: str = "resize", fragment_grid: int = 4, image_crops: int = 1) -> None:
         if spatial_sampling not in self.SAMPLINGS:
             raise DataError(f"data.spatial_sampling must be one of {', '.join(self.SAMPLINGS)}, got {spatial_sampling!r}")
         if spatial_sampling == "fragments" and (fragment_grid < 1 or image_size % fragment_grid):
             raise DataError(f"data.image_size ({image_size}) must be a multiple of data.fragment_grid ({fragment_grid})")
         self.spatial_sampling, self.fragment_grid = spatial_sampling, int(fragment_grid)
+        grid = round(float(image_crops) ** 0.5)
+        if image_crops < 1 or grid * grid != image_crops or (
+                image_crops > 1 and spatial_sampling != "native"):
+            raise DataError(f"data.image_crops must be a square number (1, 4, 9, ...) and > 1 only with "
+                            f"spatial_sampling: native, got {image_crops} with {spatial_sampling}")
+        self.image_crops, self.crop_grid = int(image_crops), grid
         self.image_size, self.resize_short = int(image_size), int(resize_short or image_size)
         self.frames, self.motion_frames, self.motion_size = int(frames), int(motion_frames), int(motion_size)
         self.motion_chunks = max(1, int(motion_chunks))
@@ -142,8 +148,24 @@ class MediaLoader:
             return self._fragments(x, self.fragment_grid, self.image_size)
         return self._resize_crop(x, self.resize_short, self.image_size)
 
-    def image(self, path: str) -> Tensor:
-        """``[1, 3, S, S]`` in [0, 1]."""
+    @staticmethod
+    def _native_grid(x: Tensor, crop: int, grid: int) -> Tensor:
+        """``grid``² native-resolution ``crop``×``crop`` crops, one centred in each cell of a
+        ``grid``×``grid`` partition (clamped inside the image; they overlap on small images)."""
+        h, w = x.shape[-2:]
+        if min(h, w) < crop:
+            return MediaLoader._resize_crop(x, crop, crop).expand(grid * grid, -1, -1, -1)
+        out = []
+        for i in range(grid):
+            top = min(max(0, round((i + 0.5) * h / grid - crop / 2)), h - crop)
+            for j in range(grid):
+                left = min(max(0, round((j + 0.5) * w / grid - crop / 2)), w - crop)
+                out.append(x[0, :, top:top + crop, left:left + crop])
+        return torch.stack(out).clamp(0, 1)
+
+    @staticmethod
+    def decode_image(path: str) -> Tensor:
+        """The whole image, ``[1, 3, H, W]`` in [0, 1]."""
         from PIL import Image
 
         try:
@@ -151,7 +173,23 @@ class MediaLoader:
                 arr = np.array(im.convert("RGB"))  # a writable copy for torch.from_numpy
         except (OSError, ValueError) as exc:
             raise MediaError(f"cannot read image {path}: {exc}") from exc
-        x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0
+        return torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0
+
+    def random_crop(self, x: Tensor, rng: np.random.Generator) -> Tensor:
+        """One native-resolution ``image_size`` crop at a random position (training augmentation)."""
+        h, w = x.shape[-2:]
+        s = self.image_size
+        if min(h, w) < s:
+            return self._native_crop(x, s)
+        top, left = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+        return x[..., top:top + s, left:left + s].clamp(0, 1)
+
+    def image(self, path: str) -> Tensor:
+        """``[K, 3, S, S]`` in [0, 1]: K = ``image_crops`` (1 but for native multi-crop sampling, whose
+        crops the spatial extractor averages like a video's frames)."""
+        x = self.decode_image(path)
+        if self.image_crops > 1:
+            return self._native_grid(x, self.image_size, self.crop_grid)
         return self.spatial(x)
 
     def _read_frames(self, path: str, indices_fn: Any, yuv: tuple[int, int] | None) -> np.ndarray:
@@ -312,7 +350,8 @@ class _PlannedBatches(IterableDataset):
         # so batches still come out in plan order.
         for step in range(wid, len(plan), nw):
             _, uids = plan[step]
-            yield self.dm.collate([self.dm.load_item(int(u)) for u in uids])
+            epoch = self.dm.trainer.current_epoch if self.dm.trainer is not None else 0
+            yield self.dm.collate([self.dm.load_item(int(u), augment=(epoch, step)) for u in uids])
 
 
 # --------------------------------------------------------------------------- datamodule
@@ -331,7 +370,12 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
             batches carry under ``motion`` (``None``: no motion features, the "w/o motion" ablation).
         motion_batch: clips per SlowFast forward when extracting.
         spatial_sampling: ``resize`` (paper), ``native`` or ``fragments`` (see :meth:`MediaLoader.spatial`);
-            fragment_grid: cells per side for ``fragments``.
+            fragment_grid: cells per side for ``fragments``. image_crops: native crops per image
+            (a square number; their spatial features are averaged, as a video's frames are).
+            train_crops: ``centre`` (training images are cropped as at test) or ``random`` (with
+            ``spatial_sampling: native``, each training draw of an image takes its native crops at
+            random positions, seeded by split seed, stimulus, epoch and step, so a resumed run
+            draws the same crops; validation and test keep the fixed crops).
         logistic: ``"4"``/``"5"`` also reports PLCC after a logistic fit (``plcc_logistic``);
             ``None`` reports raw PLCC only.
         cache_decoded: keep decoded stimuli in memory (small databases / demo only).
@@ -345,7 +389,8 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
                  split_ratios: list[float] | tuple[float, float, float] = (0.7, 0.1, 0.2), split_seed: int = 0,
                  image_size: int = 64, resize_short: int | None = None, frames: int = 4, motion_frames: int = 8,
                  motion_size: int = 64, motion_chunks: int = 1, audio_sr: int = 16000, audio_seconds: float = 2.0,
-                 spatial_sampling: str = "resize", fragment_grid: int = 4,
+                 spatial_sampling: str = "resize", fragment_grid: int = 4, image_crops: int = 1,
+                 train_crops: str = "centre",
                  logistic: str | None = "4", cache_decoded: bool = False, dataset_name: str | None = None,
                  demo_size: str = "small", batch_size: int = 8, num_workers: int = 0,
                  motion: MotionExtractor | None = None, motion_batch: int = 4) -> None:
@@ -363,9 +408,16 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         self.split_ratios = ratios
         self.split_seed = int(split_seed)
         self.media = MediaLoader(image_size, resize_short, frames, motion_frames, motion_size, motion_chunks, audio_sr,
-                                 audio_seconds, spatial_sampling=spatial_sampling, fragment_grid=fragment_grid)
+                                 audio_seconds, spatial_sampling=spatial_sampling,
+                                 fragment_grid=fragment_grid, image_crops=image_crops)
         self.logistic = logistic
         self.cache_decoded = bool(cache_decoded)
+        if train_crops not in ("centre", "random") or (train_crops == "random"
+                                                       and spatial_sampling != "native"):
+            raise DataError(f"data.train_crops must be centre or random (random needs spatial_sampling: "
+                            f"native), got {train_crops!r} with {spatial_sampling!r}")
+        self.train_crops = train_crops
+        self._pixels: dict[int, Tensor] = {}
         self.dataset_name = dataset_name
         self.table: pd.DataFrame | None = None
         self.parts: dict[str, dict[int, np.ndarray]] = {}
@@ -449,7 +501,11 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
             return int(row["width"]), int(row["height"])
         return None
 
-    def load_item(self, uid: int) -> dict[str, Any]:
+    def load_item(self, uid: int, augment: tuple[int, int] | None = None) -> dict[str, Any]:
+        """One stimulus ready for batching; ``augment`` = (epoch, step) of a training draw, which
+        takes random image crops with ``train_crops: random``."""
+        if augment is not None and self.train_crops == "random" and self.row(uid)["modality"] == "image":
+            return self._random_crops(uid, augment)
         if uid in self._memo:
             return self._memo[uid]
         r = self.row(uid)
@@ -467,6 +523,17 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
             raise MediaError(f"database `{r['db_name']}` ({r['where']}): {exc}") from exc
         if self.cache_decoded:
             self._memo[uid] = item
+        return item
+
+    def _random_crops(self, uid: int, augment: tuple[int, int]) -> dict[str, Any]:
+        item = dict(self.load_item(uid))  # labels (and the fixed crops, memoised with cache_decoded)
+        full = self._pixels.get(uid)
+        if full is None:
+            full = self.media.decode_image(self.row(uid)["media"])
+            if self.cache_decoded:
+                self._pixels[uid] = full
+        rng = np.random.default_rng([self.split_seed, uid, *augment])
+        item["frames"] = torch.cat([self.media.random_crop(full, rng) for _ in range(self.media.image_crops)])
         return item
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""UNQA's visual path learns: it fits ~60 demo images with real distortions (JPEG, blur, noise), and
+"""UNQA's visual path learns: it fits 64 demo images with real distortions (JPEG, blur, noise), and
 the CPU-scale settings are what make that possible.
 
 The model is randomly initialised (nothing is downloaded), so these tests are about whether the
@@ -25,14 +25,14 @@ KONIQ = {"koniq": {"format": "koniq10k", "path": "KonIQ-10k"}}
 
 @pytest.fixture(scope="module")
 def koniq_images() -> tuple[torch.Tensor, torch.Tensor]:
-    """The 60 KonIQ-format demo images (6 photos x (pristine + JPEG/blur/noise at 3 levels)) as 32-px
+    """The 128 KonIQ-format demo images (8 photos x (pristine + JPEG/blur/noise at 5 levels)) as 32-px
     native-resolution crops, the CPU-scale inputs of ``unqa/_base``, with their MOS mapped to [0, 1]."""
     root = build_unqa_demo(cache_dir() / "demo" / "unqa-koniq" / "small", size="small", databases=["koniq"])
     dm = UNQADataModule(root=str(root), databases=KONIQ, spatial_sampling="native", image_size=32, batch_size=16)
     dm.setup("fit")
     x = torch.stack([dm.load_item(int(u))["frames"] for u in dm.table["uid"]])
     y = torch.tensor(dm.table["mos_norm"].to_numpy(), dtype=torch.float32)
-    assert len(x) == 60 and float(y.std()) > 0.1
+    assert len(x) == 128 and float(y.std()) > 0.1
     return x, y
 
 
@@ -62,17 +62,17 @@ def _fit(x: torch.Tensor, y: torch.Tensor, stages: list[int], steps: int, seed: 
     return curve
 
 
-def test_spatial_path_overfits_sixty_distorted_images(koniq_images: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_spatial_path_overfits_64_distorted_images(koniq_images: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = koniq_images
-    curve = _fit(x, y, stages=[0, 1, 2], steps=160)
+    curve = _fit(x[:64], y[:64], stages=[0, 1, 2], steps=160)  # the first 4 photos' 16 variants each
     assert max(curve) > 0.9, f"training SRCC per 20 steps: {np.round(curve, 3).tolist()}"
 
 
 def test_spatial_path_generalises_to_held_out_images(koniq_images: tuple[torch.Tensor, torch.Tensor]) -> None:
-    """Trained on 42 images, the image regressor ranks the 18 held-out ones (other distortion levels
-    and photos' variants) far better than a constant predictor, whose SRCC is 0 (undefined)."""
+    """Trained on 85 images, the image regressor ranks the 43 held-out ones (every third variant, so
+    every photo, distortion kind and level) far better than a constant predictor, whose SRCC is 0."""
     x, y = koniq_images
-    held_out = np.arange(len(x)) % 10 >= 7  # 3 of each photo's 10 variants, spread over the levels
+    held_out = np.arange(len(x)) % 3 == 2
     torch.manual_seed(0)
     net = UNQANet(spatial=SpatialExtractor("convnextv2_atto", stages=[0, 1, 2]))
     net.add_database_heads({"koniq": "image"})
@@ -126,20 +126,24 @@ def test_demo_subset_builds_only_the_named_databases(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_run_learns_every_modality(tmp_path: Path, capsys) -> None:
-    """`avlab train unqa/unqa_demo` on the small demo (about 4 minutes on 2 busy cores): every
-    database's test SRCC beats a constant predictor (SRCC 0). Measured at this seed: KonIQ 0.40,
-    CLIVE 0.27, KoNViD 0.66, TCD-VoIP 0.60, NOIZEUS 1.00, LIVE-SJTU 0.76. Video, audio and AV clear
-    0.5; the two image databases (12 test images each, joint training with the video databases) do
-    not yet, see docs/unqa.md."""
-    import json
+def test_demo_run_learns_every_modality_on_three_splits(tmp_path: Path, capsys) -> None:
+    """`avlab train unqa/unqa_demo splits.repeats=3` on the small demo (three random 7:1:2 splits,
+    5-12 min on 2 cores): every database (images, videos, audio, AV) beats a constant predictor
+    (SRCC 0) with a test SRCC above 0.5 on split 0 and on the mean of the three splits, and above
+    0.4 on every split (docs/unqa.md lists the figures)."""
+    import pandas as pd
 
     from avlab import cli
 
-    assert cli.main(["train", "unqa/unqa_demo", "logger.wandb.mode=disabled", f"run.root={tmp_path}"]) == 0
+    assert cli.main(["train", "unqa/unqa_demo", "splits.repeats=3", "logger.wandb.mode=disabled",
+                     f"run.root={tmp_path}"]) == 0
     run = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("run directory: "))
-    metrics = json.loads((run / "metrics.json").read_text())
-    for db in ("konvid", "tcd_voip", "noizeus", "live_sjtu"):
-        assert metrics[f"test/{db}/srcc"] > 0.5, (db, metrics[f"test/{db}/srcc"])
-    for db in ("koniq", "clive"):
-        assert metrics[f"test/{db}/srcc"] > 0.2, (db, metrics[f"test/{db}/srcc"])
+    folds = pd.read_csv(run / "folds.csv")
+    assert len(folds) == 3
+    srcc = folds[[c for c in folds.columns if c.endswith("/srcc")]]
+    names = {c.split("/")[1] for c in srcc.columns}
+    assert names == {"koniq", "clive", "konvid", "tcd_voip", "noizeus", "live_sjtu"}, names
+    table = srcc.round(3).to_string()
+    assert bool((srcc.iloc[0] > 0.5).all()), table
+    assert bool((srcc.mean() > 0.5).all()), table
+    assert bool((srcc > 0.4).all().all()), table

