@@ -20,28 +20,53 @@ logger.wandb.mode (offline|online|disabled), ckpt_path, cv.folds, splits.repeats
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="avlab", description="Audio-visual deep-learning experiments on PyTorch Lightning.",
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="avlab",
+        description="Audio-visual deep-learning experiments on PyTorch Lightning.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     from avlab import __version__
 
     p.add_argument("--version", action="version", version=f"avlab {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def exp_cmd(name: str, help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-        sp.add_argument("experiment", nargs="?", help="config name under experiments/ (e.g. avq/attentive_fusion) or a YAML path")
+        sp = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sp.add_argument(
+            "experiment",
+            nargs="?",
+            help="config name under experiments/ (e.g. avq/attentive_fusion) or a YAML path",
+        )
         sp.add_argument("overrides", nargs="*", help="key=value config overrides")
         sp.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-        sp.add_argument("--overlay", action="append", default=[], metavar="NAME",
-                        help="merge another config file after the experiment (repeatable), e.g. saliency/_cpu")
+        sp.add_argument(
+            "--overlay",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="merge another config file after the experiment (repeatable), e.g. saliency/_cpu",
+        )
         sp.add_argument("--list", action="store_true", help="list the available experiments and exit")
         return sp
 
     exp_cmd("train", "Fit, then test the best checkpoint; prints test metrics and writes a run directory.")
     exp_cmd("test", "Test a checkpoint: avlab test EXPERIMENT ckpt_path=PATH.")
-    exp_cmd("predict", "Apply a trained model to new media: avlab predict EXPERIMENT ckpt_path=PATH input=... "
-                       "(avq: reference=REF distorted=DIST).")
-    feats = exp_cmd("features", "Extract and cache features for a dataset: avlab features EXPERIMENT|TASK [key=value ...].")
+    exp_cmd(
+        "predict",
+        "Apply a trained model to new media: avlab predict EXPERIMENT ckpt_path=PATH input=... "
+        "(avq: reference=REF distorted=DIST).",
+    )
+    feats = exp_cmd(
+        "features",
+        "Extract and cache features for a dataset: avlab features EXPERIMENT|TASK [key=value ...].",
+    )
     del feats
 
     data = sub.add_parser("data", help="Demo datasets and dataset checks.")
@@ -49,31 +74,55 @@ def _parser() -> argparse.ArgumentParser:
     demo = dsub.add_parser("demo", help="Write a task's demo dataset, in the real on-disk format, to DIR.")
     demo.add_argument("task", help="avq, yt8m, saliency or unqa")
     demo.add_argument("dir", type=Path)
-    demo.add_argument("--size", default="small", help="small (default, used by `make demo`) or tiny (used by tests)")
+    demo.add_argument(
+        "--size", default="small", help="small (default, used by `make demo`) or tiny (used by tests)"
+    )
     check = dsub.add_parser("check", help="Validate a dataset folder and report every problem.")
     check.add_argument("experiment")
     check.add_argument("overrides", nargs="*")
 
     sweep = sub.add_parser(
-        "sweep", help="Run or resume an Optuna study: avlab sweep SWEEP [--trials N] [--storage URL] [--study NAME] [key=value ...].",
+        "sweep",
+        help="Run or resume an Optuna study: avlab sweep SWEEP [--trials N] [--storage URL] [--study NAME] [key=value ...].",
         description="Run or resume an Optuna hyper-parameter study over an experiment (docs/sweeps.md).",
         epilog="key=value overrides apply to every trial. Example: avlab sweep avq/table2 --trials 6 cv.folds=3 "
-               "trainer.max_epochs=20 logger.wandb.mode=disabled", formatter_class=argparse.RawDescriptionHelpFormatter)
+        "trainer.max_epochs=20 logger.wandb.mode=disabled",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sweep.add_argument("sweep", nargs="?", help="search space under sweeps/ (e.g. avq/table2) or a YAML path")
     sweep.add_argument("overrides", nargs="*", help="key=value config overrides applied to every trial")
-    sweep.add_argument("--trials", type=int, default=None,
-                       help="trials to run now (default: the sweep file's `trials`); a resumed study gets this many more")
-    sweep.add_argument("--storage", default=None,
-                       help="Optuna storage URL (default sqlite:///RUN_ROOT/sweeps/STUDY/study.db); "
-                            "postgresql://USER@HOST:PORT/DB lets several workers share one study")
-    sweep.add_argument("--study", default=None, help="study name (default: the sweep's name); an existing study is resumed")
-    sweep.add_argument("--pruner", choices=["median", "hyperband", "percentile", "successive_halving", "none"], default=None,
-                       help="replace the sweep file's pruner (default arguments)")
+    sweep.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help="trials to run now (default: the sweep file's `trials`); a resumed study gets this many more",
+    )
+    sweep.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL (default sqlite:///RUN_ROOT/sweeps/STUDY/study.db); "
+        "postgresql://USER@HOST:PORT/DB lets several workers share one study",
+    )
+    sweep.add_argument(
+        "--study", default=None, help="study name (default: the sweep's name); an existing study is resumed"
+    )
+    sweep.add_argument(
+        "--pruner",
+        choices=["median", "hyperband", "percentile", "successive_halving", "none"],
+        default=None,
+        help="replace the sweep file's pruner (default arguments)",
+    )
     sweep.add_argument("--list", action="store_true", help="list the available sweeps and exit")
 
-    cmp_ = sub.add_parser("compare", help="Side-by-side table of several runs' metrics.json and config differences.")
+    cmp_ = sub.add_parser(
+        "compare", help="Side-by-side table of several runs' metrics.json and config differences."
+    )
     cmp_.add_argument("run_dirs", nargs="+", type=Path)
-    cmp_.add_argument("--metrics", default="test/", help="comma-separated metric names, or prefixes ending in / (default test/)")
+    cmp_.add_argument(
+        "--metrics",
+        default="test/",
+        help="comma-separated metric names, or prefixes ending in / (default test/)",
+    )
     cmp_.add_argument("--no-config-diff", action="store_true", help="omit the table of config differences")
     from avlab.tables import add_parser as add_table_parser
 
@@ -92,7 +141,9 @@ def _split_inputs(overrides: list[str], keys: tuple[str, ...]) -> tuple[list[str
     return rest, inputs
 
 
-def _print_metrics(title: str, metrics: dict[str, float], per_split: list[dict[str, float]] | None = None) -> None:
+def _print_metrics(
+    title: str, metrics: dict[str, float], per_split: list[dict[str, float]] | None = None
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -179,8 +230,14 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             return 0
         if not args.experiment:
             parser.error(f"{args.command} needs an EXPERIMENT (see `avlab {args.command} --list`)")
-        overrides, inputs = _split_inputs(args.overrides, PREDICT_INPUT_KEYS if args.command == "predict" else ())
-        if args.command == "features" and "/" not in args.experiment and not args.experiment.endswith(".yaml"):
+        overrides, inputs = _split_inputs(
+            args.overrides, PREDICT_INPUT_KEYS if args.command == "predict" else ()
+        )
+        if (
+            args.command == "features"
+            and "/" not in args.experiment
+            and not args.experiment.endswith(".yaml")
+        ):
             args.experiment = f"{args.experiment}/_base"
         require = ("data",) if args.command == "features" else ("data", "model")
         cfg = config_mod.load_experiment(args.experiment, overrides, require=require, overlays=args.overlay)
@@ -218,8 +275,14 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             return 0
         if not args.sweep:
             parser.error("sweep needs a SWEEP (see `avlab sweep --list`)")
-        result = sweep_mod.run_sweep(args.sweep, trials=args.trials, storage=args.storage, study_name=args.study,
-                                     overrides=args.overrides, pruner=args.pruner)
+        result = sweep_mod.run_sweep(
+            args.sweep,
+            trials=args.trials,
+            storage=args.storage,
+            study_name=args.study,
+            overrides=args.overrides,
+            pruner=args.pruner,
+        )
         return 130 if result is not None and result.interrupted else 0
     if args.command == "table":
         from avlab import tables
@@ -263,8 +326,9 @@ def _run_experiment_command(command: str, cfg: Any, inputs: dict[str, str]) -> i
 
         dm = instantiate(cfg.data)
         if not isinstance(dm, AvlabDataModule):
-            raise ConfigError(f"`data._target_` builds {type(dm).__name__}, not an avlab DataModule: "
-                              "nothing to extract")
+            raise ConfigError(
+                f"`data._target_` builds {type(dm).__name__}, not an avlab DataModule: nothing to extract"
+            )
         # The DataModule fills the same cache that training reads (its prepare_data calls this too).
         summary = dm.extract_features(progress=True)
         print(json.dumps(summary, indent=2, default=str))

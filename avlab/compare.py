@@ -64,7 +64,9 @@ def compare_runs(run_dirs: list[Path], metrics: str = "test/", config_diff: bool
             cells.append("—" if v is None else (f"{v:.4f} ± {std:.4f}" if std is not None else f"{v:.4f}"))
         table.add_row(f"{cfg.get('description') or cfg.get('experiment', d.parent.name)}", *cells)
     flat = [{k: v for k, v in _flatten(cfg).items() if k.split(".")[0] not in _IGNORED} for _, _, cfg in runs]
-    diff_keys = sorted(k for k in set().union(*flat) if len({json.dumps(f.get(k), default=str) for f in flat}) > 1)
+    diff_keys = sorted(
+        k for k in set().union(*flat) if len({json.dumps(f.get(k), default=str) for f in flat}) > 1
+    )
     console = Console(width=220, record=True)
     with console.capture() as cap:
         console.print(table)

@@ -21,7 +21,7 @@ import dataclasses
 import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -35,13 +35,13 @@ from avlab.instantiate import is_target_node, signature_params, validate_target_
 @dataclass
 class WandbConfig:
     #: ``offline`` | ``online`` | ``disabled``; ``None`` picks online when logged in, else offline.
-    mode: Optional[str] = None
+    mode: str | None = None
     project: str = "avlab"
-    entity: Optional[str] = None
+    entity: str | None = None
     #: Runs of one group compare side by side in W&B; defaults to the experiment name.
-    group: Optional[str] = None
+    group: str | None = None
     tags: list[str] = field(default_factory=list)
-    name: Optional[str] = None
+    name: str | None = None
     log_model: bool = False
 
 
@@ -68,8 +68,8 @@ class CheckpointConfig:
 class EarlyStoppingConfig:
     enabled: bool = False
     #: Defaults to ``callbacks.checkpoint.monitor`` / ``mode``.
-    monitor: Optional[str] = None
-    mode: Optional[str] = None
+    monitor: str | None = None
+    mode: str | None = None
     patience: int = 10
     min_delta: float = 0.0
 
@@ -92,7 +92,7 @@ class CallbacksConfig:
 @dataclass
 class RunConfig:
     root: str = "runs"
-    suffix: Optional[str] = None
+    suffix: str | None = None
     plots: bool = True
 
 
@@ -101,9 +101,9 @@ class PaperConfig:
     """What the reproduced paper reports for this experiment (read by tests and tables that compare)."""
 
     #: Trainable parameters of the experiment's model in the paper, in millions.
-    params_m: Optional[float] = None
+    params_m: float | None = None
     #: Relative deviation from ``params_m`` a parameter-count check accepts; ``None``: reported only.
-    params_tolerance: Optional[float] = None
+    params_tolerance: float | None = None
 
 
 @dataclass
@@ -153,7 +153,7 @@ class ExperimentConfig:
     #: Figures the paper reports for this experiment (``paper.params_m`` ...); no effect on the run.
     paper: PaperConfig = field(default_factory=PaperConfig)
     #: Resume (train) or evaluate (test/predict) from this checkpoint.
-    ckpt_path: Optional[str] = None
+    ckpt_path: str | None = None
 
 
 # --------------------------------------------------------------------------- locating files
@@ -180,8 +180,9 @@ def list_experiments() -> list[str]:
     return [n for n in list_yaml(experiments_root()) if "/tables/" not in n]
 
 
-def find_yaml(name: str, root: Path, *, kind: str, list_command: str,
-              relative_to: Path | None = None) -> tuple[Path, str]:
+def find_yaml(
+    name: str, root: Path, *, kind: str, list_command: str, relative_to: Path | None = None
+) -> tuple[Path, str]:
     """Path of a named YAML file under ``root`` (or a YAML path) and its display name."""
     as_path = Path(name).expanduser()
     if name.endswith((".yaml", ".yml")) and as_path.is_file():
@@ -206,8 +207,13 @@ def find_yaml(name: str, root: Path, *, kind: str, list_command: str,
 
 def find_experiment(name: str, *, relative_to: Path | None = None) -> tuple[Path, str]:
     """Path of an experiment and its display name (``task/name``)."""
-    return find_yaml(name, experiments_root(), kind="experiment", list_command="avlab train --list",
-                     relative_to=relative_to)
+    return find_yaml(
+        name,
+        experiments_root(),
+        kind="experiment",
+        list_command="avlab train --list",
+        relative_to=relative_to,
+    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -232,7 +238,9 @@ def anchor_file_targets(node: Any, folder: Path) -> Any:
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
-            is_file_target = isinstance(value, str) and value.split(":", 1)[0].endswith(".py") and ":" in value
+            is_file_target = (
+                isinstance(value, str) and value.split(":", 1)[0].endswith(".py") and ":" in value
+            )
             if key == "_target_" and is_file_target:
                 file_name, attr = value.split(":", 1)
                 file_path = Path(file_name).expanduser()
@@ -284,8 +292,14 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
         raise ConfigError(f"cannot parse overrides {overrides}: {exc}") from exc
 
 
-def load_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), *, validate_targets: bool = True,
-                    require: tuple[str, ...] = ("data", "model"), overlays: list[str] | tuple[str, ...] = ()) -> DictConfig:
+def load_experiment(
+    name: str,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    validate_targets: bool = True,
+    require: tuple[str, ...] = ("data", "model"),
+    overlays: list[str] | tuple[str, ...] = (),
+) -> DictConfig:
     """Compose, override and validate an experiment; the result is resolved.
 
     ``overlays`` are further config files (names or paths) merged after the experiment and before
@@ -304,7 +318,9 @@ def load_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), *, v
         raise ConfigError(f"cannot resolve an interpolation in {display}: {exc}") from exc
     problems = validate(cfg, validate_targets=validate_targets, require=require)
     if problems:
-        raise ConfigError(f"invalid config for experiment `{display}` ({path}):\n  - " + "\n  - ".join(problems))
+        raise ConfigError(
+            f"invalid config for experiment `{display}` ({path}):\n  - " + "\n  - ".join(problems)
+        )
     return cfg
 
 
@@ -337,7 +353,9 @@ def _leaf_paths(node: Any, prefix: str = "") -> list[str]:
 
 
 # --------------------------------------------------------------------------- validation
-def validate(cfg: DictConfig, *, validate_targets: bool = True, require: tuple[str, ...] = ("data", "model")) -> list[str]:
+def validate(
+    cfg: DictConfig, *, validate_targets: bool = True, require: tuple[str, ...] = ("data", "model")
+) -> list[str]:
     problems = _validate_dataclass(cfg, ExperimentConfig, "")
     if cfg.get("task") in (None, "???", ""):
         problems.append("`task` is not set: every experiment names its task (avq, yt8m, saliency, unqa)")
@@ -364,7 +382,9 @@ def validate(cfg: DictConfig, *, validate_targets: bool = True, require: tuple[s
     if wandb_mode not in (None, "offline", "online", "disabled"):
         problems.append(f"`logger.wandb.mode` must be offline, online or disabled, got {wandb_mode!r}")
     if cfg.callbacks.progress_bar not in ("auto", "rich", "tqdm", "none"):
-        problems.append(f"`callbacks.progress_bar` must be auto, rich, tqdm or none, got {cfg.callbacks.progress_bar!r}")
+        problems.append(
+            f"`callbacks.progress_bar` must be auto, rich, tqdm or none, got {cfg.callbacks.progress_bar!r}"
+        )
     if cfg.cv.folds > 1 and cfg.splits.repeats > 1:
         problems.append("`cv.folds` and `splits.repeats` cannot both be > 1; pick one protocol")
     return problems
@@ -400,13 +420,19 @@ def _validate_dataclass(node: Any, schema: type, path: str) -> list[str]:
 
 def _dataclass_of(ftype: Any) -> type | None:
     if isinstance(ftype, str):
-        return globals().get(ftype) if ftype in globals() and dataclasses.is_dataclass(globals()[ftype]) else None
+        return (
+            globals().get(ftype)
+            if ftype in globals() and dataclasses.is_dataclass(globals()[ftype])
+            else None
+        )
     return ftype if dataclasses.is_dataclass(ftype) else None
 
 
 def _check_scalar(node: DictConfig, key: str, ftype: Any, full: str) -> list[str]:
     value = node[key]
-    expected = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(str(ftype).replace("Optional[", "").rstrip("]"))
+    # Annotations are strings here (postponed evaluation): "float", "str | None", ...
+    scalar = str(ftype).replace("Optional[", "").rstrip("]").removesuffix(" | None")
+    expected = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(scalar)
     if expected is None or value is None:
         return []
     if isinstance(value, bool) and expected is not bool:
@@ -426,7 +452,9 @@ def _validate_trainer(trainer: Any) -> list[str]:
     problems = []
     for key in trainer:
         if key in reserved:
-            problems.append(f"`trainer.{key}` is set by avlab from the `logger`/`callbacks`/`run` sections; set those instead")
+            problems.append(
+                f"`trainer.{key}` is set by avlab from the `logger`/`callbacks`/`run` sections; set those instead"
+            )
         elif key not in params:
             hint = closest(str(key), params)
             problems.append(

@@ -33,7 +33,9 @@ META_KEYS = frozenset({TARGET_KEY, "_recursive_", "_partial_"})
 def resolve_target(target: str, *, where: str = "_target_") -> Any:
     """Import ``target`` (``pkg.mod.Name`` or ``file.py:Name``) and return the object."""
     if not isinstance(target, str) or not target:
-        raise ConfigError(f"{where}: expected an import path like `avlab.models.avq.AttentiveAVFusionNet`, got {target!r}")
+        raise ConfigError(
+            f"{where}: expected an import path like `avlab.models.avq.AttentiveAVFusionNet`, got {target!r}"
+        )
     if ":" in target and target.split(":", 1)[0].endswith(".py"):
         file_name, attr = target.split(":", 1)
         path = Path(file_name).expanduser()
@@ -121,7 +123,9 @@ def validate_target_node(node: Mapping | DictConfig, path: str, *, provided: Seq
         if key not in params and not var_kw:
             hint = closest(key, params)
             msg = f"unknown key `{full}`: `{target}` takes no argument `{key}`."
-            msg += f" Did you mean `{path}.{hint[0]}`?" if hint else f" Valid keys: {', '.join(sorted(params))}."
+            msg += (
+                f" Did you mean `{path}.{hint[0]}`?" if hint else f" Valid keys: {', '.join(sorted(params))}."
+            )
             problems.append(msg)
             continue
         value = node[key] if not OmegaConf.is_config(node) else OmegaConf.select(node, key, default=None)
@@ -129,9 +133,12 @@ def validate_target_node(node: Mapping | DictConfig, path: str, *, provided: Seq
         if key in params:
             problems.extend(_check_type(params[key], value, full))
     missing = [
-        n for n, p in params.items()
-        if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        and n not in node and n not in provided
+        n
+        for n, p in params.items()
+        if p.default is inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and n not in node
+        and n not in provided
     ]
     if missing:
         problems.append(f"`{path or 'config'}` ({target}) is missing required key(s): {', '.join(missing)}")
@@ -192,9 +199,7 @@ def _build(node: Any, extra: dict[str, Any] | None = None) -> Any:
         if TARGET_KEY in node:
             target = resolve_target(node[TARGET_KEY])
             recursive = node.get("_recursive_", True)
-            kwargs = {
-                k: (_build(v) if recursive else v) for k, v in node.items() if k not in META_KEYS
-            }
+            kwargs = {k: (_build(v) if recursive else v) for k, v in node.items() if k not in META_KEYS}
             kwargs.update(extra or {})
             if node.get("_partial_", False):
                 import functools

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -17,8 +17,16 @@ def _pyplot():
     return plt
 
 
-def scatter_prediction(pred: np.ndarray, target: np.ndarray, path: Path, *, title: str, xlabel: str = "subjective score",
-                       ylabel: str = "predicted score", groups: Sequence[str] | None = None) -> Path:
+def scatter_prediction(
+    pred: np.ndarray,
+    target: np.ndarray,
+    path: Path,
+    *,
+    title: str,
+    xlabel: str = "subjective score",
+    ylabel: str = "predicted score",
+    groups: Sequence[str] | None = None,
+) -> Path:
     """Predicted against subjective score, one colour per group (e.g. source), with the identity line."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
@@ -44,7 +52,9 @@ def scatter_prediction(pred: np.ndarray, target: np.ndarray, path: Path, *, titl
     return path
 
 
-def grouped_bars(labels: Sequence[str], series: dict[str, Sequence[float]], path: Path, *, title: str, ylabel: str) -> Path:
+def grouped_bars(
+    labels: Sequence[str], series: dict[str, Sequence[float]], path: Path, *, title: str, ylabel: str
+) -> Path:
     """One group of bars per label (e.g. per source: audio vs video importance)."""
     plt = _pyplot()
     x = np.arange(len(labels))

@@ -24,14 +24,24 @@ RUN_DIR_ENV = "AVLAB_RUN_DIR"
 def git_commit() -> str | None:
     src = Path(avlab.__file__).resolve().parent.parent
     try:
-        out = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             check=False)
+        out = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
         return None
-    dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=5, check=False)
+    dirty = subprocess.run(
+        ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        check=False,
+    )
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
@@ -82,7 +92,11 @@ def create_run_dir(cfg: DictConfig, *, suffix: str | None = None) -> Path:
         # torchrun and srun start every rank at once, so none can tell the others a timestamp:
         # the launcher's job id names the directory on all ranks and nodes alike.
         stamp = launcher_id
-        path = Path(cfg.run.root) / cfg.experiment / "-".join([stamp, *[p for p in (suffix, cfg.run.suffix) if p]])
+        path = (
+            Path(cfg.run.root)
+            / cfg.experiment
+            / "-".join([stamp, *[p for p in (suffix, cfg.run.suffix) if p]])
+        )
         path.mkdir(parents=True, exist_ok=True)
         return path.resolve()
     parts = [p for p in (suffix, cfg.run.suffix) if p]

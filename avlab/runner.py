@@ -76,7 +76,9 @@ class ValidationHistory(Callback):
         """``val/`` metrics of the first epoch with the best ``monitor`` (the one ModelCheckpoint
         keeps, since it replaces its best only on a strict improvement); the last epoch if the
         monitor was never logged."""
-        scored = [(m[monitor], i) for i, m in enumerate(self.epochs) if monitor in m and not math.isnan(m[monitor])]
+        scored = [
+            (m[monitor], i) for i, m in enumerate(self.epochs) if monitor in m and not math.isnan(m[monitor])
+        ]
         if scored:
             sign = 1.0 if mode == "min" else -1.0
             chosen = self.epochs[min(scored, key=lambda t: (sign * t[0], t[1]))[1]]
@@ -91,7 +93,9 @@ class ConfigInCheckpoint(Callback):
     def __init__(self, cfg: DictConfig) -> None:
         self.config = OmegaConf.to_container(cfg, resolve=True)
 
-    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         checkpoint["avlab"] = {"version": avlab.__version__, "config": self.config}
 
 
@@ -99,8 +103,14 @@ class LastCheckpoint(ModelCheckpoint):
     """``last.ckpt``, rewritten at the end of every epoch whatever the monitored metric does."""
 
     def __init__(self, dirpath: str) -> None:
-        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, save_last=False,
-                         enable_version_counter=False)
+        super().__init__(
+            dirpath=dirpath,
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            save_last=False,
+            enable_version_counter=False,
+        )
 
     @property
     def state_key(self) -> str:
@@ -134,23 +144,36 @@ def build_loggers(cfg: DictConfig, run_dir: Path, tag: str | None) -> list[Any]:
         name = w.name or f"{cfg.experiment}/{run_dir.name}" + (f"/{tag}" if tag else "")
         loggers.append(
             WandbLogger(
-                save_dir=str(run_dir), project=w.project, entity=w.entity, group=w.group or cfg.experiment,
-                tags=tags, name=name, mode=mode, log_model=w.log_model, job_type="train",
+                save_dir=str(run_dir),
+                project=w.project,
+                entity=w.entity,
+                group=w.group or cfg.experiment,
+                tags=tags,
+                name=name,
+                mode=mode,
+                log_model=w.log_model,
+                job_type="train",
                 config=OmegaConf.to_container(cfg, resolve=True),
             )
         )
     return loggers
 
 
-def build_callbacks(cfg: DictConfig, run_dir: Path, tag: str | None, has_logger: bool) -> tuple[list[Callback], bool]:
+def build_callbacks(
+    cfg: DictConfig, run_dir: Path, tag: str | None, has_logger: bool
+) -> tuple[list[Callback], bool]:
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 
     c = cfg.callbacks
     ckpt_dir = run_dir / "checkpoints" / (tag or "")
     callbacks: list[Callback] = [
         ModelCheckpoint(
-            dirpath=str(ckpt_dir), filename="best-epoch{epoch:03d}", monitor=c.checkpoint.monitor,
-            mode=c.checkpoint.mode, save_top_k=c.checkpoint.save_top_k, save_last=False,
+            dirpath=str(ckpt_dir),
+            filename="best-epoch{epoch:03d}",
+            monitor=c.checkpoint.monitor,
+            mode=c.checkpoint.mode,
+            save_top_k=c.checkpoint.save_top_k,
+            save_last=False,
             auto_insert_metric_name=False,
         ),
         ConfigInCheckpoint(cfg),
@@ -166,7 +189,8 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, tag: str | None, has_logger:
             EarlyStopping(
                 monitor=c.early_stopping.monitor or c.checkpoint.monitor,
                 mode=c.early_stopping.mode or c.checkpoint.mode,
-                patience=c.early_stopping.patience, min_delta=c.early_stopping.min_delta,
+                patience=c.early_stopping.patience,
+                min_delta=c.early_stopping.min_delta,
             )
         )
     if c.data_wait:
@@ -185,15 +209,23 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, tag: str | None, has_logger:
     return callbacks, bar != "none"
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, tag: str | None = None,
-                  extra_callbacks: Sequence[Callback] = (), **overrides: Any) -> Trainer:
+def build_trainer(
+    cfg: DictConfig,
+    run_dir: Path,
+    tag: str | None = None,
+    extra_callbacks: Sequence[Callback] = (),
+    **overrides: Any,
+) -> Trainer:
     loggers = build_loggers(cfg, run_dir, tag)
     callbacks, progress = build_callbacks(cfg, run_dir, tag, bool(loggers))
     callbacks.extend(extra_callbacks)
     kwargs = dict(OmegaConf.to_container(cfg.trainer, resolve=True))
     kwargs.update(overrides)
     return Trainer(
-        **kwargs, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir),
+        **kwargs,
+        logger=loggers or False,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
         enable_progress_bar=progress,
     )
 
@@ -278,15 +310,14 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> RunResul
     return RunResult(run_dir, metrics, per_split, summary, val_metrics)
 
 
-
-
 def _attach(module: Any, run_dir: Path) -> None:
     if isinstance(module, AvlabModule):
         module.run_dir = run_dir if is_rank_zero() else None
 
 
-def _fit_and_test(cfg: DictConfig, datamodule: Any, run_dir: Path, tag: str | None,
-                  extra_callbacks: Sequence[Callback] = ()) -> tuple[dict[str, float], list[str], dict[str, float]]:
+def _fit_and_test(
+    cfg: DictConfig, datamodule: Any, run_dir: Path, tag: str | None, extra_callbacks: Sequence[Callback] = ()
+) -> tuple[dict[str, float], list[str], dict[str, float]]:
     model = instantiate(cfg.model)
     _attach(model, run_dir)
     history = ValidationHistory()
@@ -310,7 +341,9 @@ def _dataset_name(datamodule: Any, default: str = "cross") -> str:
     return name or default
 
 
-def _test(trainer: Trainer, model: Any, datamodule: Any, cfg: DictConfig, ckpt_path: str | None) -> dict[str, float]:
+def _test(
+    trainer: Trainer, model: Any, datamodule: Any, cfg: DictConfig, ckpt_path: str | None
+) -> dict[str, float]:
     from avlab.rundir import clean_metrics
 
     trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True)
@@ -322,21 +355,26 @@ def _test(trainer: Trainer, model: Any, datamodule: Any, cfg: DictConfig, ckpt_p
         trainer.test(model, datamodule=other, verbose=False)
         for k, v in trainer.callback_metrics.items():
             if k.startswith("test/"):
-                metrics[f"test/{name}/{k[len('test/'):]}"] = v
+                metrics[f"test/{name}/{k[len('test/') :]}"] = v
     return clean_metrics(metrics)
 
 
 def _estimator_parts(estimator: Any, datamodule: Any, where: str) -> None:
     if not isinstance(estimator, ClosedFormEstimator):
-        raise ConfigError(f"`model._target_` builds {type(estimator).__name__}, which is neither a "
-                          "LightningModule nor an avlab.baselines.base.ClosedFormEstimator (fit/predict/evaluate)")
+        raise ConfigError(
+            f"`model._target_` builds {type(estimator).__name__}, which is neither a "
+            "LightningModule nor an avlab.baselines.base.ClosedFormEstimator (fit/predict/evaluate)"
+        )
     if not isinstance(datamodule, SupportsArrays):
-        raise ConfigError(f"`{where}` ({type(datamodule).__name__}) does not serve arrays (SupportsArrays), "
-                          f"which the closed-form estimator {type(estimator).__name__} needs")
+        raise ConfigError(
+            f"`{where}` ({type(datamodule).__name__}) does not serve arrays (SupportsArrays), "
+            f"which the closed-form estimator {type(estimator).__name__} needs"
+        )
 
 
-def evaluate_estimator(estimator: ClosedFormEstimator, datamodule: Any, run_dir: Path | None,
-                       *, split: str = "test") -> dict[str, float]:
+def evaluate_estimator(
+    estimator: ClosedFormEstimator, datamodule: Any, run_dir: Path | None, *, split: str = "test"
+) -> dict[str, float]:
     """Predict ``split`` of a set-up DataModule and evaluate with the estimator's task evaluation;
     files go to ``run_dir`` (rank zero only), prefixed with the dataset's name if it has one."""
     part = datamodule.arrays(split)
@@ -351,7 +389,9 @@ def evaluate_estimator(estimator: ClosedFormEstimator, datamodule: Any, run_dir:
     return estimator.evaluate(split, samples, table, outputs, info)
 
 
-def _fit_estimator(cfg: DictConfig, datamodule: Any, run_dir: Path, tag: str | None) -> tuple[dict[str, float], list[str]]:
+def _fit_estimator(
+    cfg: DictConfig, datamodule: Any, run_dir: Path, tag: str | None
+) -> tuple[dict[str, float], list[str]]:
     import joblib
 
     estimator = instantiate(cfg.model)
@@ -381,7 +421,9 @@ def _fit_estimator(cfg: DictConfig, datamodule: Any, run_dir: Path, tag: str | N
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError(f"ckpt_path {path} does not exist; pass a checkpoint from a run directory's checkpoints/ folder")
+        raise ConfigError(
+            f"ckpt_path {path} does not exist; pass a checkpoint from a run directory's checkpoints/ folder"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling problem becomes an actionable message

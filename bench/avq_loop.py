@@ -38,7 +38,9 @@ def make_data() -> DataLoader:
     video = torch.randn(N_SAMPLES, 1, 6, generator=g)
     audio = torch.randn(N_SAMPLES, 1, 512, generator=g)
     mos = 1 + 4 * torch.rand(N_SAMPLES, generator=g)
-    return DataLoader(_DictBatches(video, audio, mos, torch.arange(N_SAMPLES)), batch_size=BATCH, shuffle=True)
+    return DataLoader(
+        _DictBatches(video, audio, mos, torch.arange(N_SAMPLES)), batch_size=BATCH, shuffle=True
+    )
 
 
 WAITS: list[float] = []  # DataWait's fraction of each Lightning measure (every bench reports it)
@@ -48,9 +50,18 @@ def lightning_epochs(loader: DataLoader) -> float:
     seed_everything(0, verbose=False)
     module = AVQModule(AttentiveAVFusionNet(), lr=3e-4)
     wait = DataWait()
-    trainer = Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                      limit_val_batches=0, callbacks=[wait])
+    trainer = Trainer(
+        max_epochs=EPOCHS,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[wait],
+    )
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader)
     WAITS.append(wait.mean_fraction())
@@ -87,7 +98,10 @@ def main() -> None:
     result = {
         "benchmark": "avq_training_loop",
         "model": "AttentiveAVFusionNet (paper configuration, 7.35M parameters)",
-        "samples": N_SAMPLES, "batch_size": BATCH, "epochs_per_measure": EPOCHS, "repeats": REPEATS,
+        "samples": N_SAMPLES,
+        "batch_size": BATCH,
+        "epochs_per_measure": EPOCHS,
+        "repeats": REPEATS,
         "plain_pytorch_epoch_s_median": round(statistics.median(plain), 4),
         "lightning_epoch_s_median": round(statistics.median(light), 4),
         "lightning_over_plain_ratio": round(statistics.median(light) / statistics.median(plain), 4),

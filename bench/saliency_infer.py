@@ -34,16 +34,23 @@ def _default_video() -> Path:
 
 
 def bench_inference(video: Path, batch: int, paper: bool, device: str, max_frames: int | None) -> dict:
-    from avlab.datamodules.saliency import preprocess_frames
-
     from avlab.config import load_experiment
+    from avlab.datamodules.saliency import preprocess_frames
     from avlab.inference.saliency import predict_video
     from avlab.instantiate import instantiate
     from avlab.media.clips import VideoFrames
     from avlab.media.ffmpeg import load_audio
 
-    overrides = [] if paper else ["data.clip_len=8", "data.frame_size=[64,112]", "model.visual.width_mult=0.125",
-                                  "model.channels=32"]
+    overrides = (
+        []
+        if paper
+        else [
+            "data.clip_len=8",
+            "data.frame_size=[64,112]",
+            "model.visual.width_mult=0.125",
+            "model.channels=32",
+        ]
+    )
     cfg = load_experiment("saliency/avrsp_av", overrides)
     torch.manual_seed(0)
     module = instantiate(cfg.model).eval().to(device)
@@ -60,18 +67,30 @@ def bench_inference(video: Path, batch: int, paper: bool, device: str, max_frame
         start = time.perf_counter()
         count = 0
         with torch.no_grad():
-            for _ in predict_video(module, frames, lambda f: preprocess_frames(f, size, "imagenet"), clip_len,
-                                   batch_size=b, wav=wav, fps=frames.fps, device=device):
+            for _ in predict_video(
+                module,
+                frames,
+                lambda f: preprocess_frames(f, size, "imagenet"),
+                clip_len,
+                batch_size=b,
+                wav=wav,
+                fps=frames.fps,
+                device=device,
+            ):
                 count += 1
         return time.perf_counter() - start, count
 
     run(batch)  # warm-up: first decord open, allocator, thread pools
     t_batched, n = run(batch)
     t_single, _ = run(1)
-    return {"model": "paper (32x224x384, S3D)" if paper else "demo (8x64x112, S3D width 0.125, C=32)",
-            "windows": n, "batch_size": batch,
-            "batched_windows_per_s": round(n / t_batched, 3), "single_windows_per_s": round(n / t_single, 3),
-            "speedup": round(t_single / t_batched, 3)}
+    return {
+        "model": "paper (32x224x384, S3D)" if paper else "demo (8x64x112, S3D width 0.125, C=32)",
+        "windows": n,
+        "batch_size": batch,
+        "batched_windows_per_s": round(n / t_batched, 3),
+        "single_windows_per_s": round(n / t_single, 3),
+        "speedup": round(t_single / t_batched, 3),
+    }
 
 
 def bench_decode(video: Path, clip_len: int, starts: list[int]) -> dict:
@@ -86,17 +105,48 @@ def bench_decode(video: Path, clip_len: int, starts: list[int]) -> dict:
     t0 = time.perf_counter()
     ff = []
     for s in starts:
-        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(video), "-map", "0:v:0", "-vf",
-               f"select=between(n\\,{s}\\,{s + clip_len - 1})", "-fps_mode", "passthrough", "-frames:v", str(clip_len), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+        cmd = [
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            str(video),
+            "-map",
+            "0:v:0",
+            "-vf",
+            f"select=between(n\\,{s}\\,{s + clip_len - 1})",
+            "-fps_mode",
+            "passthrough",
+            "-frames:v",
+            str(clip_len),
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ]
         out = subprocess.run(cmd, capture_output=True, check=True).stdout
         ff.append(np.frombuffer(out, np.uint8).reshape(-1, info.height, info.width, 3))
     t_ffmpeg = time.perf_counter() - t0
     same = all(a.shape == b.shape for a, b in zip(dec, ff))
-    diff = float(np.mean([np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(dec, ff)])) if same else None
+    diff = (
+        float(np.mean([np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(dec, ff)]))
+        if same
+        else None
+    )
     n = clip_len * len(starts)
-    return {"clips": len(starts), "clip_len": clip_len, "resolution": f"{info.width}x{info.height}",
-            "decord_frames_per_s": round(n / t_decord, 1), "ffmpeg_cli_frames_per_s": round(n / t_ffmpeg, 1),
-            "decord_speedup": round(t_ffmpeg / t_decord, 3), "same_shapes": same, "mean_abs_pixel_diff": diff}
+    return {
+        "clips": len(starts),
+        "clip_len": clip_len,
+        "resolution": f"{info.width}x{info.height}",
+        "decord_frames_per_s": round(n / t_decord, 1),
+        "ffmpeg_cli_frames_per_s": round(n / t_ffmpeg, 1),
+        "decord_speedup": round(t_ffmpeg / t_decord, 3),
+        "same_shapes": same,
+        "mean_abs_pixel_diff": diff,
+    }
 
 
 def main() -> None:
@@ -109,8 +159,12 @@ def main() -> None:
     args = p.parse_args()
     video = args.video or _default_video()
     result = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "device": args.device},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": args.device,
+        },
         "video": str(video),
         "decode": bench_decode(video, 32, [0, 40, 90]),
         "inference": bench_inference(video, args.batch, args.paper, args.device, args.max_frames),

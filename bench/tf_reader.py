@@ -53,7 +53,7 @@ Q_SCALE = (MAX_Q - MIN_Q) / 255.0
 Q_BIAS = (MAX_Q - MIN_Q) / 512.0 + MIN_Q
 
 
-def _configure_one_thread(tf):  # noqa: ANN001, ANN202
+def _configure_one_thread(tf):
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     opts = tf.data.Options()
@@ -65,11 +65,18 @@ def _configure_one_thread(tf):  # noqa: ANN001, ANN202
     return opts
 
 
-def make_dataset(tf, opts, paths: list[str], schema: str, features: str, num_classes: int,  # noqa: ANN001
-                 batched: int = 0):  # noqa: ANN202
+def make_dataset(
+    tf,
+    opts,
+    paths: list[str],
+    schema: str,
+    features: str,
+    num_classes: int,
+    batched: int = 0,
+):
     """The ``tf.data`` pipeline of one job (see the module docstring)."""
 
-    def multi_hot(labels):  # noqa: ANN001, ANN202
+    def multi_hot(labels):
         # starter code: tf.sparse_to_dense(labels.values, (num_classes,), 1, validate_indices=False)
         idx = tf.expand_dims(labels.values, 1)
         return tf.scatter_nd(idx, tf.ones_like(labels.values, tf.float32), [num_classes])
@@ -83,26 +90,41 @@ def make_dataset(tf, opts, paths: list[str], schema: str, features: str, num_cla
             "mean_audio": tf.io.FixedLenFeature([AUDIO_DIM], tf.float32),
         }
         if batched:
-            def parse_batch(serialized):  # noqa: ANN001, ANN202
+
+            def parse_batch(serialized):
                 f = tf.io.parse_example(serialized, spec)
                 lab = f["labels"]
-                y = tf.sparse.to_dense(tf.SparseTensor(lab.indices, tf.ones_like(lab.values, tf.float32),
-                                                       [tf.shape(serialized)[0], num_classes]), validate_indices=False)
+                y = tf.sparse.to_dense(
+                    tf.SparseTensor(
+                        lab.indices,
+                        tf.ones_like(lab.values, tf.float32),
+                        [tf.shape(serialized)[0], num_classes],
+                    ),
+                    validate_indices=False,
+                )
                 return {"id": f["id"], "rgb": f["mean_rgb"], "audio": f["mean_audio"], "labels": y}
 
             ds = ds.batch(batched).map(parse_batch)
         else:
-            def parse(serialized):  # noqa: ANN001, ANN202
+
+            def parse(serialized):
                 f = tf.io.parse_single_example(serialized, spec)
-                return {"id": f["id"], "rgb": f["mean_rgb"], "audio": f["mean_audio"], "labels": multi_hot(f["labels"])}
+                return {
+                    "id": f["id"],
+                    "rgb": f["mean_rgb"],
+                    "audio": f["mean_audio"],
+                    "labels": multi_hot(f["labels"]),
+                }
 
             ds = ds.map(parse)
     else:
         context = {"id": tf.io.FixedLenFeature([], tf.string), "labels": tf.io.VarLenFeature(tf.int64)}
-        sequence = {"rgb": tf.io.FixedLenSequenceFeature([], tf.string),
-                    "audio": tf.io.FixedLenSequenceFeature([], tf.string)}
+        sequence = {
+            "rgb": tf.io.FixedLenSequenceFeature([], tf.string),
+            "audio": tf.io.FixedLenSequenceFeature([], tf.string),
+        }
 
-        def pool(raw, width):  # noqa: ANN001, ANN202
+        def pool(raw, width):
             # starter code readers.get_video_matrix + utils.Dequantize, then mean (and std) over frames
             q = tf.reshape(tf.cast(tf.io.decode_raw(raw, tf.uint8), tf.float32), [-1, width])
             x = q * Q_SCALE + Q_BIAS
@@ -111,19 +133,32 @@ def make_dataset(tf, opts, paths: list[str], schema: str, features: str, num_cla
                 return mean
             return tf.concat([mean, tf.math.reduce_std(x, 0)], 0)
 
-        def parse_seq(serialized):  # noqa: ANN001, ANN202
-            ctx, seq = tf.io.parse_single_sequence_example(serialized, context_features=context, sequence_features=sequence)
-            return {"id": ctx["id"], "rgb": pool(seq["rgb"], RGB_DIM), "audio": pool(seq["audio"], AUDIO_DIM),
-                    "labels": multi_hot(ctx["labels"])}
+        def parse_seq(serialized):
+            ctx, seq = tf.io.parse_single_sequence_example(
+                serialized, context_features=context, sequence_features=sequence
+            )
+            return {
+                "id": ctx["id"],
+                "rgb": pool(seq["rgb"], RGB_DIM),
+                "audio": pool(seq["audio"], AUDIO_DIM),
+                "labels": multi_hot(ctx["labels"]),
+            }
 
         ds = ds.map(parse_seq)
     return ds.with_options(opts)
 
 
-def run_job(tf, opts, job: dict, repeats: int) -> dict:  # noqa: ANN001
+def run_job(tf, opts, job: dict, repeats: int) -> dict:
     batched = int(job.get("batched", 0))
-    ds = make_dataset(tf, opts, [str(p) for p in job["paths"]], job["schema"], job["features"],
-                      int(job.get("num_classes", 3862)), batched)
+    ds = make_dataset(
+        tf,
+        opts,
+        [str(p) for p in job["paths"]],
+        job["schema"],
+        job["features"],
+        int(job.get("num_classes", 3862)),
+        batched,
+    )
 
     def one_pass() -> int:
         n = 0
@@ -137,7 +172,11 @@ def run_job(tf, opts, job: dict, repeats: int) -> dict:  # noqa: ANN001
         t0 = time.perf_counter()
         n = one_pass()
         rates.append(n / (time.perf_counter() - t0))
-    return {"examples": examples, "examples_per_s": round(statistics.median(rates), 1), "rates": [round(r, 1) for r in rates]}
+    return {
+        "examples": examples,
+        "examples_per_s": round(statistics.median(rates), 1),
+        "rates": [round(r, 1) for r in rates],
+    }
 
 
 def main() -> None:
@@ -146,7 +185,9 @@ def main() -> None:
     ap.add_argument("--schema", choices=["video", "frame"], default="video")
     ap.add_argument("--features", choices=["mf", "mf_std"], default="mf")
     ap.add_argument("--num-classes", type=int, default=3862)
-    ap.add_argument("--batched", type=int, default=0, help="video level: parse batches of this size (starter-code style)")
+    ap.add_argument(
+        "--batched", type=int, default=0, help="video level: parse batches of this size (starter-code style)"
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--jobs", help="JSON file: list of {name, schema, features, paths[, batched]}")
     args = ap.parse_args()
@@ -161,9 +202,17 @@ def main() -> None:
     elif args.paths:
         if args.schema == "video" and args.features == "mf_std":
             ap.error("mf_std needs frame-level records (--schema frame)")
-        jobs = [{"name": f"{args.schema}_{args.features}" + (f"_batched{args.batched}" if args.batched else ""),
-                 "schema": args.schema, "features": args.features, "paths": args.paths,
-                 "num_classes": args.num_classes, "batched": args.batched}]
+        jobs = [
+            {
+                "name": f"{args.schema}_{args.features}"
+                + (f"_batched{args.batched}" if args.batched else ""),
+                "schema": args.schema,
+                "features": args.features,
+                "paths": args.paths,
+                "num_classes": args.num_classes,
+                "batched": args.batched,
+            }
+        ]
     else:
         ap.error("give shard paths or --jobs FILE")
 

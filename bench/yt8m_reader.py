@@ -88,7 +88,11 @@ def _long_frame_shard(folder: Path, videos: int, frames: int) -> Path:
         for i in range(videos):
             q_rgb = rng.integers(0, 256, (frames, 1024), dtype=np.uint8)
             q_aud = rng.integers(0, 256, (frames, 128), dtype=np.uint8)
-            w.write(encode_sequence_example({"id": [f"v{i}".encode()], "labels": [1, 2, 3]}, {"rgb": q_rgb, "audio": q_aud}))
+            w.write(
+                encode_sequence_example(
+                    {"id": [f"v{i}".encode()], "labels": [1, 2, 3]}, {"rgb": q_rgb, "audio": q_aud}
+                )
+            )
     return path
 
 
@@ -108,7 +112,9 @@ def _tf_python(arg: str | None) -> str | None:
     return sys.executable if importlib.util.find_spec("tensorflow") is not None else None
 
 
-def _run_tf(python: str, jobs: list[dict[str, object]], repeats: int, cpu: int, work: Path) -> dict[str, object]:
+def _run_tf(
+    python: str, jobs: list[dict[str, object]], repeats: int, cpu: int, work: Path
+) -> dict[str, object]:
     """One ``bench/tf_reader.py`` process over ``jobs`` (pinned to ``cpu``); its JSON output."""
     spec = work / "tf_jobs.json"
     spec.write_text(json.dumps(jobs))
@@ -118,9 +124,11 @@ def _run_tf(python: str, jobs: list[dict[str, object]], repeats: int, cpu: int, 
         if shutil.which("taskset"):
             cmd = ["taskset", "-c", str(cpu), *cmd]
         elif hasattr(os, "sched_setaffinity"):
-            preexec = lambda: os.sched_setaffinity(0, {cpu})  # noqa: E731
+            preexec = lambda: os.sched_setaffinity(0, {cpu})
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=preexec, timeout=600)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, preexec_fn=preexec, timeout=600, check=False
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()[-800:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -128,16 +136,27 @@ def _run_tf(python: str, jobs: list[dict[str, object]], repeats: int, cpu: int, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3, help="timed passes (interleaved rounds for the TF comparison)")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="timed passes (interleaved rounds for the TF comparison)"
+    )
     ap.add_argument("--demo-size", default="small", choices=["tiny", "small"])
     ap.add_argument("--long-videos", type=int, default=200, help="videos in the 300-frame shard")
-    ap.add_argument("--tf-python", default=None, help="interpreter with TensorFlow (default: .venv-bench/bin/python if present)")
+    ap.add_argument(
+        "--tf-python",
+        default=None,
+        help="interpreter with TensorFlow (default: .venv-bench/bin/python if present)",
+    )
     ap.add_argument("--cpu", type=int, default=0, help="CPU to pin both sides to; -1: no pinning")
     args = ap.parse_args()
     if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
 
-    from avlab.datamodules.yt8m import YT8MFeatureCacheDataset, YT8MRecordDataset, build_feature_cache, resolve_split
+    from avlab.datamodules.yt8m import (
+        YT8MFeatureCacheDataset,
+        YT8MRecordDataset,
+        build_feature_cache,
+        resolve_split,
+    )
     from avlab.demo.yt8m import DEMO_SIZES, build_yt8m_demo
     from avlab.io.tf_example import parse_example
     from avlab.io.tfrecord import iter_records
@@ -177,7 +196,10 @@ def main() -> None:
 
     # --- one-time conversion to memory-mapped columns (build time here; reads timed below)
     caches: dict[str, Path] = {}
-    for name, paths, schema, features in (("video_mf", video, "video", "mf"), ("frame300_mf_std", [long_shard], "frame", "mf_std")):
+    for name, paths, schema, features in (
+        ("video_mf", video, "video", "mf"),
+        ("frame300_mf_std", [long_shard], "frame", "mf_std"),
+    ):
         records = YT8MRecordDataset(paths, schema=schema, features=features, num_classes=3862)
         t0 = time.perf_counter()
         cache = build_feature_cache(records, work / f"cache_{name}")
@@ -197,7 +219,13 @@ def main() -> None:
     }
     tf_jobs: list[dict[str, object]] = [
         {"name": "video_mf", "schema": "video", "features": "mf", "paths": [str(p) for p in video]},
-        {"name": "video_mf_batched256", "schema": "video", "features": "mf", "paths": [str(p) for p in video], "batched": 256},
+        {
+            "name": "video_mf_batched256",
+            "schema": "video",
+            "features": "mf",
+            "paths": [str(p) for p in video],
+            "batched": 256,
+        },
         {"name": "frame_mf", "schema": "frame", "features": "mf", "paths": [str(p) for p in frame]},
         {"name": "frame_mf_std", "schema": "frame", "features": "mf_std", "paths": [str(p) for p in frame]},
         {"name": "frame300_mf", "schema": "frame", "features": "mf", "paths": [str(long_shard)]},
@@ -232,7 +260,9 @@ def main() -> None:
 
         def pypi_video() -> Iterable[object]:
             for p in video:
-                for rec in tfrecord.tfrecord_loader(str(p), None, {"id": "byte", "labels": "int", "mean_rgb": "float", "mean_audio": "float"}):
+                for rec in tfrecord.tfrecord_loader(
+                    str(p), None, {"id": "byte", "labels": "int", "mean_rgb": "float", "mean_audio": "float"}
+                ):
                     y = np.zeros(3862, np.float32)
                     y[rec["labels"]] = 1
                     yield rec["mean_rgb"], rec["mean_audio"], y
@@ -240,13 +270,21 @@ def main() -> None:
         def pypi_frame(paths: list[Path], std: bool) -> Callable[[], Iterable[object]]:
             def run() -> Iterable[object]:
                 for p in paths:
-                    for ctx, seq in tfrecord.tfrecord_loader(str(p), None, {"id": "byte", "labels": "int"}, sequence_description={"rgb": "byte", "audio": "byte"}):
+                    for ctx, seq in tfrecord.tfrecord_loader(
+                        str(p),
+                        None,
+                        {"id": "byte", "labels": "int"},
+                        sequence_description={"rgb": "byte", "audio": "byte"},
+                    ):
                         out = []
                         for key in ("rgb", "audio"):
-                            q = np.stack([np.frombuffer(bytes(f), np.uint8) for f in seq[key]]).astype(np.float64)
+                            q = np.stack([np.frombuffer(bytes(f), np.uint8) for f in seq[key]]).astype(
+                                np.float64
+                            )
                             x = q * (4 / 255) + (4 / 512 - 2)
                             out.append(np.concatenate([x.mean(0), x.std(0)]) if std else x.mean(0))
                         yield out
+
             return run
 
         results["pypi_tfrecord_version"] = getattr(tfrecord, "__version__", "unknown")
@@ -263,7 +301,11 @@ def main() -> None:
                 f = ex.features.feature
                 y = np.zeros(3862, np.float32)
                 y[list(f["labels"].int64_list.value)] = 1
-                yield np.array(f["mean_rgb"].float_list.value, np.float32), np.array(f["mean_audio"].float_list.value, np.float32), y
+                yield (
+                    np.array(f["mean_rgb"].float_list.value, np.float32),
+                    np.array(f["mean_audio"].float_list.value, np.float32),
+                    y,
+                )
 
         results["example_pb2_video_mf"] = _rate(pb2_video, r)
 
@@ -272,8 +314,12 @@ def main() -> None:
                 ex = example_pb2.Example()
                 ex.ParseFromString(data)
                 f = ex.features.feature
-                yield (f["id"].bytes_list.value[0], list(f["labels"].int64_list.value),
-                       np.array(f["mean_rgb"].float_list.value, np.float32), np.array(f["mean_audio"].float_list.value, np.float32))
+                yield (
+                    f["id"].bytes_list.value[0],
+                    list(f["labels"].int64_list.value),
+                    np.array(f["mean_rgb"].float_list.value, np.float32),
+                    np.array(f["mean_audio"].float_list.value, np.float32),
+                )
 
         parsers["example_pb2_parse_video"] = pb2_parse
     except ImportError:

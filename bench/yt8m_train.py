@@ -63,10 +63,12 @@ class _Throughput:
         from lightning import Callback
 
         class _CB(Callback):
-            def __init__(cb) -> None:  # noqa: N805
+            def __init__(cb) -> None:
                 cb.step, cb.examples, cb.t0, cb.t1 = 0, 0, None, None
 
-            def on_train_batch_end(cb, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:  # noqa: N805
+            def on_train_batch_end(
+                cb, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int
+            ) -> None:
                 cb.step += 1
                 if cb.step == warmup:
                     cb.t0 = time.perf_counter()
@@ -81,7 +83,9 @@ class _Throughput:
         return self.cb.examples / (self.cb.t1 - self.cb.t0)
 
 
-def _memory_loader(tensors: dict[str, torch.Tensor], batch_size: int, seed: int) -> torch.utils.data.DataLoader:
+def _memory_loader(
+    tensors: dict[str, torch.Tensor], batch_size: int, seed: int
+) -> torch.utils.data.DataLoader:
     from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
     keys = list(tensors)
@@ -130,8 +134,15 @@ def main() -> None:
     del samples
 
     def datamodule(workers: int, cache: bool) -> YT8MDataModule:
-        return YT8MDataModule(root=str(demo), batch_size=args.batch_size, num_workers=workers, schema="video",
-                              features="mf", feature_cache=cache, seed=0)
+        return YT8MDataModule(
+            root=str(demo),
+            batch_size=args.batch_size,
+            num_workers=workers,
+            schema="video",
+            features="mf",
+            feature_cache=cache,
+            seed=0,
+        )
 
     if "cache_w0" in args.feeds:  # one-time conversion, outside the timing
         dm = datamodule(0, True)
@@ -143,14 +154,24 @@ def main() -> None:
 
     def run(hidden: int, feed: str) -> float:
         torch.manual_seed(0)
-        net = AttendFusion(visual_dim=1024, audio_dim=128, num_classes=3862, hidden=hidden, num_heads=8, dropout=0.4)
+        net = AttendFusion(
+            visual_dim=1024, audio_dim=128, num_classes=3862, hidden=hidden, num_heads=8, dropout=0.4
+        )
         module = YT8MModule(net, lr=1e-3, prior_bias=0.001)
         timer = _Throughput(args.warmup)
         wait = DataWait()
         trainer = Trainer(
-            accelerator="cpu", devices=1, max_steps=args.steps, max_epochs=-1, logger=False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer.cb, wait],
+            accelerator="cpu",
+            devices=1,
+            max_steps=args.steps,
+            max_epochs=-1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            callbacks=[timer.cb, wait],
             default_root_dir=str(work / "trainer"),
         )
         if feed == "memory":
@@ -189,15 +210,22 @@ def main() -> None:
     goal = True
     for h in args.hidden:
         med = {f: round(statistics.median(v), 1) for f, v in rates[h].items()}
-        entry: dict[str, Any] = {"params": params[h], **med, "all": {f: [round(x, 1) for x in v] for f, v in rates[h].items()}}
+        entry: dict[str, Any] = {
+            "params": params[h],
+            **med,
+            "all": {f: [round(x, 1) for x in v] for f, v in rates[h].items()},
+        }
         # Fraction of step time spent waiting for the next batch (callbacks/data_wait.py), per feed.
         entry["data_wait_fraction"] = {
-            f: round(statistics.median(w), 3) if (w := [x for x in waits[(h, f)][-args.repeats:] if x is not None])
-            else None for f in rates[h]}
+            f: round(statistics.median(w), 3)
+            if (w := [x for x in waits[(h, f)][-args.repeats :] if x is not None])
+            else None
+            for f in rates[h]
+        }
         if "memory" in med:
-            for f in med:
+            for f, value in med.items():
                 if f != "memory":
-                    entry[f"ratio_memory_over_{f}"] = round(med["memory"] / med[f], 3)
+                    entry[f"ratio_memory_over_{f}"] = round(med["memory"] / value, 3)
             best = min(v for k, v in entry.items() if k.startswith("ratio_memory_over_records"))
             entry["goal_le_1.1_records_best_workers"] = best <= 1.1
             goal = goal and best <= 1.1

@@ -39,13 +39,15 @@ class DataWait(Callback):
         self.steps = []
         self._last_end = time.perf_counter()
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         now = time.perf_counter()
         self._wait = now - self._last_end if self._last_end is not None else 0.0
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         now = time.perf_counter()
         if self._last_end is not None:
             self.steps.append((self._wait, now - self._last_end))
@@ -60,8 +62,9 @@ class DataWait(Callback):
         total = sum(step for _, step in self.steps)
         if total <= 0:
             return
-        local = torch.tensor(sum(wait for wait, _ in self.steps) / total, dtype=torch.float32,
-                             device=pl_module.device)
+        local = torch.tensor(
+            sum(wait for wait, _ in self.steps) / total, dtype=torch.float32, device=pl_module.device
+        )
         # The mean over ranks, here rather than through log(sync_dist=True), so that
         # epoch_fractions (which the runner reports) holds the same figure as the loggers.
         fraction = float(trainer.strategy.reduce(local, reduce_op="mean"))
@@ -78,5 +81,7 @@ class DataWait(Callback):
         fraction = self.mean_fraction()
         if fraction is None:
             return None
-        return (f"data wait: {100 * fraction:.1f}% of training step time spent waiting for batches "
-                f"(mean over {len(self.epoch_fractions)} epoch(s))")
+        return (
+            f"data wait: {100 * fraction:.1f}% of training step time spent waiting for batches "
+            f"(mean over {len(self.epoch_fractions)} epoch(s))"
+        )

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from avlab.datamodules.base import SupportsTaskSampling
 from lightning import Callback, LightningModule, Trainer
 
+from avlab.datamodules.base import SupportsTaskSampling
 from avlab.errors import ConfigError
 
 __all__ = ["TaskSampler", "WeightedTaskSampling"]
@@ -68,14 +68,22 @@ class TaskSampler:
             w = (w > 0).astype(float)
         return w / w.sum()
 
-    def plan_epoch(self, train_indices: list[np.ndarray], modalities: list[str], batch_size: int, world_size: int = 1,
-                   rank: int = 0) -> list[tuple[int, np.ndarray]]:
+    def plan_epoch(
+        self,
+        train_indices: list[np.ndarray],
+        modalities: list[str],
+        batch_size: int,
+        world_size: int = 1,
+        rank: int = 0,
+    ) -> list[tuple[int, np.ndarray]]:
         """The epoch's steps for ``rank``; identical database sequence on every rank."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         sizes = [len(ix) for ix in train_indices]
         if not any(sizes):
-            raise ConfigError("no database has training items; check data.databases (role: train) and the splits")
+            raise ConfigError(
+                "no database has training items; check data.databases (role: train) and the splits"
+            )
         gb = batch_size * world_size
         steps = self.steps_per_database(sizes, modalities, gb)
         total = int(sum(steps))
@@ -102,13 +110,22 @@ class TaskSampler:
     def state_dict(self) -> dict[str, Any]:
         # Big integers as strings: checkpoints must load with torch.load(weights_only=True).
         st = self.rng.bit_generator.state
-        return {"bit_generator": st["bit_generator"], "state": str(st["state"]["state"]), "inc": str(st["state"]["inc"]),
-                "has_uint32": int(st["has_uint32"]), "uinteger": int(st["uinteger"]), "seed": self.seed}
+        return {
+            "bit_generator": st["bit_generator"],
+            "state": str(st["state"]["state"]),
+            "inc": str(st["state"]["inc"]),
+            "has_uint32": int(st["has_uint32"]),
+            "uinteger": int(st["uinteger"]),
+            "seed": self.seed,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = {"bit_generator": state["bit_generator"],
-                                        "state": {"state": int(state["state"]), "inc": int(state["inc"])},
-                                        "has_uint32": int(state["has_uint32"]), "uinteger": int(state["uinteger"])}
+        self.rng.bit_generator.state = {
+            "bit_generator": state["bit_generator"],
+            "state": {"state": int(state["state"]), "inc": int(state["inc"])},
+            "has_uint32": int(state["has_uint32"]),
+            "uinteger": int(state["uinteger"]),
+        }
 
 
 class WeightedTaskSampling(Callback):
@@ -138,22 +155,38 @@ class WeightedTaskSampling(Callback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         dm = trainer.datamodule
         if not isinstance(dm, SupportsTaskSampling):
-            raise ConfigError("callbacks.extra: WeightedTaskSampling needs a DataModule that supports task "
-                              "sampling (avlab.datamodules.base.SupportsTaskSampling, e.g. the unqa one); "
-                              f"got {type(dm).__name__}")
+            raise ConfigError(
+                "callbacks.extra: WeightedTaskSampling needs a DataModule that supports task "
+                "sampling (avlab.datamodules.base.SupportsTaskSampling, e.g. the unqa one); "
+                f"got {type(dm).__name__}"
+            )
         indices, modalities, names = dm.train_plan_inputs()
-        plan = self.sampler.plan_epoch(indices, modalities, dm.batch_size, trainer.world_size, trainer.global_rank)
+        plan = self.sampler.plan_epoch(
+            indices, modalities, dm.batch_size, trainer.world_size, trainer.global_rank
+        )
         dm.set_train_plan(plan)
         self._epoch_plan = [d for d, _ in plan]
         step = int(getattr(pl_module, "step_index", -1))
         counts = Counter(self._epoch_plan)
         for i, d in enumerate(self._epoch_plan):
-            self.history.append({"global_step": trainer.global_step + i, "epoch": trainer.current_epoch,
-                                 "schedule_step": step + 1, "database": names[d]})
+            self.history.append(
+                {
+                    "global_step": trainer.global_step + i,
+                    "epoch": trainer.current_epoch,
+                    "schedule_step": step + 1,
+                    "database": names[d],
+                }
+            )
         total = max(1, len(self._epoch_plan))
         for d, name in enumerate(names):
-            pl_module.log(f"train/task_mix/{name}", counts.get(d, 0) / total, on_step=False, on_epoch=True,
-                          add_dataloader_idx=False, sync_dist=False)
+            pl_module.log(
+                f"train/task_mix/{name}",
+                counts.get(d, 0) / total,
+                on_step=False,
+                on_epoch=True,
+                add_dataloader_idx=False,
+                sync_dist=False,
+            )
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         run_dir = getattr(pl_module, "run_dir", None)

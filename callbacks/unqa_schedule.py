@@ -44,11 +44,30 @@ log = logging.getLogger(__name__)
 __all__ = ["PAPER_STEPS", "ThreeStepSchedule", "normalise_steps"]
 
 PAPER_STEPS: list[dict[str, Any]] = [
-    {"name": "database_heads", "epochs": 20, "heads": "database", "loss": "mae_rank",
-     "train": ["spatial", "audio", "database_heads"], "lr": 1.0e-5},
-    {"name": "modality_heads", "epochs": 10, "heads": "modality", "loss": "srcc",
-     "train": ["spatial", "audio", "modality_heads"], "lr": 1.0e-5},
-    {"name": "finetune", "epochs": 10, "heads": "modality", "loss": "srcc", "train": ["modality_heads"], "lr": 1.0e-5},
+    {
+        "name": "database_heads",
+        "epochs": 20,
+        "heads": "database",
+        "loss": "mae_rank",
+        "train": ["spatial", "audio", "database_heads"],
+        "lr": 1.0e-5,
+    },
+    {
+        "name": "modality_heads",
+        "epochs": 10,
+        "heads": "modality",
+        "loss": "srcc",
+        "train": ["spatial", "audio", "modality_heads"],
+        "lr": 1.0e-5,
+    },
+    {
+        "name": "finetune",
+        "epochs": 10,
+        "heads": "modality",
+        "loss": "srcc",
+        "train": ["modality_heads"],
+        "lr": 1.0e-5,
+    },
 ]
 PARTS = ("spatial", "audio", "database_heads", "modality_heads")
 
@@ -63,11 +82,18 @@ def normalise_steps(steps: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
         where = f"schedule step {i + 1} ({s.get('name', '?')})"
         unknown = set(s) - {"name", "epochs", "heads", "loss", "train", "lr", "weight_decay"}
         if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; keys: name, epochs, heads, loss, train, lr, weight_decay")
-        spec = {"name": str(s.get("name", f"step{i + 1}")), "epochs": int(s.get("epochs", 1)),
-                "heads": s.get("heads", "modality"), "loss": s.get("loss", "srcc" if s.get("heads", "modality") == "modality" else "mae_rank"),
-                "train": list(s.get("train", PAPER_STEPS[1]["train"])), "lr": float(s.get("lr", 1.0e-5)),
-                "weight_decay": float(s.get("weight_decay", 0.0))}
+            raise ConfigError(
+                f"{where}: unknown key(s) {sorted(unknown)}; keys: name, epochs, heads, loss, train, lr, weight_decay"
+            )
+        spec = {
+            "name": str(s.get("name", f"step{i + 1}")),
+            "epochs": int(s.get("epochs", 1)),
+            "heads": s.get("heads", "modality"),
+            "loss": s.get("loss", "srcc" if s.get("heads", "modality") == "modality" else "mae_rank"),
+            "train": list(s.get("train", PAPER_STEPS[1]["train"])),
+            "lr": float(s.get("lr", 1.0e-5)),
+            "weight_decay": float(s.get("weight_decay", 0.0)),
+        }
         if spec["epochs"] < 1:
             raise ConfigError(f"{where}: epochs must be >= 1")
         if spec["heads"] not in ("database", "modality"):
@@ -118,14 +144,23 @@ class ThreeStepSchedule(Callback):
         from avlab.lightningmodules.unqa import UNQAModule
 
         if not isinstance(pl_module, UNQAModule):
-            raise ConfigError(f"callbacks.extra.schedule: ThreeStepSchedule needs the unqa LightningModule, got {type(pl_module).__name__}")
+            raise ConfigError(
+                f"callbacks.extra.schedule: ThreeStepSchedule needs the unqa LightningModule, got {type(pl_module).__name__}"
+            )
         if stage != "fit":
             return
         max_epochs = trainer.max_epochs
         if max_epochs is not None and max_epochs >= 0 and max_epochs != self.total_epochs:
-            warnings.warn(f"trainer.max_epochs={max_epochs} but the schedule's steps add up to {self.total_epochs} epochs; "
-                          + ("training stops early, inside a step" if max_epochs < self.total_epochs else
-                             "the extra epochs stay in the last step"), UserWarning, stacklevel=2)
+            warnings.warn(
+                f"trainer.max_epochs={max_epochs} but the schedule's steps add up to {self.total_epochs} epochs; "
+                + (
+                    "training stops early, inside a step"
+                    if max_epochs < self.total_epochs
+                    else "the extra epochs stay in the last step"
+                ),
+                UserWarning,
+                stacklevel=2,
+            )
         # Before configure_optimizers. A resumed run overrides this from the checkpoint afterwards
         # (module.on_load_checkpoint runs before the optimisers are built).
         if pl_module.step_index < 0:
@@ -138,8 +173,12 @@ class ThreeStepSchedule(Callback):
             best, carried = self._best, None
             if self.carry_best and best["state"] is not None and best["step"] == pl_module.step_index:
                 pl_module.load_state_dict(best["state"])
-                log.info("UNQA schedule: step %d starts from epoch %d (best val/srcc_mean %.4f)", target + 1,
-                         best["epoch"], best["score"])
+                log.info(
+                    "UNQA schedule: step %d starts from epoch %d (best val/srcc_mean %.4f)",
+                    target + 1,
+                    best["epoch"],
+                    best["score"],
+                )
                 carried = best["epoch"]
             self._best = {"step": -1, "score": None, "epoch": -1, "state": None}
             pl_module.enter_step(target, self.steps[target], final=target == len(self.steps) - 1)
@@ -150,8 +189,15 @@ class ThreeStepSchedule(Callback):
             trainer.strategy.setup_optimizers(trainer)
             record = {"epoch": trainer.current_epoch, "step": target + 1, "name": self.steps[target]["name"]}
             self.transitions.append(record | ({"carried_from_epoch": carried} if carried is not None else {}))
-            log.info("UNQA schedule: epoch %d starts step %d (%s)", trainer.current_epoch, target + 1, self.steps[target]["name"])
-        pl_module.log("train/schedule_step", float(target + 1), on_step=False, on_epoch=True, add_dataloader_idx=False)
+            log.info(
+                "UNQA schedule: epoch %d starts step %d (%s)",
+                trainer.current_epoch,
+                target + 1,
+                self.steps[target]["name"],
+            )
+        pl_module.log(
+            "train/schedule_step", float(target + 1), on_step=False, on_epoch=True, add_dataloader_idx=False
+        )
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.carry_best or trainer.sanity_checking or pl_module.step_index < 0:
@@ -162,8 +208,12 @@ class ThreeStepSchedule(Callback):
         score, best = float(score), self._best
         if best["step"] != pl_module.step_index or best["score"] is None or score > best["score"]:
             state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-            self._best = {"step": pl_module.step_index, "score": score, "epoch": trainer.current_epoch,
-                          "state": state}
+            self._best = {
+                "step": pl_module.step_index,
+                "score": score,
+                "epoch": trainer.current_epoch,
+                "state": state,
+            }
 
     def state_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"steps": [dict(s) for s in self.steps], "transitions": list(self.transitions)}
@@ -174,7 +224,9 @@ class ThreeStepSchedule(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("steps")
         if saved and [s["epochs"] for s in saved] != [s["epochs"] for s in self.steps]:
-            warnings.warn("resuming with a different step schedule than the checkpoint's", UserWarning, stacklevel=2)
+            warnings.warn(
+                "resuming with a different step schedule than the checkpoint's", UserWarning, stacklevel=2
+            )
         self.transitions = list(state_dict.get("transitions", []))
         if "best" in state_dict:
             self._best = dict(state_dict["best"])

@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from avlab.datamodules.base import ArraySplit, AvlabDataModule, DatasetInfo, SupportsArrays
-from avlab.datamodules.readers import ReadOptions, detect_format, get_reader, missing_files
 from torch.utils.data import DataLoader, Dataset
 
+from avlab.datamodules.base import ArraySplit, AvlabDataModule, DatasetInfo, SupportsArrays
+from avlab.datamodules.readers import ReadOptions, detect_format, get_reader, missing_files
 from avlab.errors import DataError, FeatureError, MediaError
 from avlab.features.audio import AudioFeatureExtractor, SpectralSimilarityExtractor
 from avlab.features.cache import FeatureCache
@@ -61,8 +61,9 @@ def parse_scale(text: Any, *, where: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in str(text).replace("–", "-").split("-", 1))
     except ValueError as exc:
-        raise DataError(f"{where}: mos_scale {text!r} is not of the form LOW-HIGH (e.g. 1-5 or 0-100)"
-                        ) from exc
+        raise DataError(
+            f"{where}: mos_scale {text!r} is not of the form LOW-HIGH (e.g. 1-5 or 0-100)"
+        ) from exc
     if not hi > lo:
         raise DataError(f"{where}: mos_scale {text!r} must have HIGH > LOW")
     return lo, hi
@@ -82,8 +83,9 @@ def read_manifest(path: Path) -> pd.DataFrame:
     Every problem is reported at once, each naming its row and stimulus.
     """
     if not path.is_file():
-        raise DataError(f"{path} does not exist; an avq dataset folder needs a manifest.csv "
-                        "(see datamodules/avq.py)")
+        raise DataError(
+            f"{path} does not exist; an avq dataset folder needs a manifest.csv (see datamodules/avq.py)"
+        )
     table = get_reader("manifest").read(path.parent, ReadOptions(name=path.parent.name, score_file=path.name))
     problems = validate_table(table, path)
     if problems:
@@ -111,8 +113,9 @@ def validate_table(table: pd.DataFrame, path: Path, *, check_files: bool = True)
         where = f"{row['where']} (stimulus {row['stimulus']!r})"
         mos = pd.to_numeric(row["mos"], errors="coerce")
         if pd.isna(mos):
-            problems.append(f"{where}: MOS is missing or not a number ({row['mos']!r}); "
-                            "fill it in or drop the row")
+            problems.append(
+                f"{where}: MOS is missing or not a number ({row['mos']!r}); fill it in or drop the row"
+            )
         else:
             try:
                 lo, hi = parse_scale(row["mos_scale"], where=where)
@@ -132,13 +135,16 @@ def read_live_sjtu(root: Path, audio_bitrates: list[int] | None) -> pd.DataFrame
     if audio_bitrates:
         table = table[table["audio_bitrate_kbps"].isin([float(b) for b in audio_bitrates])]
         if table.empty:
-            raise DataError(f"{root / 'MOS.mat'}: no stimulus left after keeping audio bitrates "
-                            f"{audio_bitrates} (data.audio_bitrates)")
+            raise DataError(
+                f"{root / 'MOS.mat'}: no stimulus left after keeping audio bitrates "
+                f"{audio_bitrates} (data.audio_bitrates)"
+            )
     problems = missing_files(table, label=str(root))
     if problems:
-        raise DataError(f"{root}: {len(problems)} file(s) named in MOS.mat are not anywhere under "
-                        "the folder:\n  - "
-                        + "\n  - ".join(problems[:20]))
+        raise DataError(
+            f"{root}: {len(problems)} file(s) named in MOS.mat are not anywhere under "
+            "the folder:\n  - " + "\n  - ".join(problems[:20])
+        )
     return _avq_columns(table)
 
 
@@ -151,10 +157,31 @@ def wrap_raw_yuv(path: str, *, width: int, height: int, fps: float, cache_root: 
     if out.is_file():
         return str(out)
     with atomic_path(out) as tmp:
-        run_ffmpeg(["-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{width}x{height}",
-                    "-r", f"{fps}", "-i", str(src),
-                    "-c:v", "libx264", "-qp", "0", "-preset", "ultrafast", str(tmp)],
-                   what=f"wrapping raw YUV {src}")
+        run_ffmpeg(
+            [
+                "-y",
+                "-v",
+                "error",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "yuv420p",
+                "-s",
+                f"{width}x{height}",
+                "-r",
+                f"{fps}",
+                "-i",
+                str(src),
+                "-c:v",
+                "libx264",
+                "-qp",
+                "0",
+                "-preset",
+                "ultrafast",
+                str(tmp),
+            ],
+            what=f"wrapping raw YUV {src}",
+        )
     return str(out)
 
 
@@ -254,24 +281,45 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
 
     def read_table(self, root: Path) -> pd.DataFrame:
         fmt = self._format(root)
-        table = read_manifest(root / "manifest.csv") if fmt == "manifest" else read_live_sjtu(root, self.audio_bitrates or [32, 128])
+        table = (
+            read_manifest(root / "manifest.csv")
+            if fmt == "manifest"
+            else read_live_sjtu(root, self.audio_bitrates or [32, 128])
+        )
         if fmt == "live_sjtu":
             cache_root = Path(self.cache(root).root)
             for col in ("reference", "distorted"):
-                table[col] = [wrap_raw_yuv(p, width=int(w), height=int(h), fps=float(f), cache_root=cache_root)
-                              if str(p).endswith(".yuv") else p
-                              for p, w, h, f in zip(table[col], table["width"], table["height"], table["fps"])]
+                table[col] = [
+                    wrap_raw_yuv(p, width=int(w), height=int(h), fps=float(f), cache_root=cache_root)
+                    if str(p).endswith(".yuv")
+                    else p
+                    for p, w, h, f in zip(table[col], table["width"], table["height"], table["fps"])
+                ]
         return table.reset_index(drop=True)
 
-    def pair_features(self, reference: str, distorted: str, *, reference_audio: str | None = None,
-                      distorted_audio: str | None = None, stimulus: str | None = None,
-                      cache: FeatureCache | None = None) -> dict[str, Any]:
+    def pair_features(
+        self,
+        reference: str,
+        distorted: str,
+        *,
+        reference_audio: str | None = None,
+        distorted_audio: str | None = None,
+        stimulus: str | None = None,
+        cache: FeatureCache | None = None,
+    ) -> dict[str, Any]:
         """X_v, X_a, Q_v and Q_a (both on ``target_scale``) of one reference/distorted pair."""
         vm = extract_vmaf(reference, distorted, n_units=self.n_units, cache=cache)
-        au = self.audio_extractor.extract(reference_audio or reference, distorted_audio or distorted,
-                                          n_units=self.n_units, stimulus=stimulus, cache=cache)
+        au = self.audio_extractor.extract(
+            reference_audio or reference,
+            distorted_audio or distorted,
+            n_units=self.n_units,
+            stimulus=stimulus,
+            cache=cache,
+        )
         if au.embedding.shape[-1] != self.audio_extractor.dim:
-            raise FeatureError(f"{stimulus or distorted}: audio feature width {au.embedding.shape[-1]}, expected {self.audio_extractor.dim}")
+            raise FeatureError(
+                f"{stimulus or distorted}: audio feature width {au.embedding.shape[-1]}, expected {self.audio_extractor.dim}"
+            )
         return {
             "video": np.asarray(vm.features, dtype=np.float32),
             "audio": np.asarray(au.embedding, dtype=np.float32),
@@ -289,10 +337,17 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
         for i, row in table.iterrows():
             try:
                 feats = self.pair_features(
-                    row["reference"], row["distorted"], reference_audio=_opt(row, "reference_audio"),
-                    distorted_audio=_opt(row, "distorted_audio"), stimulus=str(row["stimulus"]), cache=cache)
+                    row["reference"],
+                    row["distorted"],
+                    reference_audio=_opt(row, "reference_audio"),
+                    distorted_audio=_opt(row, "distorted_audio"),
+                    stimulus=str(row["stimulus"]),
+                    cache=cache,
+                )
             except (MediaError, FeatureError) as exc:
-                raise type(exc)(f"stimulus {row['stimulus']!r} (row {i + 2} of the dataset table): {exc}") from exc
+                raise type(exc)(
+                    f"stimulus {row['stimulus']!r} (row {i + 2} of the dataset table): {exc}"
+                ) from exc
             video.append(feats["video"])
             audio.append(feats["audio"])
             q_video.append(feats["q_video"])
@@ -300,12 +355,21 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
         table = table.copy()
         table["q_video"], table["q_audio"] = q_video, q_audio
         table["mos_native"] = table["mos"].astype(float)
-        table["mos"] = [float(ibm_rescale(m, parse_scale(s, where=str(st)), self.target_scale))
-                        for m, s, st in zip(table["mos_native"], table["mos_scale"], table["stimulus"])]
+        table["mos"] = [
+            float(ibm_rescale(m, parse_scale(s, where=str(st)), self.target_scale))
+            for m, s, st in zip(table["mos_native"], table["mos_scale"], table["stimulus"])
+        ]
         self.table, self.video, self.audio = table, np.stack(video), np.stack(audio)
-        return {"root": str(root), "stimuli": len(table), "sources": int(table["source"].nunique()),
-                "video_features": list(VMAF_FEATURES), "audio_extractor": self.audio_extractor.name,
-                "audio_dim": int(self.audio.shape[-1]), "n_units": self.n_units, "cache": str(cache.root)}
+        return {
+            "root": str(root),
+            "stimuli": len(table),
+            "sources": int(table["source"].nunique()),
+            "video_features": list(VMAF_FEATURES),
+            "audio_extractor": self.audio_extractor.name,
+            "audio_dim": int(self.audio.shape[-1]),
+            "n_units": self.n_units,
+            "cache": str(cache.root),
+        }
 
     # ------------------------------------------------------------------ splits
     def sources_by_split(self) -> dict[str, list[str]]:
@@ -324,11 +388,15 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
             test = sorted(str(s) for s in self.holdout_sources)
             unknown = [s for s in test if s not in sources]
             if unknown:
-                raise DataError(f"data.holdout_sources names unknown source(s) {unknown}; sources are {sources}")
+                raise DataError(
+                    f"data.holdout_sources names unknown source(s) {unknown}; sources are {sources}"
+                )
         else:
             n = int(self.holdout_sources)
             if not 0 < n < len(sources):
-                raise DataError(f"data.holdout_sources={n} must be between 1 and {len(sources) - 1} ({len(sources)} sources)")
+                raise DataError(
+                    f"data.holdout_sources={n} must be between 1 and {len(sources) - 1} ({len(sources)} sources)"
+                )
             test = sorted(rng.choice(sources, size=n, replace=False).tolist())
         rest = [s for s in sources if s not in test]
         n_val = min(self.val_sources, len(rest) - 1)
@@ -346,15 +414,27 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
         # Standardisation statistics come from the training part only (no test leakage).
         v = self.video[train].reshape(-1, self.video.shape[-1])
         a = self.audio[train].reshape(-1, self.audio.shape[-1])
-        self.stats = {"video_mean": v.mean(0), "video_std": v.std(0) + 1e-6, "audio_mean": a.mean(0), "audio_std": a.std(0) + 1e-6}
+        self.stats = {
+            "video_mean": v.mean(0),
+            "video_std": v.std(0) + 1e-6,
+            "audio_mean": a.mean(0),
+            "audio_std": a.std(0) + 1e-6,
+        }
 
     def feature_stats(self) -> dict[str, torch.Tensor]:
         return {k: torch.as_tensor(v, dtype=torch.float32) for k, v in self.stats.items()}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        ds = AVQFeatureDataset(self.split_indices[split], self.video, self.audio, self.table["mos"].to_numpy(np.float32))
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        ds = AVQFeatureDataset(
+            self.split_indices[split], self.video, self.audio, self.table["mos"].to_numpy(np.float32)
+        )
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -379,11 +459,16 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
 
         Closed-form baselines fit on train+val: they need no validation set for checkpointing.
         """
-        idx = np.concatenate([self.split_indices["train"], self.split_indices["val"]]) if split == "train" else self.split_indices[split]
+        idx = (
+            np.concatenate([self.split_indices["train"], self.split_indices["val"]])
+            if split == "train"
+            else self.split_indices[split]
+        )
         idx = np.unique(idx)
         t = self.table.iloc[idx]
         feats = {
-            "q_audio": t["q_audio"].to_numpy(float), "q_video": t["q_video"].to_numpy(float),
+            "q_audio": t["q_audio"].to_numpy(float),
+            "q_video": t["q_video"].to_numpy(float),
             "vmaf": self.video[idx].mean(axis=1).astype(float),
             "audio_bitrate_kbps": t["audio_bitrate_kbps"].to_numpy(float),
         }

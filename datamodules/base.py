@@ -77,8 +77,10 @@ class ArraySplit:
         n = len(self.index)
         bad = {k: len(v) for k, v in self.features.items() if len(v) != n}
         if len(self.target) != n or bad:
-            raise DataError(f"ArraySplit: {n} indices but target has {len(self.target)} rows "
-                            f"and features {bad or 'match'}")
+            raise DataError(
+                f"ArraySplit: {n} indices but target has {len(self.target)} rows "
+                f"and features {bad or 'match'}"
+            )
 
 
 class AvlabDataModule(LightningDataModule):
@@ -88,8 +90,9 @@ class AvlabDataModule(LightningDataModule):
     #: Task name, used for the demo cache folder (``<cache>/demo/<task>/<size>``).
     task: str = ""
 
-    def __init__(self, root: str | None = None, demo_size: str = "small", batch_size: int = 32,
-                 num_workers: int = 0) -> None:
+    def __init__(
+        self, root: str | None = None, demo_size: str = "small", batch_size: int = 32, num_workers: int = 0
+    ) -> None:
         super().__init__()
         self.root = root
         self.demo_size = demo_size
@@ -116,8 +119,10 @@ class AvlabDataModule(LightningDataModule):
             return path
         path = Path(str(self.root)).expanduser()
         if not path.exists():
-            raise DataError(f"data.root {path} does not exist; point data.root at your dataset folder, "
-                            "or unset it to use the demo data")
+            raise DataError(
+                f"data.root {path} does not exist; point data.root at your dataset folder, "
+                "or unset it to use the demo data"
+            )
         return path
 
     @staticmethod

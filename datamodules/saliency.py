@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
 from avlab.datamodules.base import AvlabDataModule
 from avlab.datamodules.readers import ReadOptions, get_reader
 from avlab.datamodules.saliency_readers import (
@@ -43,8 +45,6 @@ from avlab.datamodules.saliency_readers import (
     parse_fold_list,
     video_records,
 )
-from torch.utils.data import DataLoader, Dataset
-
 from avlab.errors import ConfigError, DataError, MediaError
 from avlab.media.clips import (
     VideoFrames,
@@ -62,8 +62,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # parse_fold_list and load_fixation are re-exported: they are part of this task's public data API.
-__all__ = ["AV_DATASETS", "SaliencyClips", "SaliencyDataModule", "VideoRecord", "collate_saliency",
-           "load_fixation", "load_map", "parse_fold_list", "preprocess_frames"]
+__all__ = [
+    "AV_DATASETS",
+    "SaliencyClips",
+    "SaliencyDataModule",
+    "VideoRecord",
+    "collate_saliency",
+    "load_fixation",
+    "load_map",
+    "parse_fold_list",
+    "preprocess_frames",
+]
 
 #: The reader-catalog formats ``data.layout`` may name (registered in saliency_readers).
 LAYOUTS = ("stavis", "dhf1k")
@@ -78,8 +87,9 @@ class _FrameSource:
     The cache makes sliding test windows (which share all but one frame) decode each frame once.
     """
 
-    def __init__(self, videos: list[VideoRecord], frame_size: tuple[int, int], normalize: str,
-                 cache: int = 96) -> None:
+    def __init__(
+        self, videos: list[VideoRecord], frame_size: tuple[int, int], normalize: str, cache: int = 96
+    ) -> None:
         self.videos, self.frame_size, self.normalize = videos, tuple(frame_size), normalize
         self.cache: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
         self.capacity = cache
@@ -139,8 +149,10 @@ class _AudioSource:
                 if self.missing_audio == "silence":
                     wav = np.zeros(0, np.float32)
                 else:
-                    raise DataError(f"{rec.dataset}/{rec.name}: audio file {rec.wav} does not exist; "
-                                    "add it, or set data.missing_audio=silence to use silence")
+                    raise DataError(
+                        f"{rec.dataset}/{rec.name}: audio file {rec.wav} does not exist; "
+                        "add it, or set data.missing_audio=silence to use silence"
+                    )
             else:
                 wav = load_wav(rec.wav)
             self.loaded[vid] = (wav, frame_audio_bounds(rec.n_frames, rec.fps, len(wav)))
@@ -151,11 +163,22 @@ class _AudioSource:
 class SaliencyClips(Dataset):
     """Clips of a list of videos: random training clips, fixed validation clips, or test windows."""
 
-    def __init__(self, videos: list[VideoRecord], *, mode: str, clip_len: int, frame_size: tuple[int, int],
-                 normalize: str, audio: bool, missing_audio: str = "error", clips_per_video: int = 1,
-                 val_clips_per_video: int = 2, test_stride: int = 1,
-                 dataset_ids: dict[str, int] | None = None,
-                 video_offset: int = 0) -> None:
+    def __init__(
+        self,
+        videos: list[VideoRecord],
+        *,
+        mode: str,
+        clip_len: int,
+        frame_size: tuple[int, int],
+        normalize: str,
+        audio: bool,
+        missing_audio: str = "error",
+        clips_per_video: int = 1,
+        val_clips_per_video: int = 2,
+        test_stride: int = 1,
+        dataset_ids: dict[str, int] | None = None,
+        video_offset: int = 0,
+    ) -> None:
         self.videos, self.mode, self.clip_len = videos, mode, clip_len
         self.frame_size = tuple(frame_size)
         self.frames = _FrameSource(videos, self.frame_size, normalize, cache=3 * clip_len)
@@ -217,10 +240,13 @@ class SaliencyClips(Dataset):
         out = self._clip(vid, w.frames, w.reversed)
         gt = load_map(rec.maps[pos])
         out.update(
-            target=self._target(vid, pos), gt=torch.from_numpy(gt),
+            target=self._target(vid, pos),
+            gt=torch.from_numpy(gt),
             fix=torch.from_numpy(load_fixation(rec.fixations[pos], gt.shape)),
-            index=torch.tensor(i), video=torch.tensor(self.video_offset + vid),
-            dataset=torch.tensor(self.dataset_ids.get(rec.dataset, 0)), frame=torch.tensor(pos),
+            index=torch.tensor(i),
+            video=torch.tensor(self.video_offset + vid),
+            dataset=torch.tensor(self.dataset_ids.get(rec.dataset, 0)),
+            frame=torch.tensor(pos),
         )
         return out
 
@@ -290,14 +316,17 @@ class SaliencyDataModule(AvlabDataModule):
             from avlab.errors import did_you_mean
 
             hint = did_you_mean(unknown[0], AV_DATASETS)
-            raise ConfigError(f"data.datasets: unknown dataset {unknown[0]!r}.{hint} "
-                              f"Known: {', '.join(AV_DATASETS)}")
+            raise ConfigError(
+                f"data.datasets: unknown dataset {unknown[0]!r}.{hint} Known: {', '.join(AV_DATASETS)}"
+            )
         if fold not in (1, 2, 3):
             raise ConfigError(f"data.fold must be 1, 2 or 3 (the STAViS folds), got {fold}")
-        for name, value, allowed in (("short_videos", short_videos, ("error", "skip")),
-                                     ("count_mismatch", count_mismatch, ("truncate", "error")),
-                                     ("missing_audio", missing_audio, ("error", "silence")),
-                                     ("normalize", normalize, ("imagenet", "pm1"))):
+        for name, value, allowed in (
+            ("short_videos", short_videos, ("error", "skip")),
+            ("count_mismatch", count_mismatch, ("truncate", "error")),
+            ("missing_audio", missing_audio, ("error", "silence")),
+            ("normalize", normalize, ("imagenet", "pm1")),
+        ):
             if value not in allowed:
                 raise ConfigError(f"data.{name} must be one of {', '.join(allowed)}, got {value!r}")
         if clip_len < 1:
@@ -330,13 +359,19 @@ class SaliencyDataModule(AvlabDataModule):
         super().configure_split(kind, index, count)
         if kind == "fold":
             if self.layout != "stavis" or count != 3:
-                raise ConfigError("cv.folds for saliency must be 3 (the STAViS folds) "
-                                  "with data.layout=stavis")
+                raise ConfigError(
+                    "cv.folds for saliency must be 3 (the STAViS folds) with data.layout=stavis"
+                )
             self.fold = index + 1
 
     def policy(self) -> RecordPolicy:
-        return RecordPolicy(self.clip_len, self.short_videos, self.count_mismatch,
-                            self.audio and self.layout == "stavis", self.missing_audio)
+        return RecordPolicy(
+            self.clip_len,
+            self.short_videos,
+            self.count_mismatch,
+            self.audio and self.layout == "stavis",
+            self.missing_audio,
+        )
 
     def index(self) -> tuple[dict[str, list[VideoRecord]], list[str]]:
         """Train/test video records and every problem found (no exception)."""
@@ -377,15 +412,19 @@ class SaliencyDataModule(AvlabDataModule):
         found, problems = self.index()
         if problems:
             listed = "\n  - ".join(problems[:15])
-            raise DataError(f"{self.dataset_root()} has {len(problems)} problem(s) "
-                            f"(run `avlab data check` for all):\n  - {listed}")
+            raise DataError(
+                f"{self.dataset_root()} has {len(problems)} problem(s) "
+                f"(run `avlab data check` for all):\n  - {listed}"
+            )
         for rec in found["train"] + found["test"]:
             for note in rec.notes:
                 log.warning(note)
         if not found["train"] or not found["test"]:
             which = "training" if not found["train"] else "test"
-            raise DataError(f"{self.dataset_root()}: no {which} videos for "
-                            f"fold {self.fold} of {', '.join(self.dataset_names)}")
+            raise DataError(
+                f"{self.dataset_root()}: no {which} videos for "
+                f"fold {self.fold} of {', '.join(self.dataset_names)}"
+            )
         train, val = self._hold_out(found["train"])
         if not val:
             log.warning("no training video can be held out for validation; validating on training videos")
@@ -397,16 +436,28 @@ class SaliencyDataModule(AvlabDataModule):
             self.setup()
         mode = {"train": "train", "val": "val", "test": "test"}[split]
         return SaliencyClips(
-            self.splits[split], mode=mode, clip_len=self.clip_len, frame_size=self.frame_size,
-            normalize=self.normalize, audio=self.audio, missing_audio=self.missing_audio,
-            clips_per_video=self.clips_per_video, val_clips_per_video=self.val_clips_per_video,
-            test_stride=self.test_stride, dataset_ids={d: i for i, d in enumerate(self.dataset_names)},
+            self.splits[split],
+            mode=mode,
+            clip_len=self.clip_len,
+            frame_size=self.frame_size,
+            normalize=self.normalize,
+            audio=self.audio,
+            missing_audio=self.missing_audio,
+            clips_per_video=self.clips_per_video,
+            val_clips_per_video=self.val_clips_per_video,
+            test_stride=self.test_stride,
+            dataset_ids={d: i for i, d in enumerate(self.dataset_names)},
         )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self._dataset(split), batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, collate_fn=collate_saliency,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self._dataset(split),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate_saliency,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
@@ -439,13 +490,15 @@ class SaliencyDataModule(AvlabDataModule):
             # validation items hold the clip's first frame; its target is the last one
             shift = self.clip_len - 1 if split == "val" else 0
             rows = [(v, pos + shift) for v, pos in ds.items]
-        return pd.DataFrame({
-            "video": [v for v, _ in rows],
-            "dataset": [videos[v].dataset for v, _ in rows],
-            "dataset_id": [ids.get(videos[v].dataset, 0) for v, _ in rows],
-            "name": [videos[v].name for v, _ in rows],
-            "frame": [f for _, f in rows],
-        }).rename_axis("index")
+        return pd.DataFrame(
+            {
+                "video": [v for v, _ in rows],
+                "dataset": [videos[v].dataset for v, _ in rows],
+                "dataset_id": [ids.get(videos[v].dataset, 0) for v, _ in rows],
+                "name": [videos[v].name for v, _ in rows],
+                "frame": [f for _, f in rows],
+            }
+        ).rename_axis("index")
 
     # ------------------------------------------------------------------ predict helpers
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
@@ -470,14 +523,21 @@ class SaliencyDataModule(AvlabDataModule):
 
                     info = sf.info(str(rec.wav))
                     if info.duration + 1.0 / rec.fps < rec.n_frames / rec.fps * 0.9:
-                        problems.append(f"{where}: {rec.wav.name} lasts {info.duration:.2f} s but the video "
-                                        f"{rec.n_frames / rec.fps:.2f} s; missing audio is silence")
+                        problems.append(
+                            f"{where}: {rec.wav.name} lasts {info.duration:.2f} s but the video "
+                            f"{rec.n_frames / rec.fps:.2f} s; missing audio is silence"
+                        )
                 except Exception as exc:  # noqa: BLE001 - any unreadable WAV is a problem to report
                     problems.append(f"{where}: {rec.wav} cannot be read ({exc})")
         return problems
 
     def describe(self) -> dict[str, Any]:
         found, _ = self.index()
-        return {"root": str(self.dataset_root()), "layout": self.layout, "fold": self.fold,
-                "train videos": len(found["train"]), "test videos": len(found["test"]),
-                "datasets": ", ".join(self.dataset_names)}
+        return {
+            "root": str(self.dataset_root()),
+            "layout": self.layout,
+            "fold": self.fold,
+            "train videos": len(found["train"]),
+            "test videos": len(found["test"]),
+            "datasets": ", ".join(self.dataset_names),
+        }

@@ -48,8 +48,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from avlab.datamodules.readers import ReadOptions, register_reader
 
+from avlab.datamodules.readers import ReadOptions, register_reader
 from avlab.errors import DataError
 from avlab.media.clips import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoFrames, read_image
 
@@ -146,16 +146,20 @@ def load_fixation(path: Path, shape: tuple[int, int] | None = None) -> np.ndarra
         data, keys = _read_mat(path)
         key = next((k for k in ("eyeMap", "I") if k in data), None)
         if key is None:
-            raise DataError(f"fixation file {path} has no variable `eyeMap` (STAViS) or `I` (DHF1K); "
-                            f"it holds {', '.join(keys) or 'nothing'}")
+            raise DataError(
+                f"fixation file {path} has no variable `eyeMap` (STAViS) or `I` (DHF1K); "
+                f"it holds {', '.join(keys) or 'nothing'}"
+            )
         fix = np.asarray(data[key])
     else:
         fix = read_image(path, gray=True)
     if fix.ndim != 2:
         raise DataError(f"fixation map {path} must be a 2-D matrix, got shape {fix.shape}")
     if shape is not None and tuple(fix.shape) != tuple(shape):
-        raise DataError(f"fixation map {path} has shape {fix.shape[0]}×{fix.shape[1]} but its saliency map "
-                        f"is {shape[0]}×{shape[1]}; fixations are never resized, so the two must match")
+        raise DataError(
+            f"fixation map {path} has shape {fix.shape[0]}×{fix.shape[1]} but its saliency map "
+            f"is {shape[0]}×{shape[1]}; fixations are never resized, so the two must match"
+        )
     return (fix > 0).astype(np.uint8)
 
 
@@ -176,8 +180,9 @@ def sorted_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.suffix.lower() in suffixes), key=key)
 
 
-def finish_record(rec: VideoRecord, n_list: int | None, policy: RecordPolicy,
-                  problems: list[str]) -> VideoRecord | None:
+def finish_record(
+    rec: VideoRecord, n_list: int | None, policy: RecordPolicy, problems: list[str]
+) -> VideoRecord | None:
     """Apply the bad-input policies to one record; ``None`` (with a problem or warning) drops it."""
     where = f"{rec.dataset}/{rec.name}"
     if not rec.maps:
@@ -200,8 +205,9 @@ def finish_record(rec: VideoRecord, n_list: int | None, policy: RecordPolicy,
     if rec.n_frames < policy.clip_len:
         msg = f"{where}: {rec.n_frames} frames, shorter than the {policy.clip_len}-frame window"
         if policy.short_videos == "error":
-            problems.append(msg + "; remove it from the fold lists, lower data.clip_len, "
-                            "or set data.short_videos=skip")
+            problems.append(
+                msg + "; remove it from the fold lists, lower data.clip_len, or set data.short_videos=skip"
+            )
         else:
             log.warning("%s; skipped (data.short_videos=skip)", msg)
         return None
@@ -218,12 +224,31 @@ def finish_record(rec: VideoRecord, n_list: int | None, policy: RecordPolicy,
 FOLDS = (1, 2, 3)
 
 
-def _row(dataset: str, name: str, fps: float, n_listed: int, frames: list[Path] | Path | None,
-         maps: list[Path], fixations: list[Path], wav: Path | None, folds: dict[int, str],
-         where: str) -> dict[str, Any]:
+def _row(
+    dataset: str,
+    name: str,
+    fps: float,
+    n_listed: int,
+    frames: list[Path] | Path | None,
+    maps: list[Path],
+    fixations: list[Path],
+    wav: Path | None,
+    folds: dict[int, str],
+    where: str,
+) -> dict[str, Any]:
     sides = {f"fold{f}": folds.get(f, "") for f in FOLDS}
-    return {"dataset": dataset, "name": name, "fps": fps, "n_listed": n_listed, "frames": frames,
-            "maps": maps, "fixations": fixations, "wav": wav, **sides, "where": where}
+    return {
+        "dataset": dataset,
+        "name": name,
+        "fps": fps,
+        "n_listed": n_listed,
+        "frames": frames,
+        "maps": maps,
+        "fixations": fixations,
+        "wav": wav,
+        **sides,
+        "where": where,
+    }
 
 
 def _stavis_frames(root: Path, db: str, name: str) -> list[Path] | Path | None:
@@ -254,9 +279,20 @@ def read_stavis(folder: Path, options: ReadOptions) -> pd.DataFrame:
     for (db, name), folds in sides.items():
         n_list, fps, where = listed[(db, name)]
         adir = root / "annotations" / db / name
-        rows.append(_row(db, name, fps, n_list, _stavis_frames(root, db, name),
-                         sorted_files(adir / "maps", IMAGE_SUFFIXES), sorted_files(adir, (".mat",)),
-                         root / "video_audio" / db / name / f"{name}.wav", folds, where))
+        rows.append(
+            _row(
+                db,
+                name,
+                fps,
+                n_list,
+                _stavis_frames(root, db, name),
+                sorted_files(adir / "maps", IMAGE_SUFFIXES),
+                sorted_files(adir, (".mat",)),
+                root / "video_audio" / db / name / f"{name}.wav",
+                folds,
+                where,
+            )
+        )
     return pd.DataFrame(rows, columns=list(_row("", "", 0, 0, None, [], [], None, {}, "")))
 
 
@@ -293,17 +329,31 @@ def read_dhf1k(folder: Path, options: ReadOptions) -> pd.DataFrame:
         fps = DHF1K_FPS
         if isinstance(frames, Path):
             fps = VideoFrames(frames).fps or fps
-        fix = (sorted_files(vdir / "fixation", IMAGE_SUFFIXES)
-               or sorted_files(vdir / "fixation" / "maps", (".mat",)))
+        fix = sorted_files(vdir / "fixation", IMAGE_SUFFIXES) or sorted_files(
+            vdir / "fixation" / "maps", (".mat",)
+        )
         side = "train" if int(vid) <= 600 else "test"
         maps = sorted_files(vdir / "maps", IMAGE_SUFFIXES)
-        rows.append(_row("DHF1K", vid, fps, -1, frames, maps, fix, None,
-                         dict.fromkeys(FOLDS, side), f"annotation/{vid}"))
+        rows.append(
+            _row(
+                "DHF1K",
+                vid,
+                fps,
+                -1,
+                frames,
+                maps,
+                fix,
+                None,
+                dict.fromkeys(FOLDS, side),
+                f"annotation/{vid}",
+            )
+        )
     return pd.DataFrame(rows, columns=list(_row("", "", 0, 0, None, [], [], None, {}, "")))
 
 
-def video_records(table: pd.DataFrame, datasets: list[str], fold: int, policy: RecordPolicy,
-                  problems: list[str]) -> dict[str, list[VideoRecord]]:
+def video_records(
+    table: pd.DataFrame, datasets: list[str], fold: int, policy: RecordPolicy, problems: list[str]
+) -> dict[str, list[VideoRecord]]:
     """Train/test records of ``datasets`` in ``fold`` from a layout's table, with the policies applied
     (dropped videos are explained in ``problems`` or a warning; kept ones carry ``notes``)."""
     out: dict[str, list[VideoRecord]] = {"train": [], "test": []}
@@ -312,12 +362,22 @@ def video_records(table: pd.DataFrame, datasets: list[str], fold: int, policy: R
         if row.dataset not in datasets or side not in out:
             continue
         if not isinstance(row.frames, (list, Path)):  # None (or NaN, should pandas infer a dtype): not found
-            problems.append(f"{row.dataset}/{row.name}: no frames found (image files or a video file; "
-                            f"listed in {row.where})")
+            problems.append(
+                f"{row.dataset}/{row.name}: no frames found (image files or a video file; "
+                f"listed in {row.where})"
+            )
             continue
         n_frames = len(row.frames) if isinstance(row.frames, list) else len(VideoFrames(row.frames))
-        rec = VideoRecord(row.dataset, row.name, n_frames, float(row.fps), row.frames, list(row.maps),
-                          list(row.fixations), row.wav if isinstance(row.wav, Path) else None)
+        rec = VideoRecord(
+            row.dataset,
+            row.name,
+            n_frames,
+            float(row.fps),
+            row.frames,
+            list(row.maps),
+            list(row.fixations),
+            row.wav if isinstance(row.wav, Path) else None,
+        )
         rec = finish_record(rec, None if row.n_listed < 0 else int(row.n_listed), policy, problems)
         if rec is not None:
             out[side].append(rec)

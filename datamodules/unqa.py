@@ -34,11 +34,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from avlab.datamodules.base import AvlabDataModule, DatasetInfo, SupportsTaskSampling
-from avlab.datamodules.unqa_readers import IMAGE_EXTENSIONS, DatabaseSpec, parse_databases, read_database
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from avlab.datamodules.base import AvlabDataModule, DatasetInfo, SupportsTaskSampling
+from avlab.datamodules.unqa_readers import IMAGE_EXTENSIONS, DatabaseSpec, parse_databases, read_database
 from avlab.errors import DataError, MediaError
 from avlab.features.cache import cached, dataset_feature_cache
 from avlab.models.unqa import MotionExtractor
@@ -74,19 +74,39 @@ class MediaLoader:
 
     SAMPLINGS = ("resize", "native", "fragments")
 
-    def __init__(self, image_size: int = 64, resize_short: int | None = None, frames: int = 4, motion_frames: int = 8,
-                 motion_size: int = 64, motion_chunks: int = 1, audio_sr: int = 16000, audio_seconds: float = 2.0,
-                 spatial_sampling: str = "resize", fragment_grid: int = 4, image_crops: int = 1) -> None:
+    def __init__(
+        self,
+        image_size: int = 64,
+        resize_short: int | None = None,
+        frames: int = 4,
+        motion_frames: int = 8,
+        motion_size: int = 64,
+        motion_chunks: int = 1,
+        audio_sr: int = 16000,
+        audio_seconds: float = 2.0,
+        spatial_sampling: str = "resize",
+        fragment_grid: int = 4,
+        image_crops: int = 1,
+    ) -> None:
         if spatial_sampling not in self.SAMPLINGS:
-            raise DataError(f"data.spatial_sampling must be one of {', '.join(self.SAMPLINGS)}, got {spatial_sampling!r}")
+            raise DataError(
+                f"data.spatial_sampling must be one of {', '.join(self.SAMPLINGS)}, got {spatial_sampling!r}"
+            )
         if spatial_sampling == "fragments" and (fragment_grid < 1 or image_size % fragment_grid):
-            raise DataError(f"data.image_size ({image_size}) must be a multiple of data.fragment_grid ({fragment_grid})")
+            raise DataError(
+                f"data.image_size ({image_size}) must be a multiple of data.fragment_grid ({fragment_grid})"
+            )
         self.spatial_sampling, self.fragment_grid = spatial_sampling, int(fragment_grid)
         grid = round(float(image_crops) ** 0.5)
-        if image_crops < 1 or grid * grid != image_crops or (
-                image_crops > 1 and spatial_sampling != "native"):
-            raise DataError(f"data.image_crops must be a square number (1, 4, 9, ...) and > 1 only with "
-                            f"spatial_sampling: native, got {image_crops} with {spatial_sampling}")
+        if (
+            image_crops < 1
+            or grid * grid != image_crops
+            or (image_crops > 1 and spatial_sampling != "native")
+        ):
+            raise DataError(
+                f"data.image_crops must be a square number (1, 4, 9, ...) and > 1 only with "
+                f"spatial_sampling: native, got {image_crops} with {spatial_sampling}"
+            )
         self.image_crops, self.crop_grid = int(image_crops), grid
         self.image_size, self.resize_short = int(image_size), int(resize_short or image_size)
         self.frames, self.motion_frames, self.motion_size = int(frames), int(motion_frames), int(motion_size)
@@ -102,7 +122,7 @@ class MediaLoader:
         nh, nw = max(crop, round(h * s)), max(crop, round(w * s))
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
         top, left = (nh - crop) // 2, (nw - crop) // 2
-        return x[..., top:top + crop, left:left + crop].clamp(0, 1)
+        return x[..., top : top + crop, left : left + crop].clamp(0, 1)
 
     @staticmethod
     def _native_crop(x: Tensor, crop: int) -> Tensor:
@@ -111,7 +131,7 @@ class MediaLoader:
         if min(h, w) < crop:
             return MediaLoader._resize_crop(x, crop, crop)
         top, left = (h - crop) // 2, (w - crop) // 2
-        return x[..., top:top + crop, left:left + crop].clamp(0, 1)
+        return x[..., top : top + crop, left : left + crop].clamp(0, 1)
 
     @staticmethod
     def _fragments(x: Tensor, grid: int, size: int) -> Tensor:
@@ -121,8 +141,13 @@ class MediaLoader:
         h, w = x.shape[-2:]
         if min(h, w) < size:  # cells smaller than a patch: upscale just enough
             s = size / min(h, w)
-            x = F.interpolate(x, size=(max(size, round(h * s)), max(size, round(w * s))), mode="bilinear",
-                              align_corners=False, antialias=True)
+            x = F.interpolate(
+                x,
+                size=(max(size, round(h * s)), max(size, round(w * s))),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
             h, w = x.shape[-2:]
         rows = []
         for i in range(grid):
@@ -130,7 +155,7 @@ class MediaLoader:
             cols = []
             for j in range(grid):
                 left = j * w // grid + ((j + 1) * w // grid - j * w // grid - p) // 2
-                cols.append(x[..., top:top + p, left:left + p])
+                cols.append(x[..., top : top + p, left : left + p])
             rows.append(torch.cat(cols, dim=-1))
         return torch.cat(rows, dim=-2).clamp(0, 1)
 
@@ -160,7 +185,7 @@ class MediaLoader:
             top = min(max(0, round((i + 0.5) * h / grid - crop / 2)), h - crop)
             for j in range(grid):
                 left = min(max(0, round((j + 0.5) * w / grid - crop / 2)), w - crop)
-                out.append(x[0, :, top:top + crop, left:left + crop])
+                out.append(x[0, :, top : top + crop, left : left + crop])
         return torch.stack(out).clamp(0, 1)
 
     @staticmethod
@@ -182,7 +207,7 @@ class MediaLoader:
         if min(h, w) < s:
             return self._native_crop(x, s)
         top, left = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
-        return x[..., top:top + s, left:left + s].clamp(0, 1)
+        return x[..., top : top + s, left : left + s].clamp(0, 1)
 
     def image(self, path: str) -> Tensor:
         """``[K, 3, S, S]`` in [0, 1]: K = ``image_crops`` (1 but for native multi-crop sampling, whose
@@ -216,14 +241,20 @@ class MediaLoader:
 
     def motion_clips(self, path: str, yuv: tuple[int, int] | None = None) -> Tensor:
         """``[chunks, 3, motion_frames, M, M]``: one clip per temporal chunk (SlowFast input)."""
+
         def indices(n: int) -> np.ndarray:
             out = []
             for c in range(self.motion_chunks):
-                lo, hi = c * n // self.motion_chunks, max(c * n // self.motion_chunks + 1, (c + 1) * n // self.motion_chunks)
+                lo, hi = (
+                    c * n // self.motion_chunks,
+                    max(c * n // self.motion_chunks + 1, (c + 1) * n // self.motion_chunks),
+                )
                 # consecutive frames from the chunk's start when it is long enough, else spread/repeated
                 span = np.arange(lo, min(hi, lo + self.motion_frames))
                 if len(span) < self.motion_frames:
-                    span = np.clip(np.round(np.linspace(lo, hi - 1, self.motion_frames)).astype(int), 0, n - 1)
+                    span = np.clip(
+                        np.round(np.linspace(lo, hi - 1, self.motion_frames)).astype(int), 0, n - 1
+                    )
                 out.append(span)
             return np.concatenate(out)
 
@@ -272,10 +303,24 @@ def _read_yuv420(path: str, width: int, height: int, indices_fn: Any) -> np.ndar
     out = []
     mm = np.memmap(path, dtype=np.uint8, mode="r")
     for i in indices_fn(n):
-        buf = mm[int(i) * frame:(int(i) + 1) * frame]
+        buf = mm[int(i) * frame : (int(i) + 1) * frame]
         y = buf[: width * height].reshape(height, width).astype(np.float32)
-        u = buf[width * height: width * height * 5 // 4].reshape(height // 2, width // 2).repeat(2, 0).repeat(2, 1).astype(np.float32) - 128
-        v = buf[width * height * 5 // 4:].reshape(height // 2, width // 2).repeat(2, 0).repeat(2, 1).astype(np.float32) - 128
+        u = (
+            buf[width * height : width * height * 5 // 4]
+            .reshape(height // 2, width // 2)
+            .repeat(2, 0)
+            .repeat(2, 1)
+            .astype(np.float32)
+            - 128
+        )
+        v = (
+            buf[width * height * 5 // 4 :]
+            .reshape(height // 2, width // 2)
+            .repeat(2, 0)
+            .repeat(2, 1)
+            .astype(np.float32)
+            - 128
+        )
         rgb = np.stack([y + 1.402 * v, y - 0.344136 * u - 0.714136 * v, y + 1.772 * u], axis=-1)
         out.append(np.clip(rgb, 0, 255).astype(np.uint8))
     return np.stack(out)
@@ -294,10 +339,14 @@ def split_groups(name: str, groups: np.ndarray, items: np.ndarray) -> tuple[np.n
     if n_groups >= 3:
         return groups, None
     if len(items) < 3:
-        raise DataError(f"database `{name}` has only {len(items)} stimuli; a 7:1:2 split needs at least 3 "
-                        f"(drop it with data.databases.{name}=null or give it role: test)")
-    return items, (f"database `{name}` has only {n_groups} content group(s), too few for a 7:1:2 split by group: "
-                   f"splitting its {len(items)} stimuli at item level instead (the paper's random split)")
+        raise DataError(
+            f"database `{name}` has only {len(items)} stimuli; a 7:1:2 split needs at least 3 "
+            f"(drop it with data.databases.{name}=null or give it role: test)"
+        )
+    return items, (
+        f"database `{name}` has only {n_groups} content group(s), too few for a 7:1:2 split by group: "
+        f"splitting its {len(items)} stimuli at item level instead (the paper's random split)"
+    )
 
 
 def assign_splits(groups: np.ndarray, ratios: list[float], rng: np.random.Generator) -> np.ndarray:
@@ -314,8 +363,13 @@ def assign_splits(groups: np.ndarray, ratios: list[float], rng: np.random.Genera
     n_val = max(1, round(ratios[1] * g))
     n_train = g - n_test - n_val
     if n_train < 1:
-        raise DataError(f"data.split_ratios {list(ratios)} leave no training group out of {g}; lower the val/test fractions")
-    part_of = {grp: ("train" if i < n_train else "val" if i < n_train + n_val else "test") for i, grp in enumerate(unique)}
+        raise DataError(
+            f"data.split_ratios {list(ratios)} leave no training group out of {g}; lower the val/test fractions"
+        )
+    part_of = {
+        grp: ("train" if i < n_train else "val" if i < n_train + n_val else "test")
+        for i, grp in enumerate(unique)
+    }
     return np.array([part_of[grp] for grp in groups.tolist()])
 
 
@@ -385,15 +439,33 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
     task = "unqa"
     supported_protocols = ("repeat",)
 
-    def __init__(self, root: str | None = None, databases: dict[str, Any] | None = None,
-                 split_ratios: list[float] | tuple[float, float, float] = (0.7, 0.1, 0.2), split_seed: int = 0,
-                 image_size: int = 64, resize_short: int | None = None, frames: int = 4, motion_frames: int = 8,
-                 motion_size: int = 64, motion_chunks: int = 1, audio_sr: int = 16000, audio_seconds: float = 2.0,
-                 spatial_sampling: str = "resize", fragment_grid: int = 4, image_crops: int = 1,
-                 train_crops: str = "centre",
-                 logistic: str | None = "4", cache_decoded: bool = False, dataset_name: str | None = None,
-                 demo_size: str = "small", batch_size: int = 8, num_workers: int = 0,
-                 motion: MotionExtractor | None = None, motion_batch: int = 4) -> None:
+    def __init__(
+        self,
+        root: str | None = None,
+        databases: dict[str, Any] | None = None,
+        split_ratios: list[float] | tuple[float, float, float] = (0.7, 0.1, 0.2),
+        split_seed: int = 0,
+        image_size: int = 64,
+        resize_short: int | None = None,
+        frames: int = 4,
+        motion_frames: int = 8,
+        motion_size: int = 64,
+        motion_chunks: int = 1,
+        audio_sr: int = 16000,
+        audio_seconds: float = 2.0,
+        spatial_sampling: str = "resize",
+        fragment_grid: int = 4,
+        image_crops: int = 1,
+        train_crops: str = "centre",
+        logistic: str | None = "4",
+        cache_decoded: bool = False,
+        dataset_name: str | None = None,
+        demo_size: str = "small",
+        batch_size: int = 8,
+        num_workers: int = 0,
+        motion: MotionExtractor | None = None,
+        motion_batch: int = 4,
+    ) -> None:
         super().__init__(root=root, demo_size=demo_size, batch_size=batch_size, num_workers=num_workers)
         if databases is None:
             from avlab.demo.unqa import DEMO_DATABASES
@@ -402,20 +474,35 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         self.specs: list[DatabaseSpec] = parse_databases(databases)
         ratios = [float(r) for r in split_ratios]
         if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1.0) > 1e-6:
-            raise DataError(f"data.split_ratios must be three fractions summing to 1 (train, val, test), got {list(split_ratios)}")
+            raise DataError(
+                f"data.split_ratios must be three fractions summing to 1 (train, val, test), got {list(split_ratios)}"
+            )
         if batch_size < 2:
             raise DataError("data.batch_size must be >= 2: the rank losses compare items within a batch")
         self.split_ratios = ratios
         self.split_seed = int(split_seed)
-        self.media = MediaLoader(image_size, resize_short, frames, motion_frames, motion_size, motion_chunks, audio_sr,
-                                 audio_seconds, spatial_sampling=spatial_sampling,
-                                 fragment_grid=fragment_grid, image_crops=image_crops)
+        self.media = MediaLoader(
+            image_size,
+            resize_short,
+            frames,
+            motion_frames,
+            motion_size,
+            motion_chunks,
+            audio_sr,
+            audio_seconds,
+            spatial_sampling=spatial_sampling,
+            fragment_grid=fragment_grid,
+            image_crops=image_crops,
+        )
         self.logistic = logistic
         self.cache_decoded = bool(cache_decoded)
-        if train_crops not in ("centre", "random") or (train_crops == "random"
-                                                       and spatial_sampling != "native"):
-            raise DataError(f"data.train_crops must be centre or random (random needs spatial_sampling: "
-                            f"native), got {train_crops!r} with {spatial_sampling!r}")
+        if train_crops not in ("centre", "random") or (
+            train_crops == "random" and spatial_sampling != "native"
+        ):
+            raise DataError(
+                f"data.train_crops must be centre or random (random needs spatial_sampling: "
+                f"native), got {train_crops!r} with {spatial_sampling!r}"
+            )
         self.train_crops = train_crops
         self._pixels: dict[int, Tensor] = {}
         self.dataset_name = dataset_name
@@ -459,8 +546,13 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
             table, probs = read_database(spec, root)
             problems.extend(probs)
             if len(table):
-                table = table.assign(db=d, db_name=spec.name, modality=spec.modality,
-                                     mos_lo=spec.mos_range[0], mos_hi=spec.mos_range[1])
+                table = table.assign(
+                    db=d,
+                    db_name=spec.name,
+                    modality=spec.modality,
+                    mos_lo=spec.mos_range[0],
+                    mos_hi=spec.mos_range[1],
+                )
                 frames.append(table)
             elif not probs:
                 problems.append(f"database `{spec.name}`: its score file lists no stimuli")
@@ -483,11 +575,15 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
             if spec.role == "test":
                 parts["test"][d] = uids
                 continue
-            groups, note = split_groups(spec.name, rows["group"].astype(str).to_numpy(), rows["media"].astype(str).to_numpy())
+            groups, note = split_groups(
+                spec.name, rows["group"].astype(str).to_numpy(), rows["media"].astype(str).to_numpy()
+            )
             if note:
                 warnings.warn(note, UserWarning, stacklevel=2)
                 self.split_notes[spec.name] = note
-            which = assign_splits(groups, self.split_ratios, np.random.default_rng([self.split_seed, index, d]))
+            which = assign_splits(
+                groups, self.split_ratios, np.random.default_rng([self.split_seed, index, d])
+            )
             for part in ("train", "val", "test"):
                 parts[part][d] = uids[which == part]
         self.parts = parts
@@ -509,8 +605,14 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         if uid in self._memo:
             return self._memo[uid]
         r = self.row(uid)
-        item: dict[str, Any] = {"index": uid, "db": int(r["db"]), "database": r["db_name"], "mos": float(r["mos"]),
-                                "mos_norm": float(r["mos_norm"]), "modality": r["modality"]}
+        item: dict[str, Any] = {
+            "index": uid,
+            "db": int(r["db"]),
+            "database": r["db_name"],
+            "mos": float(r["mos"]),
+            "mos_norm": float(r["mos_norm"]),
+            "modality": r["modality"],
+        }
         try:
             if r["modality"] == "image":
                 item["frames"] = self.media.image(r["media"])
@@ -539,9 +641,12 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """Stack items of one database into a batch; adds cached motion features when available."""
         if len({it["database"] for it in items}) != 1:
-            raise DataError("a unqa batch must hold stimuli of one database (the heads and losses are per database)")
+            raise DataError(
+                "a unqa batch must hold stimuli of one database (the heads and losses are per database)"
+            )
         out: dict[str, Any] = {
-            "index": torch.tensor([it["index"] for it in items]), "db": torch.tensor([it["db"] for it in items]),
+            "index": torch.tensor([it["index"] for it in items]),
+            "db": torch.tensor([it["db"] for it in items]),
             "database": items[0]["database"],
             "mos": torch.tensor([it["mos"] for it in items], dtype=torch.float32),
             "mos_norm": torch.tensor([it["mos_norm"] for it in items], dtype=torch.float32),
@@ -566,7 +671,9 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
             self.dataset_root(build=True)
             table, problems = self.read_all()
             if problems:
-                raise DataError(f"{len(problems)} problem(s) in the unqa databases:\n  - " + "\n  - ".join(problems[:30]))
+                raise DataError(
+                    f"{len(problems)} problem(s) in the unqa databases:\n  - " + "\n  - ".join(problems[:30])
+                )
             for col in ("width", "height", "fps"):
                 if col not in table:
                     table[col] = np.nan
@@ -583,8 +690,12 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         if self.motion_extractor is None:
             return None
         media = self.media
-        return {**self.motion_extractor.signature, "frames": media.motion_frames, "size": media.motion_size,
-                "chunks": media.motion_chunks}
+        return {
+            **self.motion_extractor.signature,
+            "frames": media.motion_frames,
+            "size": media.motion_size,
+            "chunks": media.motion_chunks,
+        }
 
     @torch.no_grad()
     def motion_feature(self, path: str, yuv: tuple[int, int] | None = None) -> np.ndarray:
@@ -618,8 +729,9 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
                 return {"motion": self.motion_feature(r["media"], yuv)}
 
             # Inputs are fingerprinted by content (SHA-1), so the weights file's content is in the key.
-            feats[int(uid)] = cached(cache, "unqa-slowfast", MOTION_CACHE_VERSION, params, [r["media"], *weights],
-                                     compute)["motion"]
+            feats[int(uid)] = cached(
+                cache, "unqa-slowfast", MOTION_CACHE_VERSION, params, [r["media"], *weights], compute
+            )["motion"]
             if progress and (n + 1) % 50 == 0:
                 log.info("unqa motion features: %d/%d", n + 1, len(uids))
         counts["videos"] = len(uids)
@@ -632,13 +744,23 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         if feats is None:
             return {"root": str(root), "features": "none: no motion extractor (model.net.motion is null)"}
         self.motion = feats
-        return {"root": str(root), "features": "unqa-slowfast motion (eq. 7)", "cache": str(root / ".features"),
-                "dim": int(feats.shape[1]), **counts, "signature": self.motion_signature()}
+        return {
+            "root": str(root),
+            "features": "unqa-slowfast motion (eq. 7)",
+            "cache": str(root / ".features"),
+            "dim": int(feats.shape[1]),
+            **counts,
+            "signature": self.motion_signature(),
+        }
 
     # ------------------------------------------------------------------ task-sampled training
     def train_plan_inputs(self) -> tuple[list[np.ndarray], list[str], list[str]]:
         """Training ids per database (in config order), their modalities and names."""
-        return [self.parts["train"].get(d, np.array([], dtype=int)) for d in range(len(self.specs))], self.modalities, self.names
+        return (
+            [self.parts["train"].get(d, np.array([], dtype=int)) for d in range(len(self.specs))],
+            self.modalities,
+            self.names,
+        )
 
     def attach_task_sampler(self, sampler: Any) -> None:
         """Use the callback's sampler (its state is checkpointed by the callback)."""
@@ -648,8 +770,12 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         if self.task_sampler is None:
             from avlab.callbacks.task_sampling import TaskSampler
 
-            warnings.warn("no WeightedTaskSampling callback configured: using plain weighted task sampling "
-                          "(audio_repeat=1) whose state is not checkpointed", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                "no WeightedTaskSampling callback configured: using plain weighted task sampling "
+                "(audio_repeat=1) whose state is not checkpointed",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             self.task_sampler = TaskSampler(seed=self.split_seed, audio_repeat=1)
         return self.task_sampler
 
@@ -660,7 +786,9 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
     def steps_per_epoch(self) -> int:
         idx, mods, _ = self.train_plan_inputs()
         world, _ = self._world()
-        return int(sum(self._sampler().steps_per_database([len(i) for i in idx], mods, self.batch_size * world)))
+        return int(
+            sum(self._sampler().steps_per_database([len(i) for i in idx], mods, self.batch_size * world))
+        )
 
     def set_train_plan(self, plan: list[tuple[int, np.ndarray]]) -> None:
         self._plan = plan
@@ -677,9 +805,16 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         return DataLoader(_PlannedBatches(self), batch_size=None, num_workers=self.num_workers)
 
     def _eval_loaders(self, part: str) -> list[DataLoader]:
-        return [DataLoader(_Items(self, self.parts[part][d]), batch_size=self.batch_size, shuffle=False,
-                           num_workers=self.num_workers, collate_fn=self._collate_list)
-                for d in self.eval_databases(part)]
+        return [
+            DataLoader(
+                _Items(self, self.parts[part][d]),
+                batch_size=self.batch_size,
+                shuffle=False,
+                num_workers=self.num_workers,
+                collate_fn=self._collate_list,
+            )
+            for d in self.eval_databases(part)
+        ]
 
     def eval_databases(self, part: str) -> list[int]:
         """Database indices with items in ``part`` (one val/test dataloader each, in this order)."""
@@ -699,7 +834,11 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
             raise DataError(f"sample_table({split!r}) needs setup() first and a split of train, val, test")
         uids = np.concatenate([u for u in self.parts[split].values()] or [np.array([], dtype=int)])
         cols = ["db_name", "modality", "media", "audio", "mos", "mos_norm", "group"]
-        return self.table.iloc[np.sort(uids)][cols].rename(columns={"db_name": "database"}).set_axis(np.sort(uids))
+        return (
+            self.table.iloc[np.sort(uids)][cols]
+            .rename(columns={"db_name": "database"})
+            .set_axis(np.sort(uids))
+        )
 
     def dataset_info(self) -> DatasetInfo:
         return DatasetInfo(name=self.dataset_name, logistic=self.logistic)
@@ -734,21 +873,27 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
                 out[spec.name] = f"role test: all {len(rows)} stimuli tested, none trained on"
                 continue
             try:
-                groups, note = split_groups(spec.name, rows["group"].astype(str).to_numpy(),
-                                            rows["media"].astype(str).to_numpy())
-                which = assign_splits(groups, self.split_ratios, np.random.default_rng([self.split_seed, 0, d]))
+                groups, note = split_groups(
+                    spec.name, rows["group"].astype(str).to_numpy(), rows["media"].astype(str).to_numpy()
+                )
+                which = assign_splits(
+                    groups, self.split_ratios, np.random.default_rng([self.split_seed, 0, d])
+                )
             except DataError as exc:
                 out[spec.name] = f"cannot be split: {exc}"
                 continue
             counts = "/".join(str(int((which == p).sum())) for p in ("train", "val", "test"))
-            out[spec.name] = (f"WARNING: {note}; " if note else f"{len(set(groups.tolist()))} content groups, ") + \
-                f"train/val/test stimuli {counts}"
+            out[spec.name] = (
+                f"WARNING: {note}; " if note else f"{len(set(groups.tolist()))} content groups, "
+            ) + f"train/val/test stimuli {counts}"
         return out
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"root": str(self.dataset_root())}
         for spec in self.specs:
-            out[f"database {spec.name}"] = f"{spec.format}, {spec.modality}, MOS {spec.mos_range[0]:g}-{spec.mos_range[1]:g}, role {spec.role}"
+            out[f"database {spec.name}"] = (
+                f"{spec.format}, {spec.modality}, MOS {spec.mos_range[0]:g}-{spec.mos_range[1]:g}, role {spec.role}"
+            )
         table = self.table if self.table is not None else self._check_table
         if table is not None and len(table):
             for name, line in self.split_report(table).items():

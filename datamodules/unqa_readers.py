@@ -45,9 +45,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from avlab.datamodules.readers import ReadOptions, get_reader, register_reader
 from avlab.datamodules.readers.common import cell_str, file_index, finish_rows, load_mat, need, read_excel
-
 from avlab.errors import ConfigError, DataError
 
 __all__ = ["FORMATS", "IMAGE_EXTENSIONS", "DatabaseSpec", "parse_databases", "read_database"]
@@ -85,7 +85,9 @@ class DatabaseSpec:
 def parse_databases(databases: Any) -> list[DatabaseSpec]:
     """Validate ``data.databases`` (``{name: {format, path, modality, mos_range, role}}``)."""
     if not databases:
-        raise ConfigError("data.databases is empty: list at least one database (see datamodules/unqa_readers.py)")
+        raise ConfigError(
+            "data.databases is empty: list at least one database (see datamodules/unqa_readers.py)"
+        )
     specs = []
     for name, entry in dict(databases).items():
         if entry is None or (isinstance(entry, dict) and entry.get("enabled", True) is False):
@@ -96,9 +98,13 @@ def parse_databases(databases: Any) -> list[DatabaseSpec]:
         info = get_reader(str(fmt), where=f"database `{name}` ({where}.format)", allowed=FORMATS)
         modality = entry.get("modality") or (info.modalities[0] if len(info.modalities) == 1 else None)
         if modality not in MODALITIES:
-            raise ConfigError(f"database `{name}`: unsupported modality {modality!r}; use one of {', '.join(MODALITIES)}")
+            raise ConfigError(
+                f"database `{name}`: unsupported modality {modality!r}; use one of {', '.join(MODALITIES)}"
+            )
         if modality not in info.modalities:
-            raise ConfigError(f"database `{name}`: format {fmt} holds {'/'.join(info.modalities)} data, not {modality}")
+            raise ConfigError(
+                f"database `{name}`: format {fmt} holds {'/'.join(info.modalities)} data, not {modality}"
+            )
         rng = entry.get("mos_range") or info.mos_range
         if rng is None:
             raise ConfigError(f"database `{name}`: format {fmt} needs `mos_range: [low, high]` in {where}")
@@ -113,10 +119,21 @@ def parse_databases(databases: Any) -> list[DatabaseSpec]:
         if unknown:
             from avlab.errors import did_you_mean
 
-            raise ConfigError(f"{where}: unknown key `{unknown[0]}`.{did_you_mean(unknown[0], known)} Keys: {', '.join(sorted(known))}")
-        specs.append(DatabaseSpec(name=str(name), format=fmt, path=str(entry.get("path") or name), modality=modality,
-                                  mos_range=(lo, hi), role=role, score_file=entry.get("score_file"),
-                                  score_column=entry.get("score_column")))
+            raise ConfigError(
+                f"{where}: unknown key `{unknown[0]}`.{did_you_mean(unknown[0], known)} Keys: {', '.join(sorted(known))}"
+            )
+        specs.append(
+            DatabaseSpec(
+                name=str(name),
+                format=fmt,
+                path=str(entry.get("path") or name),
+                modality=modality,
+                mos_range=(lo, hi),
+                role=role,
+                score_file=entry.get("score_file"),
+                score_column=entry.get("score_column"),
+            )
+        )
     if not specs:
         raise ConfigError("data.databases: every database is disabled")
     return specs
@@ -130,10 +147,17 @@ def _records_table(records: list[dict[str, Any]], score_file: str) -> pd.DataFra
 def _columns(table: pd.DataFrame, needed: tuple[str, ...], label: str, where: str) -> None:
     for c in needed:
         if c not in table:
-            raise DataError(f"{label}: {where} has no column `{c}` (columns: {', '.join(map(str, table.columns))})")
+            raise DataError(
+                f"{label}: {where} has no column `{c}` (columns: {', '.join(map(str, table.columns))})"
+            )
 
 
-@register_reader("koniq10k", modalities=("image",), mos_range=(1.0, 5.0), score_file="koniq10k_scores_and_distributions.csv")
+@register_reader(
+    "koniq10k",
+    modalities=("image",),
+    mos_range=(1.0, 5.0),
+    score_file="koniq10k_scores_and_distributions.csv",
+)
 def read_koniq10k(folder: Path, options: ReadOptions) -> pd.DataFrame:
     name = options.score_file or "koniq10k_scores_and_distributions.csv"
     label = options.label("koniq10k")
@@ -141,10 +165,17 @@ def read_koniq10k(folder: Path, options: ReadOptions) -> pd.DataFrame:
     col = options.score_column or "MOS"
     _columns(table, ("image_name", col), label, name)
     img_dir = next((folder / d for d in ("1024x768", "512x384") if (folder / d).is_dir()), folder)
-    return _records_table([{"media": str(img_dir / str(r["image_name"])), "mos": r[col]} for _, r in table.iterrows()], name)
+    return _records_table(
+        [{"media": str(img_dir / str(r["image_name"])), "mos": r[col]} for _, r in table.iterrows()], name
+    )
 
 
-@register_reader("spaq", modalities=("image",), mos_range=(0.0, 100.0), score_file="Annotations/MOS and Image attribute scores.xlsx")
+@register_reader(
+    "spaq",
+    modalities=("image",),
+    mos_range=(0.0, 100.0),
+    score_file="Annotations/MOS and Image attribute scores.xlsx",
+)
 def read_spaq(folder: Path, options: ReadOptions) -> pd.DataFrame:
     name = options.score_file or "Annotations/MOS and Image attribute scores.xlsx"
     label = options.label("spaq")
@@ -155,7 +186,12 @@ def read_spaq(folder: Path, options: ReadOptions) -> pd.DataFrame:
     records = []
     for _, r in table.iterrows():
         fname = str(r["Image name"])
-        path = index.get(fname) or index.get(Path(fname).stem + ".jpg") or index.get(Path(fname).stem + ".png") or img_dir / fname
+        path = (
+            index.get(fname)
+            or index.get(Path(fname).stem + ".jpg")
+            or index.get(Path(fname).stem + ".png")
+            or img_dir / fname
+        )
         records.append({"media": str(path), "mos": r["MOS"]})
     return _records_table(records, name)
 
@@ -163,14 +199,24 @@ def read_spaq(folder: Path, options: ReadOptions) -> pd.DataFrame:
 @register_reader("clive", modalities=("image",), mos_range=(0.0, 100.0), score_file="Data/AllMOS_release.mat")
 def read_clive(folder: Path, options: ReadOptions) -> pd.DataFrame:
     label = options.label("clive")
-    names = load_mat(need(folder / "Data" / "AllImages_release.mat", label), label, ("AllImages_release",))["AllImages_release"]
-    mos = load_mat(need(folder / "Data" / "AllMOS_release.mat", label), label, ("AllMOS_release",))["AllMOS_release"]
+    names = load_mat(need(folder / "Data" / "AllImages_release.mat", label), label, ("AllImages_release",))[
+        "AllImages_release"
+    ]
+    mos = load_mat(need(folder / "Data" / "AllMOS_release.mat", label), label, ("AllMOS_release",))[
+        "AllMOS_release"
+    ]
     names, mos = np.asarray(names, dtype=object).ravel(), np.asarray(mos, dtype=float).ravel()
     if len(names) != len(mos):
         raise DataError(f"{label}: AllImages_release has {len(names)} entries but AllMOS_release {len(mos)}")
     # The first 7 entries are CLIVE's training images (Images/trainingImages), not part of the 1162.
-    records = [{"media": str(folder / "Images" / cell_str(names[i])), "mos": float(mos[i]),
-                "where": f"AllMOS_release.mat entry {i + 1}"} for i in range(7, len(names))]
+    records = [
+        {
+            "media": str(folder / "Images" / cell_str(names[i])),
+            "mos": float(mos[i]),
+            "where": f"AllMOS_release.mat entry {i + 1}",
+        }
+        for i in range(7, len(names))
+    ]
     return _records_table(records, "AllMOS_release.mat")
 
 
@@ -198,7 +244,10 @@ def read_konvid1k(folder: Path, options: ReadOptions) -> pd.DataFrame:
     if table.shape[1] < 2:
         raise DataError(f"{label}: {name} needs the columns flickr_id, mos")
     vid_dir = folder / "KoNViD_1k_videos"
-    records = [{"media": str(vid_dir / f"{str(r.iloc[0]).strip()}.mp4"), "mos": r.iloc[1]} for _, r in table.iterrows()]
+    records = [
+        {"media": str(vid_dir / f"{str(r.iloc[0]).strip()}.mp4"), "mos": r.iloc[1]}
+        for _, r in table.iterrows()
+    ]
     return _records_table(records, name)
 
 
@@ -207,14 +256,23 @@ def read_live_vqc(folder: Path, options: ReadOptions) -> pd.DataFrame:
     name = options.score_file or "data.mat"
     label = options.label("live_vqc")
     mat = load_mat(need(folder / name, label), label, ("video_list", "mos"))
-    names, mos = np.asarray(mat["video_list"], dtype=object).ravel(), np.asarray(mat["mos"], dtype=float).ravel()
-    records = [{"media": str(folder / "Video" / cell_str(n)), "mos": float(m), "where": f"{name} entry {i + 1}"}
-               for i, (n, m) in enumerate(zip(names, mos))]
+    names, mos = (
+        np.asarray(mat["video_list"], dtype=object).ravel(),
+        np.asarray(mat["mos"], dtype=float).ravel(),
+    )
+    records = [
+        {"media": str(folder / "Video" / cell_str(n)), "mos": float(m), "where": f"{name} entry {i + 1}"}
+        for i, (n, m) in enumerate(zip(names, mos))
+    ]
     return _records_table(records, name)
 
 
-@register_reader("youtube_ugc", modalities=("video",), mos_range=(1.0, 5.0),
-                 score_file="original_videos_MOS_for_YouTube_UGC_dataset.xlsx")
+@register_reader(
+    "youtube_ugc",
+    modalities=("video",),
+    mos_range=(1.0, 5.0),
+    score_file="original_videos_MOS_for_YouTube_UGC_dataset.xlsx",
+)
 def read_youtube_ugc(folder: Path, options: ReadOptions) -> pd.DataFrame:
     name = options.score_file or "original_videos_MOS_for_YouTube_UGC_dataset.xlsx"
     label = options.label("youtube_ugc")
@@ -236,17 +294,28 @@ def read_sjtu_uav(folder: Path, options: ReadOptions) -> pd.DataFrame:
     label = options.label("sjtu_uav")
     mat = load_mat(need(folder / name, label), label, ("videoName", "MOSz"))
     index = file_index(folder)
-    names, mos = np.asarray(mat["videoName"], dtype=object).ravel(), np.asarray(mat["MOSz"], dtype=float).ravel()
+    names, mos = (
+        np.asarray(mat["videoName"], dtype=object).ravel(),
+        np.asarray(mat["MOSz"], dtype=float).ravel(),
+    )
     records = []
     for i, (n, m) in enumerate(zip(names, mos)):
         video = cell_str(n)
         wav = folder / "wav" / f"{Path(video).stem}.wav"
-        records.append({"media": str(index.get(video, folder / video)), "audio": str(wav) if wav.is_file() else None,
-                        "mos": float(m), "where": f"{name} entry {i + 1}"})
+        records.append(
+            {
+                "media": str(index.get(video, folder / video)),
+                "audio": str(wav) if wav.is_file() else None,
+                "mos": float(m),
+                "where": f"{name} entry {i + 1}",
+            }
+        )
     return _records_table(records, name)
 
 
-@register_reader("tcd_voip", modalities=("audio",), mos_range=(1.0, 5.0), score_file="Subjective Test Scores.xlsx")
+@register_reader(
+    "tcd_voip", modalities=("audio",), mos_range=(1.0, 5.0), score_file="Subjective Test Scores.xlsx"
+)
 def read_tcd_voip(folder: Path, options: ReadOptions) -> pd.DataFrame:
     name = options.score_file or "Subjective Test Scores.xlsx"
     label = options.label("tcd_voip")
@@ -282,8 +351,19 @@ def _tcd_reference_group(media: Path) -> str | None:
 
 
 #: The formats a unqa database entry may name (the shared ``live_sjtu`` and ``manifest`` included).
-FORMATS = ("koniq10k", "spaq", "clive", "bid", "konvid1k", "live_vqc", "youtube_ugc", "live_sjtu", "sjtu_uav",
-           "tcd_voip", "manifest")
+FORMATS = (
+    "koniq10k",
+    "spaq",
+    "clive",
+    "bid",
+    "konvid1k",
+    "live_vqc",
+    "youtube_ugc",
+    "live_sjtu",
+    "sjtu_uav",
+    "tcd_voip",
+    "manifest",
+)
 
 
 def read_database(spec: DatabaseSpec, root: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -294,7 +374,9 @@ def read_database(spec: DatabaseSpec, root: Path) -> tuple[pd.DataFrame, list[st
     """
     folder = spec.folder(root)
     if not folder.is_dir():
-        return pd.DataFrame(), [f"database `{spec.name}`: folder {folder} does not exist (data.databases.{spec.name}.path)"]
+        return pd.DataFrame(), [
+            f"database `{spec.name}`: folder {folder} does not exist (data.databases.{spec.name}.path)"
+        ]
     try:
         options = ReadOptions(name=spec.name, score_file=spec.score_file, score_column=spec.score_column)
         table = get_reader(spec.format, allowed=FORMATS).read(folder, options)
@@ -309,8 +391,10 @@ def read_database(spec: DatabaseSpec, root: Path) -> tuple[pd.DataFrame, list[st
         if pd.isna(mos):
             problems.append(f"{where}: MOS is missing or not a number ({r['mos']!r})")
         elif not lo <= float(mos) <= hi:
-            problems.append(f"{where}: MOS {float(mos):g} is outside the declared range [{lo:g}, {hi:g}] "
-                            f"(data.databases.{spec.name}.mos_range)")
+            problems.append(
+                f"{where}: MOS {float(mos):g} is outside the declared range [{lo:g}, {hi:g}] "
+                f"(data.databases.{spec.name}.mos_range)"
+            )
         media = r["media"]
         if not media or not Path(str(media)).is_file():
             problems.append(f"{where}: media file {media} does not exist")
@@ -318,12 +402,16 @@ def read_database(spec: DatabaseSpec, root: Path) -> tuple[pd.DataFrame, list[st
             problems.append(f"{where}: audio file {r['audio']} does not exist")
         key = (str(media), str(r["audio"]))
         if key in seen:
-            problems.append(f"{where}: duplicate row, {Path(str(media)).name} is already listed at {seen[key]}")
+            problems.append(
+                f"{where}: duplicate row, {Path(str(media)).name} is already listed at {seen[key]}"
+            )
         else:
             seen[key] = str(r["where"])
         if spec.modality == "image" and media and Path(str(media)).suffix.lower() not in IMAGE_EXTENSIONS:
-            problems.append(f"{where}: {Path(str(media)).name} is not an image file ({', '.join(IMAGE_EXTENSIONS)}) "
-                            f"but the database is declared `modality: image`")
+            problems.append(
+                f"{where}: {Path(str(media)).name} is not an image file ({', '.join(IMAGE_EXTENSIONS)}) "
+                f"but the database is declared `modality: image`"
+            )
     table = table.copy()
     table["mos"] = pd.to_numeric(table["mos"], errors="coerce")
     return table.reset_index(drop=True), problems

@@ -15,12 +15,12 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 import torch
-from avlab.datamodules.avq import AVQDataModule
-from avlab.datamodules.base import DatasetInfo
-from avlab.lightningmodules.base import AvlabModule, EvalOutputs
 from torch import Tensor, nn
 
+from avlab.datamodules.avq import AVQDataModule
+from avlab.datamodules.base import DatasetInfo
 from avlab.errors import FeatureError
+from avlab.lightningmodules.base import AvlabModule, EvalOutputs
 from avlab.losses import CCCRMSELoss
 from avlab.metrics.importance import MODALITIES, combined_importance, modality_importance
 from avlab.metrics.quality import quality_metrics
@@ -36,8 +36,15 @@ class ProvidesIntermediates(Protocol):
     def intermediates(self, video: Tensor, audio: Tensor) -> dict[str, Tensor]: ...
 
 
-def evaluate_quality(stage: str, samples: dict[str, np.ndarray], table: pd.DataFrame | None,
-                     outputs: EvalOutputs, info: DatasetInfo, *, name: str = "") -> dict[str, float]:
+def evaluate_quality(
+    stage: str,
+    samples: dict[str, np.ndarray],
+    table: pd.DataFrame | None,
+    outputs: EvalOutputs,
+    info: DatasetInfo,
+    *,
+    name: str = "",
+) -> dict[str, float]:
     """PLCC/SRCC/KRCC/RMSE on the MOS scale, ``predictions_<stage>.csv`` and a scatter plot.
 
     The one evaluation of avq, shared by the deep models (:meth:`AVQModule.evaluate`) and the
@@ -46,21 +53,31 @@ def evaluate_quality(stage: str, samples: dict[str, np.ndarray], table: pd.DataF
     """
     pred, target = np.asarray(samples["pred"], dtype=float), np.asarray(samples["target"], dtype=float)
     if np.isnan(pred).any():
-        raise FeatureError(f"{int(np.isnan(pred).sum())} predictions are NaN; the model diverged "
-                           "(lower model.lr)")
+        raise FeatureError(
+            f"{int(np.isnan(pred).sum())} predictions are NaN; the model diverged (lower model.lr)"
+        )
     metrics = quality_metrics(pred, target, logistic=info.logistic)
     if outputs.enabled:
-        frame = (table.reset_index(drop=True) if table is not None
-                 else pd.DataFrame({"index": np.asarray(samples["index"]), "mos": target}))
+        frame = (
+            table.reset_index(drop=True)
+            if table is not None
+            else pd.DataFrame({"index": np.asarray(samples["index"]), "mos": target})
+        )
         frame["predicted"] = pred
         outputs.write_csv(f"predictions_{stage}.csv", frame)
         from avlab.plots import scatter_prediction
 
         lo, hi = info.score_scale or (float(np.min(target)), float(np.max(target)))
         groups = frame["source"].tolist() if "source" in frame else None
-        outputs.plot(f"prediction_vs_mos_{stage}.png", scatter_prediction, pred, target,
-                     title=f"{name} ({stage}): PLCC {metrics['plcc']:.3f}, SRCC {metrics['srcc']:.3f}",
-                     xlabel=f"MOS ({lo:g}–{hi:g})", groups=groups)
+        outputs.plot(
+            f"prediction_vs_mos_{stage}.png",
+            scatter_prediction,
+            pred,
+            target,
+            title=f"{name} ({stage}): PLCC {metrics['plcc']:.3f}, SRCC {metrics['srcc']:.3f}",
+            xlabel=f"MOS ({lo:g}–{hi:g})",
+            groups=groups,
+        )
     return {k: float(v) for k, v in metrics.items()}
 
 
@@ -74,11 +91,20 @@ class AVQModule(AvlabModule):
         importance_alpha, importance_beta: α > β of eq. (8).
     """
 
-    def __init__(self, net: nn.Module, lam: float = 0.6, lr: float = 1e-3, weight_decay: float = 1e-2,
-                 importance_alpha: float = 0.7, importance_beta: float = 0.3) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        lam: float = 0.6,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        importance_alpha: float = 0.7,
+        importance_beta: float = 0.3,
+    ) -> None:
         super().__init__()
         if not importance_alpha > importance_beta:
-            raise ValueError(f"model.importance_alpha ({importance_alpha}) must exceed model.importance_beta ({importance_beta}) (eq. 8)")
+            raise ValueError(
+                f"model.importance_alpha ({importance_alpha}) must exceed model.importance_beta ({importance_beta}) (eq. 8)"
+            )
         self.net = net
         self.loss_fn = CCCRMSELoss(lam=lam)
         self.lr, self.weight_decay = lr, weight_decay
@@ -122,8 +148,9 @@ class AVQModule(AvlabModule):
         pred = self(batch["video"], batch["audio"])
         self.collect("test", index=batch["index"], pred=pred, mos=batch["mos"], **extra)
 
-    def evaluate(self, stage: str, samples: dict[str, Tensor],
-                 table: pd.DataFrame | None) -> dict[str, float]:
+    def evaluate(
+        self, stage: str, samples: dict[str, Tensor], table: pd.DataFrame | None
+    ) -> dict[str, float]:
         # The loss of the whole set, not a mean of batch losses: CCC is not additive.
         loss = float(self.loss_fn(samples["pred"], samples["mos"]))
         pred, mos = (samples[k].double().cpu().numpy() for k in ("pred", "mos"))
@@ -138,13 +165,16 @@ class AVQModule(AvlabModule):
         if self.reports_importance:
             metrics.update(self._importance(samples, table, outputs))
         else:
-            log.info("modality importance skipped: %s has no intermediates(video, audio) method",
-                     type(self.net).__name__)
+            log.info(
+                "modality importance skipped: %s has no intermediates(video, audio) method",
+                type(self.net).__name__,
+            )
         return metrics
 
     # ------------------------------------------------------------------ modality importance (paper §3)
-    def _importance(self, samples: dict[str, Tensor], table: pd.DataFrame | None,
-                    outputs: EvalOutputs) -> dict[str, float]:
+    def _importance(
+        self, samples: dict[str, Tensor], table: pd.DataFrame | None, outputs: EvalOutputs
+    ) -> dict[str, float]:
         # The paper zeroes the model's input (standardised features), i.e. sets a modality to its
         # training mean.
         video, audio = self.standardise(samples["video"].to(self.device), samples["audio"].to(self.device))
@@ -155,21 +185,32 @@ class AVQModule(AvlabModule):
         frame.insert(1, "source", names["source"].to_numpy())
         columns = ["importance_audio", "importance_video", "abl_audio", "abl_video"]
         by_source = frame.groupby("source")[columns].mean()
-        lines = [(f"modality importance (eq. 6-8, mean over held-out stimuli; alpha={self.alpha:g}, "
-                  f"beta={self.beta:g}):")]
+        lines = [
+            (
+                f"modality importance (eq. 6-8, mean over held-out stimuli; alpha={self.alpha:g}, "
+                f"beta={self.beta:g}):"
+            )
+        ]
         for source, row in by_source.iterrows():
             dominant = "audio" if row["importance_audio"] > row["importance_video"] else "video"
-            lines.append(f"  {source:<24} audio {row['importance_audio']:.3f}  "
-                         f"video {row['importance_video']:.3f}  -> {dominant}-dominant")
+            lines.append(
+                f"  {source:<24} audio {row['importance_audio']:.3f}  "
+                f"video {row['importance_video']:.3f}  -> {dominant}-dominant"
+            )
         self.summary_lines = lines
         outputs.write_csv("modality_importance.csv", frame)
         outputs.write_csv("modality_importance_by_source.csv", by_source, index=True)
         if outputs.enabled:
             from avlab.plots import grouped_bars
 
-            outputs.plot("modality_importance.png", grouped_bars, [str(s) for s in by_source.index],
-                         {m: by_source[f"importance_{m}"].tolist() for m in ("audio", "video")},
-                         title="Modality importance per source (eq. 8)", ylabel="importance")
+            outputs.plot(
+                "modality_importance.png",
+                grouped_bars,
+                [str(s) for s in by_source.index],
+                {m: by_source[f"importance_{m}"].tolist() for m in ("audio", "video")},
+                title="Modality importance per source (eq. 8)",
+                ylabel="importance",
+            )
         return {f"importance_{m}": float(frame[f"importance_{m}"].mean()) for m in MODALITIES}
 
     # ------------------------------------------------------------------ optimisation
@@ -183,14 +224,18 @@ class AVQModule(AvlabModule):
 
         missing = [k for k in ("reference", "distorted") if k not in inputs]
         if missing:
-            raise ConfigError("avq predict needs reference=REF.mp4 distorted=DIST.mp4; "
-                              f"missing {', '.join(missing)}")
+            raise ConfigError(
+                f"avq predict needs reference=REF.mp4 distorted=DIST.mp4; missing {', '.join(missing)}"
+            )
         if not isinstance(datamodule, AVQDataModule):
-            raise ConfigError(f"avq predict extracts features with the avq DataModule; `data._target_` builds "
-                              f"{type(datamodule).__name__}")
+            raise ConfigError(
+                f"avq predict extracts features with the avq DataModule; `data._target_` builds "
+                f"{type(datamodule).__name__}"
+            )
         # The DataModule owns feature extraction, for new media as for the dataset.
-        feats = datamodule.pair_features(inputs["reference"], inputs["distorted"],
-                                         stimulus=Path(inputs["distorted"]).stem)
+        feats = datamodule.pair_features(
+            inputs["reference"], inputs["distorted"], stimulus=Path(inputs["distorted"]).stem
+        )
         video = torch.as_tensor(feats["video"])[None].to(self.device)
         audio = torch.as_tensor(feats["audio"])[None].to(self.device)
         from avlab.metrics.importance import ablation_sensitivity, feature_change_norm
@@ -203,9 +248,18 @@ class AVQModule(AvlabModule):
         score = float(self(video, audio)[0])
         lo, hi = datamodule.target_scale
         return {
-            "reference": inputs["reference"], "distorted": inputs["distorted"],
-            "predicted_quality": score, "scale": f"{lo:g}-{hi:g}",
-            "q_audio": feats["q_audio"], "q_video": feats["q_video"],
-            "modality_importance": {m: {"ablation_sensitivity": float(abl[m][0]), "feature_change_norm": float(nrm[m][0]),
-                                        "combined": float(imp[m][0])} for m in MODALITIES},
+            "reference": inputs["reference"],
+            "distorted": inputs["distorted"],
+            "predicted_quality": score,
+            "scale": f"{lo:g}-{hi:g}",
+            "q_audio": feats["q_audio"],
+            "q_video": feats["q_video"],
+            "modality_importance": {
+                m: {
+                    "ablation_sensitivity": float(abl[m][0]),
+                    "feature_change_norm": float(nrm[m][0]),
+                    "combined": float(imp[m][0]),
+                }
+                for m in MODALITIES
+            },
         }

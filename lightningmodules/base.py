@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from avlab.datamodules.base import AvlabDataModule, DatasetInfo
 from lightning import LightningModule
 
+from avlab.datamodules.base import AvlabDataModule, DatasetInfo
 from avlab.rundir import atomic_path, atomic_write
 
 
@@ -112,7 +112,9 @@ class AvlabModule(LightningModule):
             self.log(f"{prefix}/{name}", value, **kwargs)
 
     # ------------------------------------------------------------------ DDP gathering
-    def gather_samples(self, samples: dict[str, torch.Tensor], index_key: str = "index") -> dict[str, torch.Tensor]:
+    def gather_samples(
+        self, samples: dict[str, torch.Tensor], index_key: str = "index"
+    ) -> dict[str, torch.Tensor]:
         """Concatenate per-sample tensors from all ranks, de-duplicated by ``samples[index_key]``.
 
         Every rank gets the same result, ordered by sample index, so metrics computed from it are
@@ -150,8 +152,10 @@ class AvlabModule(LightningModule):
         stay on their device until the epoch's end.
         """
         if self.index_key not in samples:
-            raise KeyError(f"{type(self).__name__}.collect({stage!r}) needs `{self.index_key}` "
-                           "(the batch's dataset indices)")
+            raise KeyError(
+                f"{type(self).__name__}.collect({stage!r}) needs `{self.index_key}` "
+                "(the batch's dataset indices)"
+            )
         self._collected.setdefault(stage, []).append({k: v.detach() for k, v in samples.items()})
 
     def gathered(self, stage: str) -> dict[str, torch.Tensor]:
@@ -163,8 +167,9 @@ class AvlabModule(LightningModule):
         merged = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
         return self.gather_samples(merged, index_key=self.index_key)
 
-    def evaluate(self, stage: str, samples: dict[str, torch.Tensor],
-                 table: pd.DataFrame | None) -> dict[str, float]:
+    def evaluate(
+        self, stage: str, samples: dict[str, torch.Tensor], table: pd.DataFrame | None
+    ) -> dict[str, float]:
         """The task's metrics of one stage (``val``/``test``) from all gathered samples.
 
         ``table`` holds the DataModule's ``sample_table(stage)`` rows of the samples, in the same
@@ -187,8 +192,12 @@ class AvlabModule(LightningModule):
             return {}
         metrics = self.evaluate(stage, samples, self.sample_rows(stage, samples[self.index_key]))
         for name, value in metrics.items():
-            self.log(f"{stage}/{name}", float(value), prog_bar=name in self.progress_metrics,
-                     add_dataloader_idx=False)
+            self.log(
+                f"{stage}/{name}",
+                float(value),
+                prog_bar=name in self.progress_metrics,
+                add_dataloader_idx=False,
+            )
         return metrics
 
     @property

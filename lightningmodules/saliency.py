@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from avlab.lightningmodules.base import AvlabModule
 from torch import Tensor, nn
 
 from avlab.errors import ConfigError
 from avlab.inference.saliency import predict_saliency_media
+from avlab.lightningmodules.base import AvlabModule
 from avlab.metrics.saliency import METRICS, SaliencyLoss, frame_metrics, postprocess, video_average
 from avlab.models.saliency import AVRSP
 
@@ -46,15 +46,20 @@ def resolve_init_checkpoint(path: str | Path) -> Path:
     """A checkpoint file from ``init_from``: a ``.ckpt`` file, or a run directory (best, else last)."""
     p = Path(path).expanduser()
     if p.is_dir():
-        ckpts = (sorted((p / "checkpoints").rglob("best*.ckpt"))
-                 or sorted((p / "checkpoints").rglob("last.ckpt")))
+        ckpts = sorted((p / "checkpoints").rglob("best*.ckpt")) or sorted(
+            (p / "checkpoints").rglob("last.ckpt")
+        )
         if not ckpts:
-            raise ConfigError(f"model.init_from={p} is a folder without checkpoints/best*.ckpt or last.ckpt; "
-                              "give the stage-1 run directory or a .ckpt file")
+            raise ConfigError(
+                f"model.init_from={p} is a folder without checkpoints/best*.ckpt or last.ckpt; "
+                "give the stage-1 run directory or a .ckpt file"
+            )
         return ckpts[-1]
     if not p.is_file():
-        raise ConfigError(f"model.init_from={p} does not exist; give the stage-1 checkpoint, e.g. "
-                          "runs/saliency/avrsp_dhf1k_pretrain/<time>/checkpoints/last.ckpt")
+        raise ConfigError(
+            f"model.init_from={p} does not exist; give the stage-1 checkpoint, e.g. "
+            "runs/saliency/avrsp_dhf1k_pretrain/<time>/checkpoints/last.ckpt"
+        )
     return p
 
 
@@ -112,9 +117,18 @@ class SaliencyModule(AvlabModule):
         bn_momentum: float | None = None,
     ) -> None:
         super().__init__()
-        self.net = AVRSP(visual, audio, fusion, channels=channels, ms_mrg_pairs=ms_mrg_pairs,
-                         aspp_rates=tuple(aspp_rates), kernel=kernel, use_ms=use_ms, use_mrg=use_mrg,
-                         ms_mrg_norm_act=ms_mrg_norm_act)
+        self.net = AVRSP(
+            visual,
+            audio,
+            fusion,
+            channels=channels,
+            ms_mrg_pairs=ms_mrg_pairs,
+            aspp_rates=tuple(aspp_rates),
+            kernel=kernel,
+            use_ms=use_ms,
+            use_mrg=use_mrg,
+            ms_mrg_norm_act=ms_mrg_norm_act,
+        )
         if bn_momentum is not None:
             if not 0 < bn_momentum <= 1:
                 raise ConfigError(f"model.bn_momentum must be in (0, 1] or null, got {bn_momentum}")
@@ -156,15 +170,24 @@ class SaliencyModule(AvlabModule):
                 f"model.init_from={ckpt_path} does not fit this model's visual branch: "
                 f"{len(missing_visual)} of {len(visual)} tensors missing or of another shape (e.g. "
                 f"{(missing_visual or mismatched)[:2]}); use the same model.visual / model.channels "
-                "as stage 1")
+                "as stage 1"
+            )
         self.load_state_dict(loadable, strict=False)
         skipped = [k for k in own if k not in loadable]
         fresh = ", ".join(sorted({k.split(".")[1] for k in skipped})[:4])
-        log.info("init_from %s: loaded %d tensors, %d start fresh (%s...)", ckpt_path, len(loadable),
-                 len(skipped), fresh)
+        log.info(
+            "init_from %s: loaded %d tensors, %d start fresh (%s...)",
+            ckpt_path,
+            len(loadable),
+            len(skipped),
+            fresh,
+        )
         if mismatched:
-            log.warning("init_from: %d tensors of another shape were skipped, e.g. %s", len(mismatched),
-                        mismatched[:3])
+            log.warning(
+                "init_from: %d tensors of another shape were skipped, e.g. %s",
+                len(mismatched),
+                mismatched[:3],
+            )
         return {"loaded": len(loadable), "fresh": len(skipped), "mismatched": len(mismatched)}
 
     # ------------------------------------------------------------------ forward and loops
@@ -188,8 +211,13 @@ class SaliencyModule(AvlabModule):
         terms = SaliencyLoss.terms(pred, batch["target"])
         n = len(pred)
         self.log("val/loss", loss, prog_bar=True, batch_size=n, sync_dist=True, add_dataloader_idx=False)
-        self.log("val/cc", torch.nan_to_num(terms["cc"]).mean(), batch_size=n, sync_dist=True,
-                 add_dataloader_idx=False)
+        self.log(
+            "val/cc",
+            torch.nan_to_num(terms["cc"]).mean(),
+            batch_size=n,
+            sync_dist=True,
+            add_dataloader_idx=False,
+        )
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         pred = self._predict(batch)
@@ -197,21 +225,35 @@ class SaliencyModule(AvlabModule):
         rows = {m: [] for m in METRICS}
         for i in range(len(pred)):
             gt, fix = batch["gt"][i].to(pred.device), batch["fix"][i].to(pred.device)
-            fm = frame_metrics(pred[i].detach(), gt, fix, blur_sigma=self.blur_sigma,
-                               blur_ksize=self.blur_ksize)
+            fm = frame_metrics(
+                pred[i].detach(), gt, fix, blur_sigma=self.blur_sigma, blur_ksize=self.blur_ksize
+            )
             for m in METRICS:
                 rows[m].append(fm[m].to(torch.float64))
         out = {m: torch.stack(v).to(self.device) for m, v in rows.items()}
-        self.collect("test", index=batch["index"], video=batch["video"], frame=batch["frame"],
-                     loss=loss.detach().to(torch.float64).expand(len(pred)).clone(), **out)
+        self.collect(
+            "test",
+            index=batch["index"],
+            video=batch["video"],
+            frame=batch["frame"],
+            loss=loss.detach().to(torch.float64).expand(len(pred)).clone(),
+            **out,
+        )
         if self.is_main_process and len(self._plots) < self.n_plot_frames:
             for i in range(min(len(pred), self.n_plot_frames - len(self._plots))):
-                self._plots.append({"pred": pred[i].detach().cpu(), "gt": batch["gt"][i].cpu(),
-                                    "fix": batch["fix"][i].cpu(), "frame": int(batch["frame"][i]),
-                                    "video": int(batch["video"][i])})
+                self._plots.append(
+                    {
+                        "pred": pred[i].detach().cpu(),
+                        "gt": batch["gt"][i].cpu(),
+                        "fix": batch["fix"][i].cpu(),
+                        "frame": int(batch["frame"][i]),
+                        "video": int(batch["video"][i]),
+                    }
+                )
 
-    def evaluate(self, stage: str, samples: dict[str, Tensor],
-                 table: pd.DataFrame | None) -> dict[str, float]:
+    def evaluate(
+        self, stage: str, samples: dict[str, Tensor], table: pd.DataFrame | None
+    ) -> dict[str, float]:
         """Test metrics (the shared evaluation hook): frame → video → mean over videos, overall and per
         dataset (named by the sample table's ``dataset`` column), plus the per-video CSV and plots."""
         g = {k: v.cpu().numpy() for k, v in samples.items()}
@@ -219,10 +261,14 @@ class SaliencyModule(AvlabModule):
         nan_frames = {m: int(np.isnan(g[m]).sum()) for m in METRICS}
         dropped = ", ".join(f"{m} {k}" for m, k in nan_frames.items())
         self.summary_lines = [
-            (f"saliency test: {int(metrics['n_frames'])} frames of {int(metrics['n_videos'])} videos; "
-             f"frame → video → mean over videos; frames without a defined value dropped: {dropped}"),
-            (f"protocol: prediction resized to the GT size (bicubic), Gaussian blur σ={self.blur_sigma} "
-             f"({self.blur_ksize}×{self.blur_ksize}), min-max; fixations never resized"),
+            (
+                f"saliency test: {int(metrics['n_frames'])} frames of {int(metrics['n_videos'])} videos; "
+                f"frame → video → mean over videos; frames without a defined value dropped: {dropped}"
+            ),
+            (
+                f"protocol: prediction resized to the GT size (bicubic), Gaussian blur σ={self.blur_sigma} "
+                f"({self.blur_ksize}×{self.blur_ksize}), min-max; fixations never resized"
+            ),
         ]
         self._write_outputs(g, table)
         return metrics
@@ -285,8 +331,9 @@ class SaliencyModule(AvlabModule):
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=self.plateau_factor,
-                                                           patience=self.plateau_patience)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=self.plateau_factor, patience=self.plateau_patience
+        )
         schedule = {"scheduler": sched, "monitor": "val/loss", "interval": "epoch"}
         return {"optimizer": opt, "lr_scheduler": schedule}
 
@@ -304,8 +351,15 @@ class SaliencyModule(AvlabModule):
         self.eval()
         try:
             return predict_saliency_media(
-                self, inputs["input"], out_dir, preprocess=datamodule.preprocess,
-                clip_len=int(datamodule.clip_len), audio_visual=self.net.is_audio_visual, postprocess=post,
-                batch_size=self.predict_batch_size, device=self.device)
+                self,
+                inputs["input"],
+                out_dir,
+                preprocess=datamodule.preprocess,
+                clip_len=int(datamodule.clip_len),
+                audio_visual=self.net.is_audio_visual,
+                postprocess=post,
+                batch_size=self.predict_batch_size,
+                device=self.device,
+            )
         finally:
             self.train(was_training)

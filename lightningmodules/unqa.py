@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from avlab.lightningmodules.base import AvlabModule
 from torch import Tensor
 
 from avlab.errors import ConfigError
+from avlab.lightningmodules.base import AvlabModule
 from avlab.metrics.quality import quality_metrics
 from avlab.metrics.rank import mae_rank_loss, srcc_loss
 from avlab.models.unqa import UNQANet
@@ -37,8 +37,15 @@ log = logging.getLogger(__name__)
 
 __all__ = ["UNQAModule"]
 
-_DEFAULT_STEP = {"name": "default", "epochs": 1, "heads": "modality", "loss": "srcc",
-                 "train": ["spatial", "audio", "modality_heads"], "lr": 1.0e-5, "weight_decay": 0.0}
+_DEFAULT_STEP = {
+    "name": "default",
+    "epochs": 1,
+    "heads": "modality",
+    "loss": "srcc",
+    "train": ["spatial", "audio", "modality_heads"],
+    "lr": 1.0e-5,
+    "weight_decay": 0.0,
+}
 
 
 class UNQAModule(AvlabModule):
@@ -61,9 +68,16 @@ class UNQAModule(AvlabModule):
             (1 = the paper's single learning rate).
     """
 
-    def __init__(self, net: UNQANet, databases: dict[str, Any] | None = None, lr: float = 1.0e-5,
-                 srcc_temperature: float = 0.05, rank_weight: float = 1.0, head_init: str = "shared",
-                 extractor_lr_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        net: UNQANet,
+        databases: dict[str, Any] | None = None,
+        lr: float = 1.0e-5,
+        srcc_temperature: float = 0.05,
+        rank_weight: float = 1.0,
+        head_init: str = "shared",
+        extractor_lr_scale: float = 1.0,
+    ) -> None:
         super().__init__()
         from avlab.datamodules.unqa_readers import parse_databases
 
@@ -74,8 +88,10 @@ class UNQAModule(AvlabModule):
         specs = parse_databases(databases)
         for spec in specs:
             if not net.can_score(spec.modality):
-                raise ConfigError(f"database `{spec.name}` ({spec.modality}) cannot be scored with the enabled extractors "
-                                  f"(eq. 8); drop it with data.databases.{spec.name}=null")
+                raise ConfigError(
+                    f"database `{spec.name}` ({spec.modality}) cannot be scored with the enabled extractors "
+                    f"(eq. 8); drop it with data.databases.{spec.name}=null"
+                )
         self.net = net
         self.database_names = [s.name for s in specs]
         self.net.add_database_heads({s.name: s.modality for s in specs if s.role == "train"})
@@ -85,7 +101,11 @@ class UNQAModule(AvlabModule):
         self.extractor_lr_scale = float(extractor_lr_scale)
         if head_init == "shared":
             self._share_database_head_init()
-        self.lr, self.srcc_temperature, self.rank_weight = float(lr), float(srcc_temperature), float(rank_weight)
+        self.lr, self.srcc_temperature, self.rank_weight = (
+            float(lr),
+            float(srcc_temperature),
+            float(rank_weight),
+        )
         self.step_index = -1
         self.step_spec: dict[str, Any] = {**_DEFAULT_STEP, "lr": self.lr}
         self.is_final_step = True
@@ -100,7 +120,9 @@ class UNQAModule(AvlabModule):
         first: dict[str, str] = {}
         for name, modality in self.net.database_modality.items():
             if modality in first:
-                self.net.database_heads[name].load_state_dict(self.net.database_heads[first[modality]].state_dict())
+                self.net.database_heads[name].load_state_dict(
+                    self.net.database_heads[first[modality]].state_dict()
+                )
             else:
                 first[modality] = name
 
@@ -127,7 +149,11 @@ class UNQAModule(AvlabModule):
         for part in spec["train"]:
             for p in groups[part]:
                 p.requires_grad_(True)
-        self._frozen = [name for name in ("spatial", "audio") if name not in spec["train"] and getattr(self.net, name) is not None]
+        self._frozen = [
+            name
+            for name in ("spatial", "audio")
+            if name not in spec["train"] and getattr(self.net, name) is not None
+        ]
         self.train(self.training)
 
     def train(self, mode: bool = True) -> UNQAModule:
@@ -139,7 +165,11 @@ class UNQAModule(AvlabModule):
         return self
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["unqa_step"] = {"index": self.step_index, "spec": dict(self.step_spec), "final": self.is_final_step}
+        checkpoint["unqa_step"] = {
+            "index": self.step_index,
+            "spec": dict(self.step_spec),
+            "final": self.is_final_step,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("unqa_step")
@@ -155,15 +185,22 @@ class UNQAModule(AvlabModule):
         lr = self.step_spec["lr"]
         ext = [p for p in params if id(p) in extractors]
         heads = [p for p in params if id(p) not in extractors]
-        param_groups = [g for g in ({"params": ext, "lr": lr * self.extractor_lr_scale}, {"params": heads, "lr": lr})
-                        if g["params"]]
+        param_groups = [
+            g
+            for g in ({"params": ext, "lr": lr * self.extractor_lr_scale}, {"params": heads, "lr": lr})
+            if g["params"]
+        ]
         # Adam, constant learning rate (paper §V-A); one optimiser per step, rebuilt at each step start.
         return torch.optim.Adam(param_groups, lr=lr, weight_decay=self.step_spec.get("weight_decay", 0.0))
 
     # ------------------------------------------------------------------ forward
     def features(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        return self.net.extract(frames=batch.get("frames"), motion=batch.get("motion"), wave=batch.get("wave"),
-                                wave_len=batch.get("wave_len"))
+        return self.net.extract(
+            frames=batch.get("frames"),
+            motion=batch.get("motion"),
+            wave=batch.get("wave"),
+            wave_len=batch.get("wave_len"),
+        )
 
     def score(self, batch: dict[str, Any], feats: dict[str, Tensor] | None = None) -> Tensor:
         """Scores with the heads of the current step (database heads in step one)."""
@@ -189,8 +226,9 @@ class UNQAModule(AvlabModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.collect("test", index=batch["index"], pred=self.score(batch).float(), mos=batch["mos"])
 
-    def _per_database(self, samples: dict[str, Tensor], table: pd.DataFrame,
-                      logistic: str | None) -> dict[str, dict[str, float]]:
+    def _per_database(
+        self, samples: dict[str, Tensor], table: pd.DataFrame, logistic: str | None
+    ) -> dict[str, dict[str, float]]:
         pred, mos = samples["pred"].double().cpu().numpy(), samples["mos"].double().cpu().numpy()
         out: dict[str, dict[str, float]] = {}
         names = table["database"].to_numpy()
@@ -202,9 +240,13 @@ class UNQAModule(AvlabModule):
             out[str(name)] = {k: float(np.nan_to_num(v)) for k, v in m.items()} | {"n": float(sel.sum())}
         return out
 
-    def evaluate(self, stage: str, samples: dict[str, Tensor], table: pd.DataFrame | None) -> dict[str, float]:
+    def evaluate(
+        self, stage: str, samples: dict[str, Tensor], table: pd.DataFrame | None
+    ) -> dict[str, float]:
         if table is None:
-            raise ConfigError("the unqa module needs the unqa DataModule's sample_table() to name the databases")
+            raise ConfigError(
+                "the unqa module needs the unqa DataModule's sample_table() to name the databases"
+            )
         info = self.dataset_info
         per_db = self._per_database(samples, table, info.logistic if stage == "test" else None)
         keys = ("srcc", "plcc", "plcc_logistic", "krcc") if stage == "test" else ("srcc", "plcc")
@@ -219,35 +261,51 @@ class UNQAModule(AvlabModule):
         heads = "database" if int(self.heads_mode) == 0 else "modality"
         self.summary_lines = [f"UNQA per-database test results ({heads} regressors):"] + [
             f"  {name:<14} n={int(m['n']):<4d} SRCC {m['srcc']:.4f}  PLCC {m['plcc']:.4f}"
-            + (f"  PLCC(logistic) {m['plcc_logistic']:.4f}" if "plcc_logistic" in m else "") for name, m in per_db.items()]
+            + (f"  PLCC(logistic) {m['plcc_logistic']:.4f}" if "plcc_logistic" in m else "")
+            for name, m in per_db.items()
+        ]
         # Every configured database gets a test metric, or a line saying why not (cross-dataset
         # tests score another DataModule's databases: only those are expected there).
         expected = self.database_names if info.name is None else []
         missing = sorted(set(expected) - set(per_db) - set(table["database"].unique()))
         untested = sorted(set(table["database"].unique()) - set(per_db))
         for name in untested:
-            self.summary_lines.append(f"  {name:<14} no test metric: only {int((table['database'] == name).sum())} "
-                                      "test stimuli (SRCC/PLCC need at least 3)")
+            self.summary_lines.append(
+                f"  {name:<14} no test metric: only {int((table['database'] == name).sum())} "
+                "test stimuli (SRCC/PLCC need at least 3)"
+            )
         for name in missing:
             self.summary_lines.append(f"  {name:<14} no test metric: no test stimuli in this run")
         self._write_predictions(samples, table, per_db)
         return metrics
 
-    def _write_predictions(self, samples: dict[str, Tensor], table: pd.DataFrame,
-                           per_db: dict[str, dict[str, float]]) -> None:
+    def _write_predictions(
+        self, samples: dict[str, Tensor], table: pd.DataFrame, per_db: dict[str, dict[str, float]]
+    ) -> None:
         from avlab.plots import scatter_prediction
 
         out = self.eval_outputs()
         if not out.enabled:
             return
-        frame = pd.DataFrame({"database": table["database"].to_numpy(), "modality": table["modality"].to_numpy(),
-                              "media": table["media"].to_numpy(), "mos": samples["mos"].cpu().numpy(),
-                              "predicted": samples["pred"].cpu().numpy()})
+        frame = pd.DataFrame(
+            {
+                "database": table["database"].to_numpy(),
+                "modality": table["modality"].to_numpy(),
+                "media": table["media"].to_numpy(),
+                "mos": samples["mos"].cpu().numpy(),
+                "predicted": samples["pred"].cpu().numpy(),
+            }
+        )
         out.write_csv("predictions_test.csv", frame)
         for name, m in per_db.items():
             sub = frame[frame["database"] == name]
-            out.plot(f"{name}_prediction_vs_mos.png", scatter_prediction, sub["predicted"].to_numpy(),
-                     sub["mos"].to_numpy(), title=f"{name}: SRCC {m['srcc']:.3f}, PLCC {m['plcc']:.3f}")
+            out.plot(
+                f"{name}_prediction_vs_mos.png",
+                scatter_prediction,
+                sub["predicted"].to_numpy(),
+                sub["mos"].to_numpy(),
+                title=f"{name}: SRCC {m['srcc']:.3f}, PLCC {m['plcc']:.3f}",
+            )
 
     # ------------------------------------------------------------------ avlab predict
     def predict_media(self, inputs: dict[str, str], datamodule: Any, out_dir: Path) -> dict[str, Any]:
@@ -255,7 +313,9 @@ class UNQAModule(AvlabModule):
         from avlab.datamodules.unqa import detect_modality
 
         if "input" not in inputs:
-            raise ConfigError("unqa predict needs input=FILE (an image, a video, an audio file or a video with audio)")
+            raise ConfigError(
+                "unqa predict needs input=FILE (an image, a video, an audio file or a video with audio)"
+            )
         path = inputs["input"]
         modality = detect_modality(path)
         media = datamodule.media
@@ -270,11 +330,18 @@ class UNQAModule(AvlabModule):
             wave, n, has_audio = media.audio(path)
             batch.update(wave=wave[None], wave_len=torch.tensor([n]), has_audio=torch.tensor([has_audio]))
         if not self.net.can_score(modality):
-            raise ConfigError(f"this model cannot score {modality} inputs (its extractors for eq. 8 are disabled)")
+            raise ConfigError(
+                f"this model cannot score {modality} inputs (its extractors for eq. 8 are disabled)"
+            )
         self.heads_mode.fill_(1)  # predict always uses the modality regressors (the unified model)
         feats = self.features(batch)
         score = float(self.net.modality_score(feats, modality, batch.get("has_audio"))[0])
         used = "video" if modality == "av" and not bool(batch["has_audio"][0]) else modality
-        return {"input": path, "modality": modality, "regressor": used, "score": score,
-                "note": "relative quality score of the unified model (higher = better); steps 2-3 train it with a "
-                        "rank (SRCC) loss, so it is not on any database's MOS scale"}
+        return {
+            "input": path,
+            "modality": modality,
+            "regressor": used,
+            "score": score,
+            "note": "relative quality score of the unified model (higher = better); steps 2-3 train it with a "
+            "rank (SRCC) loss, so it is not on any database's MOS scale",
+        }

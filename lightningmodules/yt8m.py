@@ -63,8 +63,10 @@ def write_kaggle_csv(path: Path, video_ids: list[str], scores: Tensor, top_k: in
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         fh.write("VideoId,LabelConfidencePairs\n")
-        for vid, cls, val in zip(video_ids, classes[:, :k].tolist(), values[:, :k].tolist()):
-            fh.write(vid + "," + " ".join("%i %g" % (c, v) for c, v in zip(cls, val)) + "\n")
+        fh.writelines(
+            vid + "," + " ".join(f"{c:d} {v:g}" for c, v in zip(cls, val)) + "\n"
+            for vid, cls, val in zip(video_ids, classes[:, :k].tolist(), values[:, :k].tolist())
+        )
     return path
 
 
@@ -89,8 +91,16 @@ class YT8MModule(AvlabModule):
     #: Logged to the progress bar as well.
     progress_metrics = ("loss", "gap")
 
-    def __init__(self, net: YT8MModel, lr: float = 1e-4, weight_decay: float = 0.01, top_k: int = 20,
-                 threshold: float = 0.5, predict_top_k: int = 20, prior_bias: float | None = None) -> None:
+    def __init__(
+        self,
+        net: YT8MModel,
+        lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        top_k: int = 20,
+        threshold: float = 0.5,
+        predict_top_k: int = 20,
+        prior_bias: float | None = None,
+    ) -> None:
         super().__init__()
         if not isinstance(net, YT8MModel):
             raise ConfigError(
@@ -123,14 +133,22 @@ class YT8MModule(AvlabModule):
         rgb, audio, labels = batch["rgb"], batch["audio"], batch["labels"]
         problems = []
         if labels.shape[-1] != self.num_classes:
-            problems.append(f"the data has {labels.shape[-1]} classes (data.num_classes) but the model "
-                            f"{self.num_classes} outputs (model.net.num_classes)")
-        for what, x, key, want in (("visual", rgb, "visual_dim", self.net.visual_dim),
-                                   ("audio", audio, "audio_dim", self.net.audio_dim)):
+            problems.append(
+                f"the data has {labels.shape[-1]} classes (data.num_classes) but the model "
+                f"{self.num_classes} outputs (model.net.num_classes)"
+            )
+        for what, x, key, want in (
+            ("visual", rgb, "visual_dim", self.net.visual_dim),
+            ("audio", audio, "audio_dim", self.net.audio_dim),
+        ):
             if x.shape[-1] != want:
-                problems.append(f"the data gives {what} features of width {x.shape[-1]} but model.net.{key}={want}")
+                problems.append(
+                    f"the data gives {what} features of width {x.shape[-1]} but model.net.{key}={want}"
+                )
         if problems:
-            raise ConfigError("; ".join(problems) + " — set them to agree (data.features=mf: 1024/128, mf_std: 2048/256)")
+            raise ConfigError(
+                "; ".join(problems) + " — set them to agree (data.features=mf: 1024/128, mf_std: 2048/256)"
+            )
         return self(rgb, audio)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -178,7 +196,9 @@ class YT8MModule(AvlabModule):
             if per_class is not None:
                 self._write_per_class(per_class)
         for name, value in out.items():
-            self.log(f"{stage}/{name}", value, prog_bar=name in self.progress_metrics, add_dataloader_idx=False)
+            self.log(
+                f"{stage}/{name}", value, prog_bar=name in self.progress_metrics, add_dataloader_idx=False
+            )
         return out
 
     def _write_per_class(self, per_class: dict[str, Tensor]) -> None:
@@ -188,20 +208,26 @@ class YT8MModule(AvlabModule):
             return
         classes = per_class["class"].tolist()
         names = self.dataset_info.class_names
-        table = pd.DataFrame({
-            "class": classes,
-            "name": [names[c] if names is not None and c < len(names) else str(c) for c in classes],
-            "ap": per_class["ap"].tolist(),
-            "positives": per_class["positives"].tolist(),
-        }).sort_values("ap", ascending=False)
+        table = pd.DataFrame(
+            {
+                "class": classes,
+                "name": [names[c] if names is not None and c < len(names) else str(c) for c in classes],
+                "ap": per_class["ap"].tolist(),
+                "positives": per_class["positives"].tolist(),
+            }
+        ).sort_values("ap", ascending=False)
         outputs.write_csv("per_class_ap.csv", table)
         if len(table):
             shown = table if len(table) <= 40 else pd.concat([table.head(20), table.tail(20)])
             title = "Per-class AP on the test split (top-20 sparsified, official mAP definition)"
-            outputs.plot("per_class_ap.png", grouped_bars,
-                         [f"{n[:24]} ({p})" for n, p in zip(shown["name"], shown["positives"])],
-                         {"AP": shown["ap"].tolist()},
-                         title=title + ("" if len(table) <= 40 else ": best and worst 20 classes"), ylabel="AP")
+            outputs.plot(
+                "per_class_ap.png",
+                grouped_bars,
+                [f"{n[:24]} ({p})" for n, p in zip(shown["name"], shown["positives"])],
+                {"AP": shown["ap"].tolist()},
+                title=title + ("" if len(table) <= 40 else ": best and worst 20 classes"),
+                ylabel="AP",
+            )
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -233,7 +259,9 @@ class YT8MModule(AvlabModule):
         self.eval()
         for batch in loader:
             ids += list(batch["video_id"])
-            scores.append(torch.sigmoid(self(batch["rgb"].to(self.device), batch["audio"].to(self.device))).cpu())
+            scores.append(
+                torch.sigmoid(self(batch["rgb"].to(self.device), batch["audio"].to(self.device))).cpu()
+            )
         out = Path(inputs.get("output") or Path(out_dir) / "predictions.csv").expanduser()
         write_kaggle_csv(out, ids, torch.cat(scores), self.predict_top_k)
         return {"predictions": str(out), "videos": len(ids), "shards": shards, "top_k": self.predict_top_k}

@@ -53,7 +53,7 @@ logger:
   wandb:
     mode: disabled
 run:
-  root: {tmp_path / 'runs'}
+  root: {tmp_path / "runs"}
 """
     )
     from avlab.config import load_experiment

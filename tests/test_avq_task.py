@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from avlab.datamodules.avq import AVQDataModule, read_manifest
 
 from avlab import cli
 from avlab.config import load_experiment
+from avlab.datamodules.avq import AVQDataModule, read_manifest
 from avlab.errors import DataError
 from avlab.instantiate import instantiate
 from avlab.models.avq import AttentiveAVFusionNet
@@ -63,8 +63,13 @@ def test_no_source_on_both_sides_of_any_split(tiny_avq: Path, folds: int) -> Non
 
 
 def test_full_train_run_writes_the_run_directory(capsys, tiny_avq: Path, tmp_path: Path) -> None:
-    run_dir, out = _train(capsys, "avq/attentive_fusion", f"data.root={tiny_avq}", "trainer.max_epochs=2",
-                          f"run.root={tmp_path}")
+    run_dir, out = _train(
+        capsys,
+        "avq/attentive_fusion",
+        f"data.root={tiny_avq}",
+        "trainer.max_epochs=2",
+        f"run.root={tmp_path}",
+    )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("test/plcc", "test/srcc", "test/rmse", "test/importance_audio", "test/importance_video"):
         assert key in metrics
@@ -73,13 +78,28 @@ def test_full_train_run_writes_the_run_directory(capsys, tiny_avq: Path, tmp_pat
     assert (run_dir / "plots" / "prediction_vs_mos_test.png").stat().st_size > 0
     assert (run_dir / "plots" / "modality_importance.png").stat().st_size > 0
     importance = pd.read_csv(run_dir / "modality_importance.csv")
-    assert len(importance) == 9 and {"importance_audio", "importance_video", "source"} <= set(importance.columns)
+    assert len(importance) == 9 and {"importance_audio", "importance_video", "source"} <= set(
+        importance.columns
+    )
     assert "modality importance" in out
     # avlab predict from raw media, with the checkpoint just written.
     ref = next((tiny_avq / "references").glob("*.mkv"))
     dist = next((tiny_avq / "stimuli").glob(f"{ref.stem}_*.mp4"))
-    assert cli.main(["predict", "avq/attentive_fusion", *COMMON, f"data.root={tiny_avq}", f"run.root={tmp_path}",
-                     f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"reference={ref}", f"distorted={dist}"]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                "avq/attentive_fusion",
+                *COMMON,
+                f"data.root={tiny_avq}",
+                f"run.root={tmp_path}",
+                f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                f"reference={ref}",
+                f"distorted={dist}",
+            ]
+        )
+        == 0
+    )
     pred_out = capsys.readouterr().out
     result = json.loads(pred_out[: pred_out.rindex("}") + 1])
     assert 0.0 < result["predicted_quality"] < 6.0
@@ -116,14 +136,19 @@ def test_bad_manifest_rows_are_named(tiny_avq: Path, tmp_path: Path) -> None:
     def duplicate(t):
         t.loc[2, "stimulus"] = t.loc[1, "stimulus"]
 
-    for name, edit, pattern in [("nan", nan_mos, r"row 5 .*MOS is missing"), ("scale", out_of_scale, r"row 2 .*outside"),
-                                ("file", missing_file, r"row 3 .*nope.mp4 does not exist"),
-                                ("dup", duplicate, "duplicate stimulus")]:
+    for name, edit, pattern in [
+        ("nan", nan_mos, r"row 5 .*MOS is missing"),
+        ("scale", out_of_scale, r"row 2 .*outside"),
+        ("file", missing_file, r"row 3 .*nope.mp4 does not exist"),
+        ("dup", duplicate, "duplicate stimulus"),
+    ]:
         root = _corrupt_copy(tiny_avq, tmp_path / name, edit)
         with pytest.raises(DataError, match=pattern):
             read_manifest(root / "manifest.csv")
         problems = AVQDataModule(root=str(root)).check()
-        assert problems and any(pattern.split(" ")[-1] in p or "manifest" in p or "row" in p for p in problems)
+        assert problems and any(
+            pattern.split(" ")[-1] in p or "manifest" in p or "row" in p for p in problems
+        )
 
 
 def test_corrupt_video_is_reported_with_its_stimulus(tiny_avq: Path, tmp_path: Path) -> None:
@@ -142,20 +167,53 @@ def test_attentive_fusion_beats_fixed_weight_product_on_held_out_sources(capsys,
     """Learning on the (small) demo data: the trained model must beat Q-Random on unseen sources."""
     common = ["logger.wandb.mode=disabled", f"run.root={tmp_path}"]
     assert cli.main(["train", "avq/attentive_fusion", *common]) == 0
-    deep = json.loads((Path(capsys.readouterr().out.strip().splitlines()[-1].split(": ", 1)[1]) / "metrics.json").read_text())
+    deep = json.loads(
+        (
+            Path(capsys.readouterr().out.strip().splitlines()[-1].split(": ", 1)[1]) / "metrics.json"
+        ).read_text()
+    )
     assert cli.main(["train", "avq/weighted_product", *common]) == 0
-    fixed = json.loads((Path(capsys.readouterr().out.strip().splitlines()[-1].split(": ", 1)[1]) / "metrics.json").read_text())
+    fixed = json.loads(
+        (
+            Path(capsys.readouterr().out.strip().splitlines()[-1].split(": ", 1)[1]) / "metrics.json"
+        ).read_text()
+    )
     assert deep["test/plcc"] > fixed["test/plcc"]
     assert deep["test/rmse"] < fixed["test/rmse"]
 
 
 def test_wandb_offline_run_carries_config_group_and_tags(capsys, tiny_avq: Path, tmp_path: Path) -> None:
-    assert cli.main(["train", "avq/weighted_product", "data.demo_size=tiny", "data.holdout_sources=1",
-                     f"data.root={tiny_avq}", f"run.root={tmp_path}", "logger.wandb.mode=offline"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "avq/weighted_product",
+                "data.demo_size=tiny",
+                "data.holdout_sources=1",
+                f"data.root={tiny_avq}",
+                f"run.root={tmp_path}",
+                "logger.wandb.mode=offline",
+            ]
+        )
+        == 0
+    )
     run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("run directory: "))
     # Estimators log no W&B run; a Lightning model does. Train one epoch of one to check the W&B run.
-    assert cli.main(["train", "avq/simple_fusion", *COMMON[1:], f"data.root={tiny_avq}", f"run.root={tmp_path}",
-                     "logger.wandb.mode=offline", "trainer.max_epochs=1", "logger.wandb.tags=[demo]"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "avq/simple_fusion",
+                *COMMON[1:],
+                f"data.root={tiny_avq}",
+                f"run.root={tmp_path}",
+                "logger.wandb.mode=offline",
+                "trainer.max_epochs=1",
+                "logger.wandb.tags=[demo]",
+            ]
+        )
+        == 0
+    )
     run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("run directory: "))
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
@@ -172,20 +230,32 @@ def test_data_check_and_features_commands(capsys, tiny_avq: Path, tmp_path: Path
     assert cli.main(["features", "avq", f"data.root={tiny_avq}"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["stimuli"] == 27 and summary["audio_dim"] == 512 and len(summary["video_features"]) == 6
-    broken = _corrupt_copy(tiny_avq, tmp_path / "broken", lambda t: t.__setitem__("mos", t["mos"].where(t.index != 0)))
+    broken = _corrupt_copy(
+        tiny_avq, tmp_path / "broken", lambda t: t.__setitem__("mos", t["mos"].where(t.index != 0))
+    )
     assert cli.main(["data", "check", "avq/attentive_fusion", f"data.root={broken}"]) == 1
     assert "MOS is missing" in capsys.readouterr().out
 
 
-def test_cross_dataset_evaluation_reports_the_external_dataset(capsys, tiny_avq: Path, tmp_path: Path) -> None:
-    run_dir, _ = _train(capsys, "avq/cross_dataset", f"data.root={tiny_avq}", f"test_data.root={tiny_avq}",
-                        "test_data.holdout_sources=2", "trainer.max_epochs=1", f"run.root={tmp_path}")
+def test_cross_dataset_evaluation_reports_the_external_dataset(
+    capsys, tiny_avq: Path, tmp_path: Path
+) -> None:
+    run_dir, _ = _train(
+        capsys,
+        "avq/cross_dataset",
+        f"data.root={tiny_avq}",
+        f"test_data.root={tiny_avq}",
+        "test_data.holdout_sources=2",
+        "trainer.max_epochs=1",
+        f"run.root={tmp_path}",
+    )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "test/plcc" in metrics and "test/external/plcc" in metrics and "test/external/srcc" in metrics
 
 
-def test_features_command_fills_the_cache_that_training_reads(capsys, tiny_avq: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_features_command_fills_the_cache_that_training_reads(
+    capsys, tiny_avq: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from avlab.features.cache import FeatureCache
 
     root = _corrupt_copy(tiny_avq, tmp_path / "fresh", lambda t: None)  # no .features folder
@@ -199,6 +269,8 @@ def test_features_command_fills_the_cache_that_training_reads(capsys, tiny_avq: 
         raise AssertionError(f"training recomputed feature entry {key} instead of reading the cache")
 
     monkeypatch.setattr(FeatureCache, "put", no_new_entry)
-    run_dir, _ = _train(capsys, "avq/simple_fusion", f"data.root={root}", "trainer.max_epochs=1", f"run.root={tmp_path}")
+    run_dir, _ = _train(
+        capsys, "avq/simple_fusion", f"data.root={root}", "trainer.max_epochs=1", f"run.root={tmp_path}"
+    )
     assert "test/plcc" in json.loads((run_dir / "metrics.json").read_text())
     assert sorted((root / ".features").rglob("*.npz")) == entries

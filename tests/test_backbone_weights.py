@@ -97,13 +97,27 @@ class _KMixed(nn.Module):  # kylemin/S3D Mixed_*: four branches, concatenated
 
 
 def _kylemin_s3d() -> nn.Module:
-    mixed = [(192, 64, 96, 128, 16, 32, 32), (256, 128, 128, 192, 32, 96, 64), None,
-             (480, 192, 96, 208, 16, 48, 64), (512, 160, 112, 224, 24, 64, 64), (512, 128, 128, 256, 24, 64, 64),
-             (512, 112, 144, 288, 32, 64, 64), (528, 256, 160, 320, 32, 128, 128), None,
-             (832, 256, 160, 320, 32, 128, 128), (832, 384, 192, 384, 48, 128, 128)]
+    mixed = [
+        (192, 64, 96, 128, 16, 32, 32),
+        (256, 128, 128, 192, 32, 96, 64),
+        None,
+        (480, 192, 96, 208, 16, 48, 64),
+        (512, 160, 112, 224, 24, 64, 64),
+        (512, 128, 128, 256, 24, 64, 64),
+        (512, 112, 144, 288, 32, 64, 64),
+        (528, 256, 160, 320, 32, 128, 128),
+        None,
+        (832, 256, 160, 320, 32, 128, 128),
+        (832, 384, 192, 384, 48, 128, 128),
+    ]
     pools = [nn.MaxPool3d((3, 3, 3), (2, 2, 2), (1, 1, 1)), nn.MaxPool3d((2, 2, 2), (2, 2, 2), (0, 0, 0))]
-    base: list[nn.Module] = [_KSep(3, 64, 7, 2, 3), nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)), _KBasic(64, 64),
-                             _KSep(64, 192, 3, 1, 1), nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))]
+    base: list[nn.Module] = [
+        _KSep(3, 64, 7, 2, 3),
+        nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
+        _KBasic(64, 64),
+        _KSep(64, 192, 3, 1, 1),
+        nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
+    ]
     base += [_KMixed(*spec) if spec else pools.pop(0) for spec in mixed]
     net = nn.Module()
     net.base = nn.Sequential(*base)
@@ -153,7 +167,9 @@ def test_soundnet_stavis_layout_loads_and_matches(tmp_path: Path) -> None:
     # float64: the (1, k) and (k, 1) convolutions sum in different orders, which float32 rounding shows.
     net, ref, wav = net.double(), ref.double(), torch.randn(2, 22050, dtype=torch.float64) * 100
     with torch.no_grad():
-        want = ref[:-1](wav.view(2, 1, 1, -1)).squeeze(2).transpose(1, 2)  # [B, L', 1024] before the last pool
+        want = (
+            ref[:-1](wav.view(2, 1, 1, -1)).squeeze(2).transpose(1, 2)
+        )  # [B, L', 1024] before the last pool
         torch.testing.assert_close(net(wav), want, rtol=1e-9, atol=1e-9)
 
 
@@ -161,7 +177,10 @@ def test_soundnet_vinet_layout_places_every_tensor(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     sd, cin = {}, 1
     for n, (out, k, *_) in enumerate(SOUNDNET8, start=1):
-        sd[f"conv{n}.weight"], sd[f"conv{n}.bias"] = torch.randn(out, cin, k, 1, generator=g), torch.randn(out)
+        sd[f"conv{n}.weight"], sd[f"conv{n}.bias"] = (
+            torch.randn(out, cin, k, 1, generator=g),
+            torch.randn(out),
+        )
         for p in ("weight", "bias", "running_mean", "running_var"):
             sd[f"batchnorm{n}.{p}"] = torch.rand(out, generator=g) + 0.5
         cin = out
@@ -191,9 +210,12 @@ def test_convnext_timm_layout_loads_and_matches(tmp_path: Path) -> None:
 def test_convnext_official_layout_places_every_tensor(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     dims, depths = (40, 80, 160, 320), (2, 2, 6, 2)  # ConvNeXt V2 atto
-    sd = {"downsample_layers.0.0.weight": torch.randn(40, 3, 4, 4, generator=g), "downsample_layers.0.0.bias":
-          torch.randn(40, generator=g), "downsample_layers.0.1.weight": torch.rand(40, generator=g),
-          "downsample_layers.0.1.bias": torch.randn(40, generator=g)}
+    sd = {
+        "downsample_layers.0.0.weight": torch.randn(40, 3, 4, 4, generator=g),
+        "downsample_layers.0.0.bias": torch.randn(40, generator=g),
+        "downsample_layers.0.1.weight": torch.rand(40, generator=g),
+        "downsample_layers.0.1.bias": torch.randn(40, generator=g),
+    }
     for i in (1, 2, 3):
         sd[f"downsample_layers.{i}.0.weight"] = torch.rand(dims[i - 1], generator=g)
         sd[f"downsample_layers.{i}.0.bias"] = torch.randn(dims[i - 1], generator=g)
@@ -202,19 +224,32 @@ def test_convnext_official_layout_places_every_tensor(tmp_path: Path) -> None:
     for i, (c, d) in enumerate(zip(dims, depths)):
         for j in range(d):
             p = f"stages.{i}.{j}."
-            sd |= {p + "dwconv.weight": torch.randn(c, 1, 7, 7, generator=g), p + "dwconv.bias": torch.randn(c),
-                   p + "norm.weight": torch.rand(c), p + "norm.bias": torch.randn(c),
-                   p + "pwconv1.weight": torch.randn(4 * c, c, generator=g), p + "pwconv1.bias": torch.randn(4 * c),
-                   p + "grn.gamma": torch.randn(1, 1, 1, 4 * c, generator=g), p + "grn.beta": torch.randn(1, 1, 1, 4 * c),
-                   p + "pwconv2.weight": torch.randn(c, 4 * c, generator=g), p + "pwconv2.bias": torch.randn(c)}
-    sd |= {"norm.weight": torch.rand(320), "norm.bias": torch.randn(320), "head.weight": torch.randn(1000, 320),
-           "head.bias": torch.randn(1000)}
+            sd |= {
+                p + "dwconv.weight": torch.randn(c, 1, 7, 7, generator=g),
+                p + "dwconv.bias": torch.randn(c),
+                p + "norm.weight": torch.rand(c),
+                p + "norm.bias": torch.randn(c),
+                p + "pwconv1.weight": torch.randn(4 * c, c, generator=g),
+                p + "pwconv1.bias": torch.randn(4 * c),
+                p + "grn.gamma": torch.randn(1, 1, 1, 4 * c, generator=g),
+                p + "grn.beta": torch.randn(1, 1, 1, 4 * c),
+                p + "pwconv2.weight": torch.randn(c, 4 * c, generator=g),
+                p + "pwconv2.bias": torch.randn(c),
+            }
+    sd |= {
+        "norm.weight": torch.rand(320),
+        "norm.bias": torch.randn(320),
+        "head.weight": torch.randn(1000, 320),
+        "head.bias": torch.randn(1000),
+    }
     torch.save({"model": sd}, tmp_path / "convnextv2_atto_1k_224_ema.pt")
     bb = SpatialExtractor("convnextv2_atto", weights=str(tmp_path / "convnextv2_atto_1k_224_ema.pt")).backbone
     torch.testing.assert_close(bb.stem[0].weight, sd["downsample_layers.0.0.weight"])
     torch.testing.assert_close(bb.stages[2].downsample[1].weight, sd["downsample_layers.2.1.weight"])
     torch.testing.assert_close(bb.stages[2].blocks[5].conv_dw.weight, sd["stages.2.5.dwconv.weight"])
-    torch.testing.assert_close(bb.stages[3].blocks[1].mlp.fc2.weight.flatten(1), sd["stages.3.1.pwconv2.weight"])
+    torch.testing.assert_close(
+        bb.stages[3].blocks[1].mlp.fc2.weight.flatten(1), sd["stages.3.1.pwconv2.weight"]
+    )
     torch.testing.assert_close(bb.stages[1].blocks[0].mlp.grn.weight, sd["stages.1.0.grn.gamma"].flatten())
 
 
@@ -261,7 +296,9 @@ def _slowfast_layout(kernel: int = 7) -> dict[str, torch.Tensor]:
         conv(f"s{s - 1}_fuse.conv_f2s", 2 * fast_in, fast_in, kernel, 1, 1)  # FuseFastToSlow before stage s
         bn(f"s{s - 1}_fuse.bn", 2 * fast_in)
         slow_in += 2 * fast_in
-        for p, (c_in, inner, kt) in enumerate(((slow_in, 64 * 2 ** (s - 2), kt_slow), (fast_in, 8 * 2 ** (s - 2), 3))):
+        for p, (c_in, inner, kt) in enumerate(
+            ((slow_in, 64 * 2 ** (s - 2), kt_slow), (fast_in, 8 * 2 ** (s - 2), 3))
+        ):
             for i in range(depth):
                 name, cin = f"s{s}.pathway{p}_res{i}", (c_in if i == 0 else 4 * inner)
                 if i == 0:
@@ -285,9 +322,12 @@ def test_slowfast_facebookresearch_layout_places_every_tensor(tmp_path: Path) ->
     torch.testing.assert_close(net.fast_stem[0].weight, sd["s1.pathway1_stem.conv.weight"])
     torch.testing.assert_close(net.fuse[2][0].weight, sd["s3_fuse.conv_f2s.weight"])
     torch.testing.assert_close(net.slow_stages[2][5].a.weight, sd["s4.pathway0_res5.branch2.a.weight"])
-    torch.testing.assert_close(net.fast_stages[3][0].shortcut[1].running_var, sd["s5.pathway1_res0.branch1_bn.running_var"])
+    torch.testing.assert_close(
+        net.fast_stages[3][0].shortcut[1].running_var, sd["s5.pathway1_res0.branch1_bn.running_var"]
+    )
     assert sum(t.numel() for t in net.state_dict().values()) == sum(
-        t.numel() for k, t in sd.items() if not k.startswith("head."))
+        t.numel() for k, t in sd.items() if not k.startswith("head.")
+    )
 
 
 def test_loading_fails_loudly_on_any_mismatch(tmp_path: Path) -> None:
@@ -304,7 +344,9 @@ def test_loading_fails_loudly_on_any_mismatch(tmp_path: Path) -> None:
         MotionExtractor(weights=str(tmp_path / "extra.pyth"))
     short = {k: v for k, v in sd.items() if k != "s4.pathway1_res2.branch2.c.weight"}
     torch.save({"model_state": short}, tmp_path / "short.pyth")
-    with pytest.raises(ConfigError, match=r"1 avlab tensors the file does not provide.*fast_stages\.2\.2\.c\.weight"):
+    with pytest.raises(
+        ConfigError, match=r"1 avlab tensors the file does not provide.*fast_stages\.2\.2\.c\.weight"
+    ):
         MotionExtractor(weights=str(tmp_path / "short.pyth"))
     with pytest.raises(ConfigError, match="unknown layout 'caffe2'"):
         MotionExtractor(weights=str(tmp_path / "short.pyth"), weights_layout="caffe2")

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from avlab.callbacks.data_wait import METRIC, DataWait
 from lightning import LightningModule, Trainer
 from torch.utils.data import DataLoader, Dataset
 
 from avlab import cli
+from avlab.callbacks.data_wait import METRIC, DataWait
 
 # Known costs: each batch takes ITEM_SLEEP x BATCH to load and STEP_SLEEP to train on. Sleeps,
 # not computation, so the expected fraction holds on a loaded machine; 50 ms per side keeps
@@ -52,9 +52,17 @@ class _SlowStep(LightningModule):
 
 def _fit(item_sleep: float, tmp_path: Path) -> DataWait:
     wait = DataWait()
-    trainer = Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, callbacks=[wait],
-                      default_root_dir=str(tmp_path))
+    trainer = Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[wait],
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(_SlowStep(), DataLoader(_SleepyRows(item_sleep), batch_size=BATCH))
     assert len(wait.epoch_fractions) == 2 and len(wait.steps) == STEPS
     assert float(trainer.callback_metrics[METRIC]) == pytest.approx(wait.epoch_fractions[-1])
@@ -101,10 +109,21 @@ def test_under_ddp_the_ranks_agree_on_one_fraction(toy_experiment: Path, tmp_pat
     # rank that skipped it would hang the run, hence the timeout.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("AVLAB_RUN_DIR", None)
-    command = [sys.executable, "-m", "avlab.cli", "train", str(toy_experiment), "callbacks.data_wait=true",
-               "data.batch_size=8", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
-                          check=False)
+    command = [
+        sys.executable,
+        "-m",
+        "avlab.cli",
+        "train",
+        str(toy_experiment),
+        "callbacks.data_wait=true",
+        "data.batch_size=8",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+    ]
+    proc = subprocess.run(
+        command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     run_dir = Path(proc.stdout.strip().splitlines()[-1].removeprefix("run directory: "))
     assert 0.0 <= json.loads((run_dir / "metrics.json").read_text())[METRIC] <= 1.0

@@ -21,8 +21,15 @@ DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
 def avlab(*args: str, cwd: Path) -> Path:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("AVLAB_RUN_DIR", None)
-    proc = subprocess.run([sys.executable, "-m", "avlab.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "avlab.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+        check=False,
+    )
     if proc.returncode != 0:
         # Every rank's error line, not only the tail: the rank that failed first is the cause.
         errors = [line for line in proc.stderr.splitlines() if "Error" in line or "Exception" in line]
@@ -50,7 +57,12 @@ def test_toy_training_under_ddp_matches_one_process(toy_experiment: Path, tmp_pa
 
 
 def test_avq_trains_under_ddp_and_test_metrics_equal_one_process(tmp_path: Path) -> None:
-    common = ["data.demo_size=tiny", "data.holdout_sources=1", "logger.wandb.mode=disabled", f"run.root={tmp_path}"]
+    common = [
+        "data.demo_size=tiny",
+        "data.holdout_sources=1",
+        "logger.wandb.mode=disabled",
+        f"run.root={tmp_path}",
+    ]
     run_dir = avlab("train", "avq/attentive_fusion", *common, "trainer.max_epochs=2", *DDP, cwd=tmp_path)
     ckpt = f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
     single = metrics(avlab("test", "avq/attentive_fusion", *common, ckpt, cwd=tmp_path))
@@ -61,25 +73,59 @@ def test_avq_trains_under_ddp_and_test_metrics_equal_one_process(tmp_path: Path)
         assert ddp[key] == pytest.approx(single[key], abs=1e-5), key
 
 
-SALIENCY_SMALL = ["data.demo_size=tiny", "data.clip_len=8", "data.frame_size=[32,56]", "data.test_stride=4",
-                  "data.batch_size=4", "model.visual.width_mult=0.125", "model.channels=16", "logger.wandb.mode=disabled"]
-UNQA_SMALL = ["data.demo_size=tiny", "data.databases.clive=null", "data.databases.tcd_voip=null", "data.image_size=32",
-              "data.resize_short=32", "data.frames=1", "data.motion_size=32", "data.audio_seconds=1.0",
-              "logger.wandb.mode=disabled"]
+SALIENCY_SMALL = [
+    "data.demo_size=tiny",
+    "data.clip_len=8",
+    "data.frame_size=[32,56]",
+    "data.test_stride=4",
+    "data.batch_size=4",
+    "model.visual.width_mult=0.125",
+    "model.channels=16",
+    "logger.wandb.mode=disabled",
+]
+UNQA_SMALL = [
+    "data.demo_size=tiny",
+    "data.databases.clive=null",
+    "data.databases.tcd_voip=null",
+    "data.image_size=32",
+    "data.resize_short=32",
+    "data.frames=1",
+    "data.motion_size=32",
+    "data.audio_seconds=1.0",
+    "logger.wandb.mode=disabled",
+]
 
 
-YT8M_SMALL = ["--overlay", "yt8m/_cpu", "data.demo_size=tiny", "data.batch_size=16", "logger.wandb.mode=disabled"]
+YT8M_SMALL = [
+    "--overlay",
+    "yt8m/_cpu",
+    "data.demo_size=tiny",
+    "data.batch_size=16",
+    "logger.wandb.mode=disabled",
+]
 # UNQA's step one trains one database head per step, so the other heads get no gradient.
-DDP_UNUSED = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp_find_unused_parameters_true"]
+DDP_UNUSED = [
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.strategy=ddp_find_unused_parameters_true",
+]
 
 
-@pytest.mark.parametrize("experiment, small, keys", [
-    ("saliency/avrsp_av", SALIENCY_SMALL, ("test/cc", "test/nss", "test/auc_j", "test/AVAD/cc", "test/n_frames")),
-    ("unqa/unqa_demo", UNQA_SMALL, ("test/srcc_mean", "test/koniq/srcc", "test/konvid/plcc")),
-    ("yt8m/attend_fusion", YT8M_SMALL, ("test/gap", "test/hit_at_1", "test/perr", "test/map", "test/f1")),
-])
-def test_task_trains_under_ddp_and_its_metrics_equal_one_process(tmp_path: Path, experiment: str, small: list[str],
-                                                                 keys: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    "experiment, small, keys",
+    [
+        (
+            "saliency/avrsp_av",
+            SALIENCY_SMALL,
+            ("test/cc", "test/nss", "test/auc_j", "test/AVAD/cc", "test/n_frames"),
+        ),
+        ("unqa/unqa_demo", UNQA_SMALL, ("test/srcc_mean", "test/koniq/srcc", "test/konvid/plcc")),
+        ("yt8m/attend_fusion", YT8M_SMALL, ("test/gap", "test/hit_at_1", "test/perr", "test/map", "test/f1")),
+    ],
+)
+def test_task_trains_under_ddp_and_its_metrics_equal_one_process(
+    tmp_path: Path, experiment: str, small: list[str], keys: tuple[str, ...]
+) -> None:
     """Each task trains on 2 ranks; its checkpoint then scores the same on 1 and on 2 ranks."""
     common = [*small, f"run.root={tmp_path}"]
     run_dir = avlab("train", experiment, *common, "trainer.max_epochs=1", *DDP_UNUSED, cwd=tmp_path)

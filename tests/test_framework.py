@@ -54,8 +54,10 @@ def test_unknown_experiment_and_target_suggest(toy_experiment: Path) -> None:
 
 
 def test_replacing_a_target_drops_arguments_it_does_not_take(toy_experiment: Path) -> None:
-    cfg = load_experiment(str(toy_experiment), ["model.net._target_=torch.nn.Bilinear", "model.net.in1_features=4",
-                                                "model.net.in2_features=4"])
+    cfg = load_experiment(
+        str(toy_experiment),
+        ["model.net._target_=torch.nn.Bilinear", "model.net.in1_features=4", "model.net.in2_features=4"],
+    )
     assert "in_features" not in cfg.model.net and cfg.model.net.out_features == 1
 
 
@@ -99,10 +101,19 @@ def test_same_seed_same_metrics_and_no_overwrite(capsys, toy_experiment: Path) -
 
 
 def test_resume_from_checkpoint_matches_uninterrupted_run(capsys, toy_experiment: Path) -> None:
-    full, _ = _train(capsys, toy_experiment, "trainer.max_epochs=4", "callbacks.checkpoint.monitor=train/loss")
-    part, _ = _train(capsys, toy_experiment, "trainer.max_epochs=2", "callbacks.checkpoint.monitor=train/loss")
-    resumed, _ = _train(capsys, toy_experiment, "trainer.max_epochs=4", "callbacks.checkpoint.monitor=train/loss",
-                        f"ckpt_path={part / 'checkpoints' / 'last.ckpt'}")
+    full, _ = _train(
+        capsys, toy_experiment, "trainer.max_epochs=4", "callbacks.checkpoint.monitor=train/loss"
+    )
+    part, _ = _train(
+        capsys, toy_experiment, "trainer.max_epochs=2", "callbacks.checkpoint.monitor=train/loss"
+    )
+    resumed, _ = _train(
+        capsys,
+        toy_experiment,
+        "trainer.max_epochs=4",
+        "callbacks.checkpoint.monitor=train/loss",
+        f"ckpt_path={part / 'checkpoints' / 'last.ckpt'}",
+    )
     a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     for key in a:
@@ -137,7 +148,9 @@ def test_missing_checkpoint_is_a_clear_error(capsys, toy_experiment: Path, tmp_p
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_last_checkpoint_follows_every_epoch_even_when_the_monitor_stalls(capsys, toy_experiment: Path) -> None:
+def test_last_checkpoint_follows_every_epoch_even_when_the_monitor_stalls(
+    capsys, toy_experiment: Path
+) -> None:
     # mode=max on a falling loss: the best checkpoint stays at epoch 0, last.ckpt must still move on.
     run_dir, _ = _train(capsys, toy_experiment, "trainer.max_epochs=3", "callbacks.checkpoint.mode=max")
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
@@ -153,19 +166,26 @@ def test_overlay_profiles_merge_between_experiment_and_overrides(capsys) -> None
     assert "clip_len: 8" in capsys.readouterr().out
 
 
-def test_file_targets_resolve_next_to_the_yaml_that_names_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_targets_resolve_next_to_the_yaml_that_names_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from avlab.config import load_experiment
     from avlab.instantiate import instantiate
 
     exp_dir, overlay_dir, cwd = tmp_path / "exp", tmp_path / "overlay", tmp_path / "cwd"
     for d in (exp_dir, overlay_dir, cwd):
         d.mkdir()
-    (exp_dir / "parts.py").write_text("class Data:\n    def __init__(self, n: int = 1):\n        self.n = n\n\n"
-                                      "class Model:\n    def __init__(self, k: int = 2):\n        self.k = k\n")
-    (overlay_dir / "other.py").write_text("class Model:\n    def __init__(self, k: int = 3, extra: str = 'x'):\n"
-                                          "        self.k, self.extra = k, extra\n")
-    (exp_dir / "exp.yaml").write_text("task: toy\ndata:\n  _target_: parts.py:Data\n  n: 5\n"
-                                      "model:\n  _target_: parts.py:Model\n")
+    (exp_dir / "parts.py").write_text(
+        "class Data:\n    def __init__(self, n: int = 1):\n        self.n = n\n\n"
+        "class Model:\n    def __init__(self, k: int = 2):\n        self.k = k\n"
+    )
+    (overlay_dir / "other.py").write_text(
+        "class Model:\n    def __init__(self, k: int = 3, extra: str = 'x'):\n"
+        "        self.k, self.extra = k, extra\n"
+    )
+    (exp_dir / "exp.yaml").write_text(
+        "task: toy\ndata:\n  _target_: parts.py:Data\n  n: 5\nmodel:\n  _target_: parts.py:Model\n"
+    )
     (overlay_dir / "ov.yaml").write_text("model:\n  _target_: other.py:Model\n  extra: y\n")
     (cwd / "parts.py").write_text("raise RuntimeError('the working directory must not be searched first')\n")
     monkeypatch.chdir(cwd)
@@ -177,7 +197,9 @@ def test_file_targets_resolve_next_to_the_yaml_that_names_them(tmp_path: Path, m
     assert type(model).__module__.startswith("avlab_user_other") and (model.k, model.extra) == (3, "y")
 
 
-def test_features_command_works_for_a_datamodule_with_nothing_to_extract(capsys, toy_experiment: Path) -> None:
+def test_features_command_works_for_a_datamodule_with_nothing_to_extract(
+    capsys, toy_experiment: Path
+) -> None:
     # The base DataModule's extract_features: builds the (demo) dataset folder and says so.
     assert cli.main(["features", str(toy_experiment)]) == 0
     summary = json.loads(capsys.readouterr().out)

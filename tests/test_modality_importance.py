@@ -96,7 +96,12 @@ def test_dataframe_with_real_models() -> None:
     video, audio = torch.randn(5, 1, 6), torch.randn(5, 1, 512)
     df = modality_importance(AttentiveAVFusionNet(), video, audio)
     assert list(df.columns) == [
-        "abl_audio", "abl_video", "norm_audio", "norm_video", "importance_audio", "importance_video"
+        "abl_audio",
+        "abl_video",
+        "norm_audio",
+        "norm_video",
+        "importance_audio",
+        "importance_video",
     ]
     assert len(df) == 5
     assert np.isfinite(df.to_numpy()).all()

@@ -57,9 +57,12 @@ def free_port() -> int:
 
 
 def base_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "TORCHELASTIC_", "MASTER_", "AVLAB_RUN_DIR"))
-           and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "TORCHELASTIC_", "MASTER_", "AVLAB_RUN_DIR"))
+        and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+    }
     wrapper = tmp_path / "bin"
     wrapper.mkdir(exist_ok=True)
     (wrapper / "avlab_recorded.py").write_text(WRAPPER)
@@ -67,15 +70,29 @@ def base_env(tmp_path: Path) -> dict[str, str]:
     launcher = wrapper / "avlab"
     launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{wrapper / "avlab_recorded.py"}" "$@"\n')
     launcher.chmod(0o755)
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", AVLAB_TEST_WRITES=str(tmp_path / "writes.txt"),
-               PATH=f"{wrapper}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    env.update(
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        AVLAB_TEST_WRITES=str(tmp_path / "writes.txt"),
+        PATH=f"{wrapper}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    )
     return env
 
 
 def run_all(commands: list[list[str]], envs: list[dict[str, str]], cwd: Path) -> list[str]:
     """Start every command at once (they rendezvous with each other); the stdout of each."""
-    procs = [subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True) for cmd, env in zip(commands, envs)]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for cmd, env in zip(commands, envs)
+    ]
     outputs = []
     try:
         for proc in procs:
@@ -94,14 +111,35 @@ def run_all(commands: list[list[str]], envs: list[dict[str, str]], cwd: Path) ->
 def prepare_data(tmp_path: Path) -> None:
     # Each simulated node prepares its data (prepare_data runs once per node); building the demo
     # set and its VMAF features first means both find the cache instead of racing to write it.
-    subprocess.run([sys.executable, "-m", "avlab.cli", "features", EXPERIMENT, *COMMON],
-                   env=base_env(tmp_path), cwd=tmp_path, check=True, capture_output=True, timeout=TIMEOUT)
+    subprocess.run(
+        [sys.executable, "-m", "avlab.cli", "features", EXPERIMENT, *COMMON],
+        env=base_env(tmp_path),
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
 
 
 def single_process_test(tmp_path: Path, ckpt: Path) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-m", "avlab.cli", "test", EXPERIMENT, *COMMON, f"ckpt_path={ckpt}",
-                          f"run.root={tmp_path / 'single'}"], check=False, env=base_env(tmp_path),
-                         cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "avlab.cli",
+            "test",
+            EXPERIMENT,
+            *COMMON,
+            f"ckpt_path={ckpt}",
+            f"run.root={tmp_path / 'single'}",
+        ],
+        check=False,
+        env=base_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     run_dir = Path(out.stdout.strip().splitlines()[-1].removeprefix("run directory: "))
     return json.loads((run_dir / "metrics.json").read_text())
@@ -132,12 +170,37 @@ def test_torchrun_two_nodes_share_one_run_directory(tmp_path: Path) -> None:
     prepare_data(tmp_path)
     port, run_id = free_port(), f"mn{os.getpid()}"
     runs = tmp_path / "runs"
-    agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", run_id,
-             "--rdzv-conf", "join_timeout=120", "--local-addr", "127.0.0.1", "--max-restarts", "0",
-             str(tmp_path / "bin" / "avlab_recorded.py"), "train", EXPERIMENT, *COMMON,
-             "trainer.max_epochs=2", f"run.root={runs}", "trainer.accelerator=cpu", "trainer.devices=1",
-             "trainer.num_nodes=2", "trainer.strategy=ddp"]
+    agent = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        run_id,
+        "--rdzv-conf",
+        "join_timeout=120",
+        "--local-addr",
+        "127.0.0.1",
+        "--max-restarts",
+        "0",
+        str(tmp_path / "bin" / "avlab_recorded.py"),
+        "train",
+        EXPERIMENT,
+        *COMMON,
+        "trainer.max_epochs=2",
+        f"run.root={runs}",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.num_nodes=2",
+        "trainer.strategy=ddp",
+    ]
     env = base_env(tmp_path)
     outputs = run_all([agent, agent], [env, env], tmp_path)
     check_one_run(tmp_path, runs, f"torchrun-{run_id}", outputs)
@@ -153,12 +216,29 @@ def test_slurm_launch_line_names_the_run_after_the_job(tmp_path: Path) -> None:
         # What srun gives each task of `--nodes=2 --ntasks-per-node=1`; SRUN="" runs the launch
         # line in this process, and no venv is activated so the recorder on PATH is the `avlab`.
         env = base_env(tmp_path)
-        env.update(SLURM_JOB_ID=job_id, SLURM_JOB_NAME="avlab", SLURM_NTASKS="2", SLURM_NNODES="2",
-                   SLURM_NTASKS_PER_NODE="1", SLURM_PROCID=str(rank), SLURM_NODEID=str(rank),
-                   SLURM_LOCALID="0", SLURM_NODELIST="127.0.0.1", MASTER_PORT=str(port), SRUN="",
-                   AVLAB_VENV=str(tmp_path / "no-venv"))
+        env.update(
+            SLURM_JOB_ID=job_id,
+            SLURM_JOB_NAME="avlab",
+            SLURM_NTASKS="2",
+            SLURM_NNODES="2",
+            SLURM_NTASKS_PER_NODE="1",
+            SLURM_PROCID=str(rank),
+            SLURM_NODEID=str(rank),
+            SLURM_LOCALID="0",
+            SLURM_NODELIST="127.0.0.1",
+            MASTER_PORT=str(port),
+            SRUN="",
+            AVLAB_VENV=str(tmp_path / "no-venv"),
+        )
         envs.append(env)
-    command = ["bash", str(script), EXPERIMENT, *COMMON, "trainer.max_epochs=2", f"run.root={runs}",
-               "trainer.accelerator=cpu"]
+    command = [
+        "bash",
+        str(script),
+        EXPERIMENT,
+        *COMMON,
+        "trainer.max_epochs=2",
+        f"run.root={runs}",
+        "trainer.accelerator=cpu",
+    ]
     outputs = run_all([command, command], envs, tmp_path)
     check_one_run(tmp_path, runs, f"slurm-{job_id}", outputs)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.io
+
 from avlab.datamodules.readers import (
     READERS,
     ReadOptions,
@@ -16,7 +17,6 @@ from avlab.datamodules.readers import (
     missing_files,
     register_reader,
 )
-
 from avlab.errors import ConfigError, DataError
 
 
@@ -55,8 +55,12 @@ def _live_sjtu(folder: Path, *, drop: str | None = None) -> Path:
 def test_live_sjtu_reader_reads_every_field(tmp_path: Path) -> None:
     folder = _live_sjtu(tmp_path / "sjtu")
     table = get_reader("live_sjtu").read(folder, ReadOptions(name="sjtu"))
-    assert list(table["stimulus"]) == ["Boxing_QP16_128kbps", "Boxing_QP35_S_8kbps", "Town_QP16_128kbps",
-                                       "Town_QP35_S_8kbps"]
+    assert list(table["stimulus"]) == [
+        "Boxing_QP16_128kbps",
+        "Boxing_QP35_S_8kbps",
+        "Town_QP16_128kbps",
+        "Town_QP35_S_8kbps",
+    ]
     assert list(table["group"]) == ["Boxing", "Boxing", "Town", "Town"]
     np.testing.assert_array_equal(table["mos"], [61.5, 30.25, 70.0, 21.93])
     np.testing.assert_array_equal(table["audio_bitrate_kbps"], [128.0, 8.0, 128.0, 8.0])
@@ -94,14 +98,23 @@ def test_live_sjtu_without_its_score_fields_names_the_file(tmp_path: Path) -> No
 
 
 def test_manifest_reader_accepts_both_vocabularies(tmp_path: Path) -> None:
-    for name, header in (("fr", "stimulus,source,reference,distorted,mos"), ("nr", "stimulus,group,reference,media,mos")):
+    for name, header in (
+        ("fr", "stimulus,source,reference,distorted,mos"),
+        ("nr", "stimulus,group,reference,media,mos"),
+    ):
         folder = tmp_path / name
         folder.mkdir()
         (folder / "manifest.csv").write_text(f"{header}\na,s1,r.mp4,d.mp4,3.5\nb,s2,,e.mp4,\n")
         table = get_reader("manifest").read(folder, ReadOptions(name=name))
         assert list(table["media"]) == [str((folder / "d.mp4").resolve()), str((folder / "e.mp4").resolve())]
-        assert table.loc[0, "reference"] == str((folder / "r.mp4").resolve()) and pd.isna(table.loc[1, "reference"])
-        assert list(table["group"]) == ["s1", "s2"] and table.loc[0, "mos"] == 3.5 and pd.isna(table.loc[1, "mos"])
+        assert table.loc[0, "reference"] == str((folder / "r.mp4").resolve()) and pd.isna(
+            table.loc[1, "reference"]
+        )
+        assert (
+            list(table["group"]) == ["s1", "s2"]
+            and table.loc[0, "mos"] == 3.5
+            and pd.isna(table.loc[1, "mos"])
+        )
         assert table.loc[1, "where"] == "manifest.csv row 3"
         assert len(missing_files(table)) == 3  # d.mp4, e.mp4, r.mp4: every missing file, with its row
     (tmp_path / "both").mkdir()

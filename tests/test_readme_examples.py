@@ -49,7 +49,10 @@ def test_the_section_has_one_python_and_one_yaml_file() -> None:
 
 
 def test_readme_fusion_module_trains_and_tests_from_another_directory(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     student = tmp_path / "student"
     student.mkdir()
@@ -61,8 +64,15 @@ def test_readme_fusion_module_trains_and_tests_from_another_directory(
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the config's `my_fusion.py:...` must resolve next to the YAML file
     caplog.set_level("INFO", logger="avlab.lightningmodules.avq")
-    args = ["train", str(student / config), "data.demo_size=tiny", "data.holdout_sources=1", "trainer.max_epochs=2",
-            "logger.wandb.mode=disabled", f"run.root={tmp_path / 'runs'}"]
+    args = [
+        "train",
+        str(student / config),
+        "data.demo_size=tiny",
+        "data.holdout_sources=1",
+        "trainer.max_epochs=2",
+        "logger.wandb.mode=disabled",
+        f"run.root={tmp_path / 'runs'}",
+    ]
     assert cli.main(args) == 0
     run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("run directory: "))
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -75,9 +85,20 @@ def test_readme_fusion_module_trains_and_tests_from_another_directory(
     assert len(skipped) == 1 and "GatedFusion" in skipped[0].getMessage()
     # The tested (best) checkpoint rebuilds the student's module and scores the same, still from elsewhere.
     best = next((run_dir / "checkpoints").glob("best-epoch*.ckpt"))
-    assert cli.main(["test", str(student / config), f"ckpt_path={best}",
-                     "data.demo_size=tiny", "data.holdout_sources=1", "logger.wandb.mode=disabled",
-                     f"run.root={tmp_path / 'runs'}"]) == 0
+    assert (
+        cli.main(
+            [
+                "test",
+                str(student / config),
+                f"ckpt_path={best}",
+                "data.demo_size=tiny",
+                "data.holdout_sources=1",
+                "logger.wandb.mode=disabled",
+                f"run.root={tmp_path / 'runs'}",
+            ]
+        )
+        == 0
+    )
     test_dir = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("run directory: "))
     again = json.loads((test_dir / "metrics.json").read_text())
     assert again["test/plcc"] == pytest.approx(metrics["test/plcc"], abs=1e-6)

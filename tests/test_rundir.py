@@ -14,8 +14,13 @@ def _cfg(root: Path):
     return OmegaConf.create({"experiment": "toy/x", "run": {"root": str(root), "suffix": None}})
 
 
-@pytest.mark.parametrize("env, name", [({"TORCHELASTIC_RUN_ID": "job7"}, "torchrun-job7"),
-                                       ({"SLURM_JOB_ID": "123", "SLURM_NTASKS": "8"}, "slurm-123")])
+@pytest.mark.parametrize(
+    "env, name",
+    [
+        ({"TORCHELASTIC_RUN_ID": "job7"}, "torchrun-job7"),
+        ({"SLURM_JOB_ID": "123", "SLURM_NTASKS": "8"}, "slurm-123"),
+    ],
+)
 def test_every_rank_of_a_launcher_job_gets_the_same_directory(monkeypatch, tmp_path: Path, env, name) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)

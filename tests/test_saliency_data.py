@@ -10,8 +10,8 @@ import pytest
 import scipy.io
 import soundfile as sf
 import torch
-from avlab.datamodules.saliency import SaliencyDataModule, load_fixation, parse_fold_list
 
+from avlab.datamodules.saliency import SaliencyDataModule, load_fixation, parse_fold_list
 from avlab.demo.saliency import AV_DATASETS, build_saliency_demo
 from avlab.errors import ConfigError, DataError
 from avlab.media.clips import audio_buffer_len, clip_audio, frame_audio_bounds, window_indices
@@ -44,8 +44,9 @@ def test_demo_layout_and_folds(demo: Path) -> None:
         assert (root / "video_frames" / db).is_dir() and (root / "annotations" / db).is_dir()
     assert (root / "fold_lists" / "DIEM_list_train_fps.txt").is_file()
     assert not (root / "fold_lists" / "DIEM_list_train_1_fps.txt").exists()
-    assert "\n\n" in (root / "fold_lists" / "ETMD_av_list_test_2_fps.txt").read_text() or \
-        (root / "fold_lists" / "ETMD_av_list_test_2_fps.txt").read_text().startswith("\n")
+    assert "\n\n" in (root / "fold_lists" / "ETMD_av_list_test_2_fps.txt").read_text() or (
+        root / "fold_lists" / "ETMD_av_list_test_2_fps.txt"
+    ).read_text().startswith("\n")
     mat = scipy.io.loadmat(str(next((root / "annotations" / "AVAD").rglob("fixMap_00001.mat"))))
     assert "eyeMap" in mat and mat["eyeMap"].ndim == 2
     tests = {}
@@ -95,15 +96,16 @@ def test_audio_windows_follow_the_soundnet_convention() -> None:
     buf = audio_buffer_len(32)
     assert buf == 70560
     out = clip_audio(wav, (start, end), list(range(5, 13)), buf)
-    excerpt = wav[start[5]: end[12] + 1]
+    excerpt = wav[start[5] : end[12] + 1]
     nz = np.flatnonzero(out)
     # Centred in the buffer, Hann-windowed, scaled to ±256.
     off = (buf - excerpt.size) // 2
-    np.testing.assert_allclose(out[off: off + excerpt.size], excerpt * np.hanning(excerpt.size) * 256,
-                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        out[off : off + excerpt.size], excerpt * np.hanning(excerpt.size) * 256, rtol=1e-5, atol=1e-4
+    )
     assert nz.min() >= off and nz.max() < off + excerpt.size
     rev = clip_audio(wav, (start, end), list(range(12, 4, -1)), buf, reverse=True)
-    np.testing.assert_allclose(rev[off: off + excerpt.size], out[off: off + excerpt.size][::-1], atol=1e-4)
+    np.testing.assert_allclose(rev[off : off + excerpt.size], out[off : off + excerpt.size][::-1], atol=1e-4)
 
 
 def test_window_indices_forward_and_reversed() -> None:
@@ -136,7 +138,6 @@ def test_clip_frames_and_audio_are_aligned(demo: Path) -> None:
     expected = clip_audio(wav, (s, e), list(range(3, 11)), audio_buffer_len(8))
     np.testing.assert_allclose(item["audio"].numpy(), expected)
     from avlab.datamodules.saliency import preprocess_frames
-
     from avlab.media.clips import read_frames
 
     raw = torch.from_numpy(read_frames(rec.frames, list(range(3, 11))))
@@ -257,11 +258,18 @@ def test_layouts_are_formats_of_the_shared_reader_catalog(demo: Path, tmp_path: 
     # every non-DIEM video is the test video of exactly one fold; DIEM's split is the same in all three
     for _, row in table.iterrows():
         sides = [row[f"fold{f}"] for f in (1, 2, 3)]
-        assert sides.count("test") == (3 if row["dataset"] == "DIEM" and sides[0] == "test" else
-                                       0 if row["dataset"] == "DIEM" else 1)
+        assert sides.count("test") == (
+            3 if row["dataset"] == "DIEM" and sides[0] == "test" else 0 if row["dataset"] == "DIEM" else 1
+        )
     dhf = get_reader("dhf1k").read(demo / "DHF1K", ReadOptions("dhf1k"))
-    assert dict(zip(dhf["name"], dhf["fold1"])) == {"0001": "train", "0002": "train", "0003": "train",
-                                                    "0004": "train", "0601": "test", "0602": "test"}
+    assert dict(zip(dhf["name"], dhf["fold1"])) == {
+        "0001": "train",
+        "0002": "train",
+        "0003": "train",
+        "0004": "train",
+        "0601": "test",
+        "0602": "test",
+    }
     with pytest.raises(ConfigError, match=r"data.layout: unknown format 'stavs'\. Did you mean `stavis`"):
         SaliencyDataModule(layout="stavs")
     with pytest.raises(ConfigError, match="data.layout: unknown format 'manifest'"):
@@ -286,8 +294,9 @@ def test_sample_table_names_what_batches_carry(demo: Path) -> None:
     item = dm._dataset("val")[len(val) - 1]
     rec = dm.splits["val"][int(val["video"].iloc[-1])]
     assert rec.name == val["name"].iloc[-1]
-    torch.testing.assert_close(item["target"], dm._dataset("val")._target(int(val["video"].iloc[-1]),
-                                                                           int(val["frame"].iloc[-1])))
+    torch.testing.assert_close(
+        item["target"], dm._dataset("val")._target(int(val["video"].iloc[-1]), int(val["frame"].iloc[-1]))
+    )
 
 
 # --------------------------------------------------------------------------- the demo's audio-visual signal
@@ -315,7 +324,7 @@ def test_the_voice_says_which_speaker_is_watched(demo: Path) -> None:
             near = [(d < 2 * sp.radius).mean() for d in dist]
             on_speaker.append(near[sp.speaking[t]] > near[1 - sp.speaking[t]])
             # the heard voice: which f0 has more energy in this frame's audio
-            seg = wav[s[t]: e[t] + 1] * np.hanning(e[t] + 1 - s[t])
+            seg = wav[s[t] : e[t] + 1] * np.hanning(e[t] + 1 - s[t])
             spec = np.abs(np.fft.rfft(seg, 8192))
             freqs = np.fft.rfftfreq(8192, 1 / 22050)
             energy = [spec[np.abs(freqs - f0) < 20].max() for f0 in SPEAKER_F0]

@@ -23,8 +23,15 @@ def _gelu(x: float) -> float:
     return 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))
 
 
-def _ravf_reference(attn: RelevanceCrossAttention, v: torch.Tensor, a: torch.Tensor, sigmoid: bool, mean: bool,
-                    head_scale: bool, out_proj: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _ravf_reference(
+    attn: RelevanceCrossAttention,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    sigmoid: bool,
+    mean: bool,
+    head_scale: bool,
+    out_proj: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. (1)-(7) with loops; returns ``F_av`` ``[B, N_v, D]`` and ``Ret_A`` ``[B, H, N_v, N_a]``."""
     v, a = v.double(), a.double()
     d, heads = attn.dim, attn.num_heads
@@ -32,8 +39,8 @@ def _ravf_reference(attn: RelevanceCrossAttention, v: torch.Tensor, a: torch.Ten
     wv, bv = attn.v_qkv.weight.double(), attn.v_qkv.bias.double()
     wa, ba = attn.a_qkv.weight.double(), attn.a_qkv.bias.double()
     # eq. (1): six affine maps (the rows of the two stacked weight matrices, in the order q, k, v)
-    vq, vk, vv = ((v @ wv[i * d:(i + 1) * d].T + bv[i * d:(i + 1) * d]) for i in range(3))
-    aq, ak, av = ((a @ wa[i * d:(i + 1) * d].T + ba[i * d:(i + 1) * d]) for i in range(3))
+    vq, vk, vv = ((v @ wv[i * d : (i + 1) * d].T + bv[i * d : (i + 1) * d]) for i in range(3))
+    aq, ak, av = ((a @ wa[i * d : (i + 1) * d].T + ba[i * d : (i + 1) * d]) for i in range(3))
     w1, b1 = attn.head_mlp[0].weight.double(), attn.head_mlp[0].bias.double()
     w2, b2 = attn.head_mlp[2].weight.double(), attn.head_mlp[2].bias.double()
     bsz, nv, na = v.shape[0], v.shape[1], a.shape[1]
@@ -70,19 +77,22 @@ def _ravf_reference(attn: RelevanceCrossAttention, v: torch.Tensor, a: torch.Ten
                 logits.append(float(w2[0] @ torch.tensor(hidden, dtype=torch.float64) + b2[0]))
             z = [math.exp(lg - max(logits)) for lg in logits]
             for h in range(heads):  # eq. (7): F_av = C ⊙ v2a, heads concatenated
-                out[b, i, h * dk:(h + 1) * dk] = z[h] / sum(z) * v2a[h, i] * (heads if head_scale else 1)
+                out[b, i, h * dk : (h + 1) * dk] = z[h] / sum(z) * v2a[h, i] * (heads if head_scale else 1)
     if out_proj:
         out = out @ attn.out.weight.double().T + attn.out.bias.double()
     return out, ret_a_all
 
 
-@pytest.mark.parametrize("flags", [
-    {},  # avlab's default: every added step on
-    {"paper_literal": True},
-    {"retention_sigmoid": False},
-    {"retention_mean": False, "head_scale": False},
-    {"out_proj": False},
-])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {},  # avlab's default: every added step on
+        {"paper_literal": True},
+        {"retention_sigmoid": False},
+        {"retention_mean": False, "head_scale": False},
+        {"out_proj": False},
+    ],
+)
 def test_ravf_attention_matches_equations_1_to_7(flags: dict[str, bool]) -> None:
     torch.manual_seed(0)
     attn = RelevanceCrossAttention(8, num_heads=2, **flags).double().eval()
@@ -90,11 +100,14 @@ def test_ravf_attention_matches_equations_1_to_7(flags: dict[str, bool]) -> None
     with torch.no_grad():
         got, extras = attn(v, a)
     literal = flags.get("paper_literal", False)
-    on = {k: (not literal) and flags.get(k, True) for k in ("retention_sigmoid", "retention_mean", "head_scale",
-                                                            "out_proj")}
+    on = {
+        k: (not literal) and flags.get(k, True)
+        for k in ("retention_sigmoid", "retention_mean", "head_scale", "out_proj")
+    }
     with torch.no_grad():
-        want, ret_a = _ravf_reference(attn, v, a, on["retention_sigmoid"], on["retention_mean"], on["head_scale"],
-                                      on["out_proj"])
+        want, ret_a = _ravf_reference(
+            attn, v, a, on["retention_sigmoid"], on["retention_mean"], on["head_scale"], on["out_proj"]
+        )
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(extras["ret_a"], ret_a, rtol=1e-10, atol=1e-10)
     if literal:
@@ -106,7 +119,9 @@ def test_ravf_paper_literal_flag_reaches_every_block() -> None:
     ravf = RAVF(8, num_heads=2, n_blocks=2, paper_literal=True)
     for block in ravf.blocks:
         a = block.attn
-        assert not (a.retention_sigmoid or a.retention_mean or a.head_scale) and isinstance(a.out, nn.Identity)
+        assert not (a.retention_sigmoid or a.retention_mean or a.head_scale) and isinstance(
+            a.out, nn.Identity
+        )
 
 
 # =========================================================================== MS, eq. (8)-(12)
@@ -207,7 +222,9 @@ def test_regulator_gate_matches_equations_13_to_15(norm_act: bool) -> None:
 @pytest.mark.parametrize("use_ms, use_mrg", [(True, False), (False, True)])
 def test_ms_only_and_mrg_only_ablations(use_ms: bool, use_mrg: bool) -> None:
     torch.manual_seed(0)
-    net = AVRSP(S3DEncoder(width_mult=0.125), channels=8, ms_mrg_pairs=3, use_ms=use_ms, use_mrg=use_mrg).eval()
+    net = AVRSP(
+        S3DEncoder(width_mult=0.125), channels=8, ms_mrg_pairs=3, use_ms=use_ms, use_mrg=use_mrg
+    ).eval()
     assert sorted(net.ms) == (["1", "2", "3"] if use_ms else [])
     assert sorted(net.mrg) == (["1", "2", "3"] if use_mrg else [])
     clip = torch.randn(1, 3, 8, 32, 64)

@@ -85,7 +85,9 @@ def ref_auc_judd(s: np.ndarray, f: np.ndarray) -> float:
 def _maps(seed: int, h: int = 36, w: int = 64, n_fix: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]
-    pred = np.exp(-(((xx - rng.uniform(0, w)) / 9) ** 2 + ((yy - rng.uniform(0, h)) / 6) ** 2)) + 0.2 * rng.random((h, w))
+    pred = np.exp(
+        -(((xx - rng.uniform(0, w)) / 9) ** 2 + ((yy - rng.uniform(0, h)) / 6) ** 2)
+    ) + 0.2 * rng.random((h, w))
     gt = np.exp(-(((xx - rng.uniform(0, w)) / 7) ** 2 + ((yy - rng.uniform(0, h)) / 5) ** 2))
     fix = np.zeros((h, w), np.uint8)
     fix.flat[rng.choice(h * w, n_fix, replace=False)] = 1
@@ -131,8 +133,12 @@ def test_empty_fixation_map_gives_nan_nss_and_auc() -> None:
 def test_constant_prediction_follows_the_reference() -> None:
     _, gt, fix = _maps(4)
     const = np.full_like(gt, 0.5)
-    for ours, ref in ((cc(_t(const), _t(gt)), ref_cc(const, gt)), (nss(_t(const), _t(fix)), ref_nss(const, fix)),
-                      (similarity(_t(const), _t(gt)), ref_sim(const, gt)), (auc_judd(_t(const), _t(fix)), ref_auc_judd(const, fix))):
+    for ours, ref in (
+        (cc(_t(const), _t(gt)), ref_cc(const, gt)),
+        (nss(_t(const), _t(fix)), ref_nss(const, fix)),
+        (similarity(_t(const), _t(gt)), ref_sim(const, gt)),
+        (auc_judd(_t(const), _t(fix)), ref_auc_judd(const, fix)),
+    ):
         assert math.isnan(float(ours)) and math.isnan(ref)
     # KL of a uniform prediction is finite and equals the reference.
     assert float(kl_div(_t(const), _t(gt))) == pytest.approx(ref_kl(const, gt), abs=1e-10)
@@ -157,7 +163,13 @@ def test_blur_matches_scipy_reflect101() -> None:
 
     x = np.random.default_rng(0).random((30, 50))
     # scipy: radius = int(truncate * sigma + 0.5) = 5 -> the same 11 normalised taps; 'mirror' = reflect-101.
-    ref = gaussian_filter1d(gaussian_filter1d(x, 2.0, axis=0, mode="mirror", truncate=2.5), 2.0, axis=1, mode="mirror", truncate=2.5)
+    ref = gaussian_filter1d(
+        gaussian_filter1d(x, 2.0, axis=0, mode="mirror", truncate=2.5),
+        2.0,
+        axis=1,
+        mode="mirror",
+        truncate=2.5,
+    )
     np.testing.assert_allclose(gaussian_blur(_t(x), 2.0, 11).numpy(), ref, atol=1e-12)
 
 

@@ -18,14 +18,25 @@ def test_paper_size_avrsp_output_shape_on_meta() -> None:
     with torch.device("meta"):
         net = AVRSP(S3DEncoder(), SoundNet8(), fusion_av.RAVF(128, 4, 2), channels=128, ms_mrg_pairs=3)
         feats = net.visual(torch.empty(1, 3, 32, 224, 384))
-        assert [tuple(f.shape[1:]) for f in feats] == [(192, 16, 56, 96), (480, 16, 28, 48), (832, 8, 14, 24), (1024, 4, 7, 12)]
-        assert tuple(net.audio(torch.empty(1, 70560)).shape) == (1, 3, 1024)  # SoundNet-8: 70,560 samples -> 3 steps
+        assert [tuple(f.shape[1:]) for f in feats] == [
+            (192, 16, 56, 96),
+            (480, 16, 28, 48),
+            (832, 8, 14, 24),
+            (1024, 4, 7, 12),
+        ]
+        assert tuple(net.audio(torch.empty(1, 70560)).shape) == (
+            1,
+            3,
+            1024,
+        )  # SoundNet-8: 70,560 samples -> 3 steps
         out = net(torch.empty(2, 3, 32, 224, 384), torch.empty(2, 70560))
     assert tuple(out.shape) == (2, 224, 384)
     assert net.visual.out_channels == [192, 480, 832, 1024]
 
 
-@pytest.mark.parametrize("fusion", ["AddFusion", "MulFusion", "ConcatFusion", "BilinearFusion", "MBTFusion", "RAVF"])
+@pytest.mark.parametrize(
+    "fusion", ["AddFusion", "MulFusion", "ConcatFusion", "BilinearFusion", "MBTFusion", "RAVF"]
+)
 def test_fusion_blocks_share_one_interface(fusion: str) -> None:
     torch.manual_seed(0)
     block = getattr(fusion_av, fusion)(dim=16)
@@ -74,13 +85,24 @@ def test_visual_only_and_mismatched_audio_fusion() -> None:
         AVRSP(S3DEncoder(width_mult=0.125), SoundNet8(width_mult=0.125), None, channels=8)
 
 
-@pytest.mark.parametrize("name", ["saliency/ablation_fusion_add", "saliency/ablation_fusion_mul",
-                                  "saliency/ablation_fusion_concat", "saliency/ablation_fusion_bilinear",
-                                  "saliency/ablation_fusion_mbt", "saliency/ablation_fusion_ravf",
-                                  "saliency/ablation_msmrg_0", "saliency/ablation_msmrg_4",
-                                  "saliency/ablation_ms_only", "saliency/ablation_mrg_only",
-                                  "saliency/ablation_ravf_literal",
-                                  "saliency/avrsp_visual", "saliency/avrsp_dhf1k_pretrain"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "saliency/ablation_fusion_add",
+        "saliency/ablation_fusion_mul",
+        "saliency/ablation_fusion_concat",
+        "saliency/ablation_fusion_bilinear",
+        "saliency/ablation_fusion_mbt",
+        "saliency/ablation_fusion_ravf",
+        "saliency/ablation_msmrg_0",
+        "saliency/ablation_msmrg_4",
+        "saliency/ablation_ms_only",
+        "saliency/ablation_mrg_only",
+        "saliency/ablation_ravf_literal",
+        "saliency/avrsp_visual",
+        "saliency/avrsp_dhf1k_pretrain",
+    ],
+)
 def test_experiment_configs_build_and_run(name: str) -> None:
     cfg = load_experiment(name, TINY)
     module = instantiate(cfg.model)

@@ -18,9 +18,18 @@ from avlab.instantiate import instantiate
 from avlab.media.clips import audio_buffer_len, clip_audio, frame_audio_bounds
 from avlab.media.ffmpeg import run_ffmpeg
 
-SMALL = ["data.demo_size=tiny", "data.clip_len=8", "data.frame_size=[32,56]", "data.test_stride=4",
-         "data.batch_size=4", "model.visual.width_mult=0.125", "model.channels=16", "trainer.max_epochs=1",
-         "trainer.accelerator=cpu", "logger.wandb.mode=disabled"]
+SMALL = [
+    "data.demo_size=tiny",
+    "data.clip_len=8",
+    "data.frame_size=[32,56]",
+    "data.test_stride=4",
+    "data.batch_size=4",
+    "model.visual.width_mult=0.125",
+    "model.channels=16",
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "logger.wandb.mode=disabled",
+]
 
 
 def _train(capsys, name: str, *overrides: str) -> Path:
@@ -67,12 +76,41 @@ def test_stage2_av_starts_from_stage1_and_reports_per_dataset(capsys, stage1: Pa
     demo = Path(os.environ["AVLAB_CACHE"]) / "demo" / "saliency" / "tiny" / "stavis"
     vdir = next((demo / "video_frames" / "AVAD").iterdir())
     wav = demo / "video_audio" / "AVAD" / vdir.name / f"{vdir.name}.wav"
-    run_ffmpeg(["-v", "error", "-framerate", "25", "-i", str(vdir / "img_%05d.jpg"), "-i", str(wav),
-                "-c:v", "libx264",
-                "-pix_fmt", "yuv420p", "-c:a", "aac", "-y", str(video)], what="test video")
+    run_ffmpeg(
+        [
+            "-v",
+            "error",
+            "-framerate",
+            "25",
+            "-i",
+            str(vdir / "img_%05d.jpg"),
+            "-i",
+            str(wav),
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-y",
+            str(video),
+        ],
+        what="test video",
+    )
     ckpt = run / "checkpoints" / "last.ckpt"
-    assert cli.main(["predict", "saliency/avrsp_av", f"ckpt_path={ckpt}", f"input={video}", *SMALL,
-                     f"run.root={tmp_path}"]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                "saliency/avrsp_av",
+                f"ckpt_path={ckpt}",
+                f"input={video}",
+                *SMALL,
+                f"run.root={tmp_path}",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     result = json.loads(out[: out.rindex("}") + 1])
     n_in = len(list(vdir.glob("*.jpg")))
@@ -126,8 +164,9 @@ def test_sliding_windows_reverse_the_first_frames_and_their_audio() -> None:
         return clips[:, 0, -1].clone()
 
     video = _FakeVideo(n)
-    out = list(predict_video(net, video, lambda f: f.permute(0, 3, 1, 2).float(), T, batch_size=3, wav=wav,
-                             fps=25.0))
+    out = list(
+        predict_video(net, video, lambda f: f.permute(0, 3, 1, 2).float(), T, batch_size=3, wav=wav, fps=25.0)
+    )
     assert [t for t, _, _ in out] == list(range(n))
     assert (video.decoded == 1).all(), "every frame is decoded exactly once"
     bounds = frame_audio_bounds(n, 25.0, len(wav))
@@ -184,7 +223,7 @@ class GatedAudioFusion(nn.Module):
         return v + g * self.audio(pooled)
 '''
 
-FUSION_CONFIG = '''
+FUSION_CONFIG = """
 defaults: [saliency/avrsp_av]
 description: a student's gated fusion block
 model:
@@ -192,11 +231,12 @@ model:
     _target_: my_block.py:GatedAudioFusion
     dim: ${model.channels}
     hidden: 16
-'''
+"""
 
 
-def test_a_fusion_block_is_one_file_and_one_config(capsys, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_fusion_block_is_one_file_and_one_config(
+    capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The way a student adds a saliency fusion block: no edit anywhere in avlab."""
     student = tmp_path / "student"
     student.mkdir()
@@ -213,8 +253,18 @@ def test_a_fusion_block_is_one_file_and_one_config(capsys, tmp_path: Path,
     assert not any(k.startswith("net.fusion.blocks") for k in state), "RAVF's keys must not leak in"
     # `avlab test` on the (only, so best) checkpoint reports the metrics the run reported.
     best = next((run / "checkpoints").glob("best*.ckpt"))
-    assert cli.main(["test", str(student / "my_block.yaml"), f"ckpt_path={best}", *SMALL,
-                     f"run.root={tmp_path / 'runs-test'}"]) == 0
+    assert (
+        cli.main(
+            [
+                "test",
+                str(student / "my_block.yaml"),
+                f"ckpt_path={best}",
+                *SMALL,
+                f"run.root={tmp_path / 'runs-test'}",
+            ]
+        )
+        == 0
+    )
     last = capsys.readouterr().out.strip().splitlines()[-1]
     again = json.loads((Path(last.removeprefix("run directory: ")) / "metrics.json").read_text())
     assert again["test/cc"] == pytest.approx(metrics["test/cc"], abs=1e-6)
@@ -223,17 +273,31 @@ def test_a_fusion_block_is_one_file_and_one_config(capsys, tmp_path: Path,
 # --------------------------------------------------------------------------- the audio is learned
 #: CPU-scale schedule on the tiny demo (20-frame videos, 12 training videos of fold 1): 8 random
 #: clips per video and epoch, 6 epochs (72 steps of 8 clips), lr 1e-3, BatchNorm momentum 0.1.
-LEARN = ["data.demo_size=tiny", "data.clip_len=8", "data.frame_size=[32,56]", "data.test_stride=4",
-         "data.batch_size=8", "data.clips_per_video=8", "data.val_fraction=0",
-         "model.visual.width_mult=0.125", "model.channels=16", "model.lr=1e-3", "model.bn_momentum=0.1",
-         "trainer.max_epochs=6", "seed=0", "trainer.accelerator=cpu", "logger.wandb.mode=disabled"]
+LEARN = [
+    "data.demo_size=tiny",
+    "data.clip_len=8",
+    "data.frame_size=[32,56]",
+    "data.test_stride=4",
+    "data.batch_size=8",
+    "data.clips_per_video=8",
+    "data.val_fraction=0",
+    "model.visual.width_mult=0.125",
+    "model.channels=16",
+    "model.lr=1e-3",
+    "model.bn_momentum=0.1",
+    "trainer.max_epochs=6",
+    "seed=0",
+    "trainer.accelerator=cpu",
+    "logger.wandb.mode=disabled",
+]
 
 
 def test_audio_visual_beats_visual_only_when_the_voice_says_where_to_look(capsys, tmp_path: Path) -> None:
     """Issue: saliency must learn the audio. In the demo the frames cannot tell which of two speakers
     is watched; the voice can (avlab.demo.saliency). Same seed, data and schedule for both models."""
-    av = _train_cfg(capsys, "saliency/avrsp_av", *LEARN, "model.audio.width_mult=0.25",
-                    f"run.root={tmp_path}")
+    av = _train_cfg(
+        capsys, "saliency/avrsp_av", *LEARN, "model.audio.width_mult=0.25", f"run.root={tmp_path}"
+    )
     vis = _train_cfg(capsys, "saliency/avrsp_visual", *LEARN, f"run.root={tmp_path}")
     cc_av, cc_v = av["test/cc"], vis["test/cc"]
     # measured: 0.516 vs 0.408 (oracles that place a blob on the speaker / on both speakers: 0.80 / 0.58)

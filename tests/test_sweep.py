@@ -22,8 +22,12 @@ from avlab.errors import ConfigError
 from avlab.sweep import check_space, list_sweeps, load_sweep
 
 TESTS = Path(__file__).resolve().parent
-COMPLETE, PRUNED, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-                                   optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING)
+COMPLETE, PRUNED, FAIL, RUNNING = (
+    optuna.trial.TrialState.COMPLETE,
+    optuna.trial.TrialState.PRUNED,
+    optuna.trial.TrialState.FAIL,
+    optuna.trial.TrialState.RUNNING,
+)
 
 # lr 0.05 learns the toy regression in a few epochs; 0.002 and 0.001 barely move, so once the
 # first (paper) trial has completed the median pruner stops them after their first epoch.
@@ -86,7 +90,10 @@ def test_sweep_prunes_writes_summary_and_resumes(capsys, toy_experiment: Path) -
     best = json.loads((sweep_dir / "best_params.json").read_text())
     assert best["best_trial"] == study.best_trial.number and best["params"] == study.best_trial.params
     assert best["best_value"] == pytest.approx(study.best_value)
-    assert best["overrides"] == [f"model.lr={best['params']['model.lr']}", f"data.batch_size={best['params']['data.batch_size']}"]
+    assert best["overrides"] == [
+        f"model.lr={best['params']['model.lr']}",
+        f"data.batch_size={best['params']['data.batch_size']}",
+    ]
     csv_lines = (sweep_dir / "trials.csv").read_text().splitlines()
     assert len(csv_lines) == 5 and "state" in csv_lines[0] and "params_model.lr" in csv_lines[0]
     for png in ("param_importances.png", "parallel_coordinate.png"):
@@ -105,9 +112,13 @@ def test_sweep_prunes_writes_summary_and_resumes(capsys, toy_experiment: Path) -
     assert optuna.get_all_study_names(f"sqlite:///{sweep_dir / 'study.db'}") == ["toy_sweep"]
 
 
-def test_a_crashing_trial_is_recorded_with_its_error_and_the_study_goes_on(capsys, toy_experiment: Path) -> None:
+def test_a_crashing_trial_is_recorded_with_its_error_and_the_study_goes_on(
+    capsys, toy_experiment: Path
+) -> None:
     # A negative learning rate makes torch.optim.SGD raise inside trainer.fit.
-    sweep = write_sweep(toy_experiment.parent, """
+    sweep = write_sweep(
+        toy_experiment.parent,
+        """
 experiment: toy.yaml
 objective: {metric: val/loss}
 pruner: {type: none}
@@ -115,7 +126,9 @@ sampler: {type: random, seed: 3}
 params:
   model.lr: {type: categorical, choices: [-1.0, 0.05]}
 first_trial: {model.lr: -1.0}
-""", name="crash.yaml")
+""",
+        name="crash.yaml",
+    )
     sweep_dir, out = run(capsys, str(sweep), "--trials", "3", "--study", "crashy")
     study = load(sweep_dir, "crashy")
     assert len(study.trials) == 3 and all(t.state != RUNNING for t in study.trials)
@@ -129,7 +142,9 @@ first_trial: {model.lr: -1.0}
 
 def test_each_trial_is_a_wandb_run_grouped_by_study_with_its_parameters(capsys, toy_experiment: Path) -> None:
     sweep = write_sweep(toy_experiment.parent)
-    sweep_dir, _ = run(capsys, str(sweep), "--trials", "2", "--study", "wb-study", "cv.folds=0", "logger.wandb.mode=offline")
+    sweep_dir, _ = run(
+        capsys, str(sweep), "--trials", "2", "--study", "wb-study", "cv.folds=0", "logger.wandb.mode=offline"
+    )
     study = load(sweep_dir, "wb-study")
     assert [t.state for t in study.trials] == [COMPLETE, PRUNED]
     records = []
@@ -146,8 +161,11 @@ def test_each_trial_is_a_wandb_run_grouped_by_study_with_its_parameters(capsys, 
 
 def test_bad_sweeps_fail_with_the_closest_name(capsys, toy_experiment: Path) -> None:
     folder = toy_experiment.parent
-    bad_key = write_sweep(folder, TOY_SWEEP.replace("model.lr:", "model.lrr:").replace("{model.lr: 0.05,", "{model.lrr: 0.05,"),
-                          name="bad_key.yaml")
+    bad_key = write_sweep(
+        folder,
+        TOY_SWEEP.replace("model.lr:", "model.lrr:").replace("{model.lr: 0.05,", "{model.lrr: 0.05,"),
+        name="bad_key.yaml",
+    )
     _, out = run(capsys, str(bad_key), expect=2)
     assert "Did you mean `model.lr`" in out
     _, out = run(capsys, "avq/tabel2", expect=2)
@@ -155,12 +173,33 @@ def test_bad_sweeps_fail_with_the_closest_name(capsys, toy_experiment: Path) -> 
     _, out = run(capsys, str(write_sweep(folder)), "model.lr=0.1", expect=2)
     assert "searches `model.lr`" in out
     with pytest.raises(ConfigError, match="outside its search space"):
-        load_sweep(str(write_sweep(folder, TOY_SWEEP.replace("{model.lr: 0.05,", "{model.lr: 0.3,"), name="bad_first.yaml")))
+        load_sweep(
+            str(
+                write_sweep(
+                    folder, TOY_SWEEP.replace("{model.lr: 0.05,", "{model.lr: 0.3,"), name="bad_first.yaml"
+                )
+            )
+        )
     with pytest.raises(ConfigError, match=r"Did you mean `n_startup_trials`"):
-        load_sweep(str(write_sweep(folder, TOY_SWEEP.replace("n_startup_trials: 1", "n_startup_trial: 1"), name="bad_pruner.yaml")))
+        load_sweep(
+            str(
+                write_sweep(
+                    folder,
+                    TOY_SWEEP.replace("n_startup_trials: 1", "n_startup_trial: 1"),
+                    name="bad_pruner.yaml",
+                )
+            )
+        )
     with pytest.raises(ConfigError, match=r"`first_trial\.seed` is not a searched parameter"):
-        load_sweep(str(write_sweep(folder, TOY_SWEEP.replace("data.batch_size: 16}", "data.batch_size: 16, seed: 1}"),
-                                   name="bad_first_key.yaml")))
+        load_sweep(
+            str(
+                write_sweep(
+                    folder,
+                    TOY_SWEEP.replace("data.batch_size: 16}", "data.batch_size: 16, seed: 1}"),
+                    name="bad_first_key.yaml",
+                )
+            )
+        )
 
 
 def test_keys_inside_lists_and_shared_values(toy_experiment: Path) -> None:
@@ -168,14 +207,22 @@ def test_keys_inside_lists_and_shared_values(toy_experiment: Path) -> None:
 
     from avlab.sweep import param_overrides
 
-    spec = load_sweep(str(write_sweep(toy_experiment.parent, """
+    spec = load_sweep(
+        str(
+            write_sweep(
+                toy_experiment.parent,
+                """
 experiment: toy.yaml
 objective: {metric: val/loss}
 overrides: ["logger.wandb.tags=[a, b]"]
 params:
   tag: {type: categorical, choices: [x, y], keys: [logger.wandb.tags.1]}
   lr: {type: float, low: 0.01, high: 0.1, log: true, keys: [model.lr]}
-""", name="lists.yaml")))
+""",
+                name="lists.yaml",
+            )
+        )
+    )
     base = check_space(spec, [])
     overrides = param_overrides(OmegaConf.to_container(base), spec.params, {"tag": "y", "lr": 0.02})
     assert overrides == ["model.lr=0.02", 'logger.wandb.tags=["a", "y"]']
@@ -208,12 +255,18 @@ def test_every_packaged_sweep_fits_its_experiment() -> None:
         spec = load_sweep(name)
         check_space(spec, [])  # every key exists in the experiment, and every value type fits
         if name != "avq/table2":
-            assert set(spec.first_trial) == set(spec.params), f"{name}: the paper's values are the first trial"
+            assert set(spec.first_trial) == set(spec.params), (
+                f"{name}: the paper's values are the first trial"
+            )
 
 
 def test_table2_is_the_papers_search_space() -> None:
     spec = load_sweep("avq/table2")
-    assert spec.experiment == "avq/attentive_fusion" and spec.metric == "val/loss" and spec.direction == "minimize"
+    assert (
+        spec.experiment == "avq/attentive_fusion"
+        and spec.metric == "val/loss"
+        and spec.direction == "minimize"
+    )
     assert spec.aggregate == "mean" and "cv.folds=5" in spec.overrides
     space = {name: (p.type, p.args) for name, p in spec.params.items()}
     assert space == {
@@ -228,9 +281,15 @@ def test_table2_is_the_papers_search_space() -> None:
         "model.net.n_layers_a2v": ("int", {"low": 1, "high": 5}),
         "model.net.n_layers_v2a": ("int", {"low": 1, "high": 5}),
     }
-    assert spec.first_trial == {"model.net.n_layers": 1, "model.lam": 0.6, "model.net.activation": "gelu",
-                                "model.net.num_heads": 4, "model.net.d_ff": 512, "model.net.n_layers_a2v": 1,
-                                "model.net.n_layers_v2a": 1}
+    assert spec.first_trial == {
+        "model.net.n_layers": 1,
+        "model.lam": 0.6,
+        "model.net.activation": "gelu",
+        "model.net.num_heads": 4,
+        "model.net.d_ff": 512,
+        "model.net.n_layers_a2v": 1,
+        "model.net.n_layers_v2a": 1,
+    }
 
 
 # --------------------------------------------------------------------------- subprocesses
@@ -241,9 +300,18 @@ def _env() -> dict[str, str]:
 
 
 def test_ctrl_c_leaves_the_study_consistent_and_exits_130(toy_experiment: Path, tmp_path: Path) -> None:
-    sweep = write_sweep(toy_experiment.parent, TOY_SWEEP.replace("overrides: [cv.folds=2]", "overrides: [trainer.max_epochs=5000]"))
-    proc = subprocess.Popen([sys.executable, "-m", "avlab.cli", "sweep", str(sweep), "--trials", "3", "--pruner", "none"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=_env())
+    sweep = write_sweep(
+        toy_experiment.parent,
+        TOY_SWEEP.replace("overrides: [cv.folds=2]", "overrides: [trainer.max_epochs=5000]"),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "avlab.cli", "sweep", str(sweep), "--trials", "3", "--pruner", "none"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env=_env(),
+    )
     lines = []
     deadline = time.monotonic() + 120
     assert proc.stdout is not None
@@ -265,15 +333,26 @@ def test_ctrl_c_leaves_the_study_consistent_and_exits_130(toy_experiment: Path, 
 
 
 @pytest.mark.ddp
-def test_sweep_under_ddp_runs_one_trial_at_a_time_sampled_on_rank_0(toy_experiment: Path, tmp_path: Path) -> None:
+def test_sweep_under_ddp_runs_one_trial_at_a_time_sampled_on_rank_0(
+    toy_experiment: Path, tmp_path: Path
+) -> None:
     # Data built beforehand: both ranks would otherwise write the toy demo file at once.
     sys.path.insert(0, str(TESTS))
     from toy_task import ToyDataModule
 
     data = ToyDataModule.build_demo(tmp_path / "toy-data")
-    sweep = write_sweep(toy_experiment.parent, TOY_SWEEP.replace("choices: [0.05, 0.002, 0.001]", "choices: [0.05, 0.002, -1.0]"))
-    ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", f"data.root={data}", "trainer.max_epochs=2",
-           "cv.folds=0"]
+    sweep = write_sweep(
+        toy_experiment.parent,
+        TOY_SWEEP.replace("choices: [0.05, 0.002, 0.001]", "choices: [0.05, 0.002, -1.0]"),
+    )
+    ddp = [
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        f"data.root={data}",
+        "trainer.max_epochs=2",
+        "cv.folds=0",
+    ]
     # The study exists already, with three queued trials, so the outcomes are known: the good
     # learning rate completes, a negative one crashes on both ranks, a slow one is pruned.
     sweep_dir = toy_experiment.parent / "runs" / "sweeps" / "ddp"
@@ -282,27 +361,49 @@ def test_sweep_under_ddp_runs_one_trial_at_a_time_sampled_on_rank_0(toy_experime
     study = optuna.create_study(study_name="ddp", storage=storage)
     for lr in (0.05, -1.0, 0.002):
         study.enqueue_trial({"model.lr": lr, "data.batch_size": 16})
-    proc = subprocess.run([sys.executable, "-m", "avlab.cli", "sweep", str(sweep), "--study", "ddp", "--trials", "3", *ddp], check=False,
-                          capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=400)
+    proc = subprocess.run(
+        [sys.executable, "-m", "avlab.cli", "sweep", str(sweep), "--study", "ddp", "--trials", "3", *ddp],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(),
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trials = load(sweep_dir, "ddp").trials
-    assert [t.state for t in trials] == [COMPLETE, FAIL, PRUNED], [(t.state, t.user_attrs.get("error")) for t in trials]
+    assert [t.state for t in trials] == [COMPLETE, FAIL, PRUNED], [
+        (t.state, t.user_attrs.get("error")) for t in trials
+    ]
     assert "Invalid learning rate" in trials[1].user_attrs["error"]
     # The pruning decision reached both ranks: rank 0 reported per-epoch values and check_pruned() raised.
     assert trials[2].intermediate_values == {0: pytest.approx(trials[2].value)}
     assert sorted(trials[0].intermediate_values) == [0, 1]
     # Both ranks wrote into the trial's run directory under the sweep, none into one of its own.
-    assert sorted(p.name for p in (sweep_dir / "trials").iterdir()) == ["trial-0000", "trial-0001", "trial-0002"]
-    assert not list((toy_experiment.parent / "runs").glob("toy/*")), "a rank made a run directory outside the sweep"
+    assert sorted(p.name for p in (sweep_dir / "trials").iterdir()) == [
+        "trial-0000",
+        "trial-0001",
+        "trial-0002",
+    ]
+    assert not list((toy_experiment.parent / "runs").glob("toy/*")), (
+        "a rank made a run directory outside the sweep"
+    )
 
 
 def test_the_objective_is_read_at_the_epoch_of_the_best_checkpoint() -> None:
     from avlab.runner import ValidationHistory
 
     history = ValidationHistory()
-    history.epochs = [{"val/loss": 0.9, "val/cc": 0.1, "train/loss": 1.0}, {"val/loss": 0.4, "val/cc": 0.3},
-                      {"val/loss": 0.4, "val/cc": 0.5}, {"val/loss": 0.7, "val/cc": 0.6}]
+    history.epochs = [
+        {"val/loss": 0.9, "val/cc": 0.1, "train/loss": 1.0},
+        {"val/loss": 0.4, "val/cc": 0.3},
+        {"val/loss": 0.4, "val/cc": 0.5},
+        {"val/loss": 0.7, "val/cc": 0.6},
+    ]
     # The first epoch with the best monitored value, as ModelCheckpoint keeps it; val/ keys only.
     assert history.selected("val/loss", "min") == {"val/loss": 0.4, "val/cc": 0.3}
     assert history.selected("val/cc", "max") == {"val/loss": 0.7, "val/cc": 0.6}
-    assert history.selected("val/missing", "min") == {"val/loss": 0.7, "val/cc": 0.6}  # not logged: last epoch
+    assert history.selected("val/missing", "min") == {
+        "val/loss": 0.7,
+        "val/cc": 0.6,
+    }  # not logged: last epoch

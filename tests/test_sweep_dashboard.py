@@ -59,8 +59,12 @@ def _start_dashboard(storage: str, deadline: float) -> tuple[subprocess.Popen, s
     last = ""
     for _ in range(5):
         port = _free_port()
-        proc = subprocess.Popen([sys.executable, "-c", SERVER, storage, str(port), str(CHILD_LIFETIME_S)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SERVER, storage, str(port), str(CHILD_LIFETIME_S)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         base = f"http://127.0.0.1:{port}"
         while time.monotonic() < deadline and proc.poll() is None:
             try:
@@ -79,8 +83,12 @@ def _start_dashboard(storage: str, deadline: float) -> tuple[subprocess.Popen, s
 def test_a_sweeps_storage_opens_in_optuna_dashboard(capsys, toy_experiment: Path) -> None:
     sweep = toy_experiment.parent / "dash.yaml"
     sweep.write_text(SWEEP)
-    assert cli.main(["sweep", str(sweep), "--trials", "2", "--study", "dash", "cv.folds=0",
-                     "trainer.max_epochs=2"]) == 0
+    assert (
+        cli.main(
+            ["sweep", str(sweep), "--trials", "2", "--study", "dash", "cv.folds=0", "trainer.max_epochs=2"]
+        )
+        == 0
+    )
     capsys.readouterr()
     sweep_dir = toy_experiment.parent / "runs" / "sweeps" / "dash"
     storage = f"sqlite:///{sweep_dir / 'study.db'}"

@@ -27,20 +27,27 @@ URL_ENV = "AVLAB_TEST_POSTGRES_URL"
 
 def _missing(reason: str) -> None:
     if os.environ.get("CI"):
-        pytest.fail(f"PostgreSQL is required in CI: {reason}. `.ci/run` installs it (apt-get install -y postgresql).")
+        pytest.fail(
+            f"PostgreSQL is required in CI: {reason}. `.ci/run` installs it (apt-get install -y postgresql)."
+        )
     pytest.skip(f"PostgreSQL not available: {reason} (apt-get install -y postgresql)")
 
 
 def _pg_bin() -> Path | None:
     """Folder of initdb/pg_ctl: Debian keeps them off PATH, under /usr/lib/postgresql/VERSION/bin."""
     try:
-        listing = subprocess.run(["dpkg", "-L", "postgresql-15"], check=False, capture_output=True, text=True, timeout=30).stdout
+        listing = subprocess.run(
+            ["dpkg", "-L", "postgresql-15"], check=False, capture_output=True, text=True, timeout=30
+        ).stdout
         for line in listing.splitlines():
             if line.endswith("/bin/initdb"):
                 return Path(line).parent
     except (OSError, subprocess.TimeoutExpired):
         pass
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+    )
     if found:
         return found[-1].parent
     on_path = shutil.which("initdb")
@@ -85,16 +92,41 @@ def postgres_url() -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(root, user="postgres", group="postgres")
     port = _free_port()
-    subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]),
-                   check=True, capture_output=True, timeout=120)
-    subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
-                                 f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"]),
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        _as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    subprocess.run(
+        _as_postgres(
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     try:
         yield _create_database(f"postgresql://postgres@127.0.0.1:{port}/postgres")
     finally:
-        subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                       check=False, capture_output=True, timeout=120)
+        subprocess.run(
+            _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+            check=False,
+            capture_output=True,
+            timeout=120,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -111,15 +143,31 @@ first_trial: {model.lr: 0.05, data.batch_size: 16}
 
 
 def test_two_workers_share_one_study_without_losing_or_duplicating_trials(
-        postgres_url: str, toy_experiment: Path, tmp_path: Path) -> None:
+    postgres_url: str, toy_experiment: Path, tmp_path: Path
+) -> None:
     sweep = toy_experiment.parent / "pg_sweep.yaml"
     sweep.write_text(SWEEP)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("AVLAB_RUN_DIR", None)
-    cmd = [sys.executable, "-m", "avlab.cli", "sweep", str(sweep), "--storage", postgres_url, "--study", "shared",
-           "--trials", "3"]
-    workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env)
-               for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "avlab.cli",
+        "sweep",
+        str(sweep),
+        "--storage",
+        postgres_url,
+        "--study",
+        "shared",
+        "--trials",
+        "3",
+    ]
+    workers = [
+        subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env
+        )
+        for _ in range(2)
+    ]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     for w, out in zip(workers, outputs, strict=True):
         assert w.returncode == 0, out[-4000:]

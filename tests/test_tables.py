@@ -9,16 +9,21 @@ from pathlib import Path
 
 import pytest
 import yaml
-from avlab.datamodules.yt8m import YT8MDataModule
 
 from avlab import cli
 from avlab.config import find_experiment, list_experiments, load_experiment
+from avlab.datamodules.yt8m import YT8MDataModule
 from avlab.tables import config_hash, list_tables, load_table
 from avlab.tables.build import find_finished_run, plan
 
 #: Tiny and fast: one epoch of 32-wide models on the tiny demo (the test table adds data.root).
-SMALL = ["trainer.accelerator=cpu", "trainer.max_epochs=1", "data.batch_size=32", "model.net.hidden=32",
-         "callbacks.progress_bar=none"]
+SMALL = [
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "data.batch_size=32",
+    "model.net.hidden=32",
+    "callbacks.progress_bar=none",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +37,14 @@ def small_table(tmp_path: Path, tiny: Path) -> Path:
     spec = yaml.safe_load((Path(load_table("yt8m/table1").path)).read_text())
     spec["task"] = "yt8m"
     spec["rows"] = [r for r in spec["rows"] if r["experiment"] in ("yt8m/fc_audio", "yt8m/attend_fusion")]
-    spec["rows"].append({"name": "Paper only", "experiment": None, "source": "Table 1, row X",
-                         "paper": {"gap": 12.5, "f1": 10.0, "params": 1.0}})
+    spec["rows"].append(
+        {
+            "name": "Paper only",
+            "experiment": None,
+            "source": "Table 1, row X",
+            "paper": {"gap": 12.5, "f1": 10.0, "params": 1.0},
+        }
+    )
     spec["overrides"] = [*SMALL, f"data.root={tiny}"]
     spec["columns"][2]["params_overrides"] = ["model.net.hidden=64"]  # counted at a width of its own
     path = tmp_path / "small_table.yaml"
@@ -80,20 +91,40 @@ def test_yt8m_table1_holds_the_papers_fifteen_rows() -> None:
 
 def test_tables_share_a_run_when_rows_resolve_to_the_same_config(tmp_path: Path) -> None:
     # AVRSP's full model is the last row of Table III and of Table V: one run serves both.
-    full = [next(r for r in plan(load_table(name), runs_root=tmp_path) if r.row.experiment == experiment)
-            for name, experiment in (("saliency/table3", "saliency/ablation_fusion_ravf"),
-                                     ("saliency/table5", "saliency/ablation_fusion_ravf"))]
+    full = [
+        next(r for r in plan(load_table(name), runs_root=tmp_path) if r.row.experiment == experiment)
+        for name, experiment in (
+            ("saliency/table3", "saliency/ablation_fusion_ravf"),
+            ("saliency/table5", "saliency/ablation_fusion_ravf"),
+        )
+    ]
     assert full[0].config_hash == full[1].config_hash
 
 
 def test_avq_table1_rows_and_columns() -> None:
     table = load_table("avq/table1")
     assert [r.experiment.removeprefix("avq/") for r in table.rows] == [
-        "weighted_product", "weighted_product_fitted", "", "svr_2f", "svr_3f", "svr_7f", "svr_8f",
-        "simple_fusion", "ca_fusion", "recursive_fusion", "attentive_fusion"]
+        "weighted_product",
+        "weighted_product_fitted",
+        "",
+        "svr_2f",
+        "svr_3f",
+        "svr_7f",
+        "svr_8f",
+        "simple_fusion",
+        "ca_fusion",
+        "recursive_fusion",
+        "attentive_fusion",
+    ]
     assert [c.key for c in table.columns][:3] == ["test/plcc", "test/srcc", "test/rmse"]
-    assert table.rows[-1].paper == {"plcc": 0.97, "srcc": 0.96, "rmse": 0.22, "sjtu_plcc": 0.92,
-                                    "sjtu_srcc": 0.92, "sjtu_rmse": 0.44}
+    assert table.rows[-1].paper == {
+        "plcc": 0.97,
+        "srcc": 0.96,
+        "rmse": 0.22,
+        "sjtu_plcc": 0.92,
+        "sjtu_srcc": 0.92,
+        "sjtu_rmse": 0.44,
+    }
 
 
 def test_unknown_table_and_bad_keys_fail_before_running(capsys, tmp_path: Path) -> None:
@@ -139,7 +170,8 @@ def test_dry_run_then_run_then_reuse(capsys, monkeypatch, small_table: Path, tmp
 
     cfg = load_experiment("yt8m/fc_audio", [*SMALL, "model.net.hidden=64"])
     assert float(rows["yt8m/fc_audio"]["params_avlab"]) == pytest.approx(
-        count_trainable_parameters(instantiate(cfg.model.net)) * 1e-6)
+        count_trainable_parameters(instantiate(cfg.model.net)) * 1e-6
+    )
     assert "| FC Audio |" in (out_dir / "table.md").read_text().replace("Baseline Models | ", "")
 
     # Second call: every row is reused, nothing is trained, and it takes seconds. With W&B on
@@ -163,16 +195,30 @@ def test_dry_run_then_run_then_reuse(capsys, monkeypatch, small_table: Path, tmp
         assert {r["status"] for r in csv.DictReader(fh)} == {"reuse", "missing"}
 
     # A different resolved config is not reused; where runs and logs go does not count.
-    assert cli.main(["table", str(small_table), "--runs", str(runs), "--dry-run", "seed=7",
-                     "logger.wandb.mode=offline"]) == 0
+    assert (
+        cli.main(
+            [
+                "table",
+                str(small_table),
+                "--runs",
+                str(runs),
+                "--dry-run",
+                "seed=7",
+                "logger.wandb.mode=offline",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.count(": run\n") == 2
 
 
-def test_config_hash_reads_run_directories_and_ignores_where_output_goes(toy_experiment: Path, tmp_path: Path,
-                                                                          capsys) -> None:
+def test_config_hash_reads_run_directories_and_ignores_where_output_goes(
+    toy_experiment: Path, tmp_path: Path, capsys
+) -> None:
     cfg = load_experiment(str(toy_experiment))
-    moved = load_experiment(str(toy_experiment), [f"run.root={tmp_path / 'elsewhere'}",
-                                                  "logger.wandb.mode=offline"])
+    moved = load_experiment(
+        str(toy_experiment), [f"run.root={tmp_path / 'elsewhere'}", "logger.wandb.mode=offline"]
+    )
     assert config_hash(cfg) == config_hash(moved)
     assert config_hash(cfg) != config_hash(load_experiment(str(toy_experiment), ["model.lr=0.01"]))
     assert cli.main(["train", str(toy_experiment)]) == 0
@@ -204,8 +250,9 @@ def test_demo_data_is_recognised_wherever_data_root_points(tmp_path: Path) -> No
 
 def test_a_failing_row_is_reported_and_the_others_are_kept(capsys, small_table: Path, tmp_path: Path) -> None:
     spec = yaml.safe_load(small_table.read_text())
-    spec["rows"] = spec["rows"][:1] + [dict(spec["rows"][1], name="Broken",
-                                            overrides=["data.train_pattern=video/nothing*.tfrecord"])]
+    spec["rows"] = spec["rows"][:1] + [
+        dict(spec["rows"][1], name="Broken", overrides=["data.train_pattern=video/nothing*.tfrecord"])
+    ]
     path = tmp_path / "broken_table.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     runs = tmp_path / "runs"
@@ -221,25 +268,38 @@ def test_a_failing_row_is_reported_and_the_others_are_kept(capsys, small_table: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "experiment", "overrides"), [
-    ("avq/table1", "avq/simple_fusion", ["data.holdout_sources=1", "trainer.max_epochs=2"]),
-    ("saliency/table5", "saliency/ablation_fusion_ravf", ["trainer.max_epochs=1"]),
-    ("unqa/table9", "unqa/regressor_mlp", []),
-])
-def test_one_row_of_each_task_table_on_tiny_demo_data(capsys, tmp_path: Path, name: str, experiment: str,
-                                                       overrides: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("name", "experiment", "overrides"),
+    [
+        ("avq/table1", "avq/simple_fusion", ["data.holdout_sources=1", "trainer.max_epochs=2"]),
+        ("saliency/table5", "saliency/ablation_fusion_ravf", ["trainer.max_epochs=1"]),
+        ("unqa/table9", "unqa/regressor_mlp", []),
+    ],
+)
+def test_one_row_of_each_task_table_on_tiny_demo_data(
+    capsys, tmp_path: Path, name: str, experiment: str, overrides: list[str]
+) -> None:
     """The packaged table's demo overlay, columns and metric keys work for every task, end to end."""
     table = load_table(name)
     spec = yaml.safe_load(table.path.read_text())
     spec["task"] = table.task
     spec["rows"] = [r for r in spec["rows"] if r["experiment"] == experiment]
     local = table.path.parent
-    spec["demo_overlay"] = [str(local / f"{o}.yaml") if (local / f"{o}.yaml").is_file() else o
-                            for o in spec.get("demo_overlay") or []]
+    spec["demo_overlay"] = [
+        str(local / f"{o}.yaml") if (local / f"{o}.yaml").is_file() else o
+        for o in spec.get("demo_overlay") or []
+    ]
     path = tmp_path / "one_row.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    args = ["table", str(path), "--runs", str(tmp_path / "runs"), "data.demo_size=tiny",
-            "callbacks.progress_bar=none", *overrides]
+    args = [
+        "table",
+        str(path),
+        "--runs",
+        str(tmp_path / "runs"),
+        "data.demo_size=tiny",
+        "callbacks.progress_bar=none",
+        *overrides,
+    ]
     assert cli.main(args) == 0
     with open(tmp_path / "runs" / "tables" / table.task / "one_row" / "table.csv") as fh:
         (row,) = list(csv.DictReader(fh))

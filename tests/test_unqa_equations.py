@@ -21,7 +21,9 @@ def _block_mean(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 def _spatial_reference(sp: SpatialExtractor, img: torch.Tensor) -> torch.Tensor:
     """Eq. (1)-(6) written out; the ConvNeXt V2 stages are the backbone's own modules."""
-    x = (img - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (img - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    ).view(1, 3, 1, 1)
     x = sp.backbone.stem(x)
     maps = []
     for i, stage in enumerate(sp.backbone.stages):
@@ -56,7 +58,9 @@ def _spatial_reference(sp: SpatialExtractor, img: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("use_mhsa", [True, False])
 def test_spatial_extractor_matches_equations_1_to_6(use_mhsa: bool) -> None:
     torch.manual_seed(0)
-    sp = SpatialExtractor("convnextv2_atto", stages=(1, 2, 3), attn_dim=64, num_heads=4, use_mhsa=use_mhsa).eval()
+    sp = SpatialExtractor(
+        "convnextv2_atto", stages=(1, 2, 3), attn_dim=64, num_heads=4, use_mhsa=use_mhsa
+    ).eval()
     frames = torch.rand(2, 3, 3, 64, 64)  # [B, T, 3, H, W]
     with torch.no_grad():
         got = sp(frames)
@@ -68,8 +72,12 @@ def test_spatial_extractor_matches_equations_1_to_6(use_mhsa: bool) -> None:
 
 def test_regressors_follow_equation_8() -> None:
     torch.manual_seed(0)
-    net = UNQANet(SpatialExtractor("convnextv2_atto", attn_dim=32, num_heads=4),
-                  MotionExtractor(depths=(1, 1, 1, 1), width=16), AudioExtractor(dim=16, num_heads=2), hidden=8).eval()
+    net = UNQANet(
+        SpatialExtractor("convnextv2_atto", attn_dim=32, num_heads=4),
+        MotionExtractor(depths=(1, 1, 1, 1), width=16),
+        AudioExtractor(dim=16, num_heads=2),
+        hidden=8,
+    ).eval()
     ds, dm, da = net.dims["s"], net.dims["m"], net.dims["a"]
     feats = {"s": torch.randn(3, ds), "m": torch.randn(3, dm), "a": torch.randn(3, da)}
     order = {"audio": ["a"], "image": ["s"], "video": ["s", "m"], "av": ["s", "m", "a"]}  # eq. (8)
@@ -98,4 +106,7 @@ def test_paper_size_parameter_count_matches_table_iv() -> None:
     # the reading that matters: a full-width MHSA (attn_dim = 1120) would give 58.97M
     with torch.device("meta"):
         wide = SpatialExtractor(cfg.model.net.spatial.backbone, num_heads=8)
-    assert sum(p.numel() for p in wide.parameters()) - sum(p.numel() for p in net.spatial.parameters()) > 6_000_000
+    assert (
+        sum(p.numel() for p in wide.parameters()) - sum(p.numel() for p in net.spatial.parameters())
+        > 6_000_000
+    )

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from avlab.datamodules.unqa import MediaLoader, UNQADataModule
 from scipy.stats import spearmanr
 
+from avlab.datamodules.unqa import MediaLoader, UNQADataModule
 from avlab.demo.unqa import build_unqa_demo
 from avlab.metrics.rank import mae_rank_loss
 from avlab.models.unqa import SpatialExtractor, UNQANet
@@ -28,7 +28,9 @@ def koniq_images() -> tuple[torch.Tensor, torch.Tensor]:
     """The 128 KonIQ-format demo images (8 photos x (pristine + JPEG/blur/noise at 5 levels)) as 32-px
     native-resolution crops, the CPU-scale inputs of ``unqa/_base``, with their MOS mapped to [0, 1]."""
     root = build_unqa_demo(cache_dir() / "demo" / "unqa-koniq" / "small", size="small", databases=["koniq"])
-    dm = UNQADataModule(root=str(root), databases=KONIQ, spatial_sampling="native", image_size=32, batch_size=16)
+    dm = UNQADataModule(
+        root=str(root), databases=KONIQ, spatial_sampling="native", image_size=32, batch_size=16
+    )
     dm.setup("fit")
     x = torch.stack([dm.load_item(int(u))["frames"] for u in dm.table["uid"]])
     y = torch.tensor(dm.table["mos_norm"].to_numpy(), dtype=torch.float32)
@@ -54,7 +56,12 @@ def _fit(x: torch.Tensor, y: torch.Tensor, stages: list[int], steps: int, seed: 
         if step % 20 == 0:
             net.eval()
             with torch.no_grad():
-                pred = torch.cat([net.database_score(net.extract(frames=x[i:i + 30]), "koniq") for i in range(0, len(x), 30)])
+                pred = torch.cat(
+                    [
+                        net.database_score(net.extract(frames=x[i : i + 30]), "koniq")
+                        for i in range(0, len(x), 30)
+                    ]
+                )
             net.train()
             curve.append(float(spearmanr(pred.numpy(), y.numpy()).statistic))
             if curve[-1] > 0.95:
@@ -101,7 +108,7 @@ def test_std_pooling_needs_a_last_map_larger_than_one_pixel() -> None:
     for stages, dead in (([1, 2, 3], True), ([0, 1, 2], False)):
         ext = SpatialExtractor("convnextv2_atto", stages=stages).eval()
         with torch.no_grad():
-            sigma = ext(x)[:, ext.channels:]
+            sigma = ext(x)[:, ext.channels :]
         assert bool((sigma == 0).all()) is dead, stages
 
 
@@ -115,7 +122,9 @@ def test_native_crops_keep_pixel_scale_and_fragments_cover_the_image() -> None:
     for i in range(4):
         for j in range(4):
             top, left = i * 24 + (24 - 8) // 2, j * 32 + (32 - 8) // 2
-            torch.testing.assert_close(frag[..., i * 8:(i + 1) * 8, j * 8:(j + 1) * 8], img[..., top:top + 8, left:left + 8])
+            torch.testing.assert_close(
+                frag[..., i * 8 : (i + 1) * 8, j * 8 : (j + 1) * 8], img[..., top : top + 8, left : left + 8]
+            )
     resized = MediaLoader(image_size=32, resize_short=32, spatial_sampling="resize").spatial(img)
     assert resized.shape == native.shape == frag.shape == (1, 3, 32, 32)
 
@@ -135,8 +144,18 @@ def test_demo_run_learns_every_modality_on_three_splits(tmp_path: Path, capsys) 
 
     from avlab import cli
 
-    assert cli.main(["train", "unqa/unqa_demo", "splits.repeats=3", "logger.wandb.mode=disabled",
-                     f"run.root={tmp_path}"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "unqa/unqa_demo",
+                "splits.repeats=3",
+                "logger.wandb.mode=disabled",
+                f"run.root={tmp_path}",
+            ]
+        )
+        == 0
+    )
     run = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("run directory: "))
     folds = pd.read_csv(run / "folds.csv")
     assert len(folds) == 3

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from avlab.datamodules.unqa import UNQADataModule, detect_modality
-from avlab.datamodules.unqa_readers import parse_databases, read_database
 
 from avlab import cli
+from avlab.datamodules.unqa import UNQADataModule, detect_modality
+from avlab.datamodules.unqa_readers import parse_databases, read_database
 from avlab.demo.unqa import DEMO_DATABASES
 from avlab.errors import ConfigError, DataError
 from avlab.paths import cache_dir
@@ -68,8 +68,12 @@ def test_mos_outside_declared_range(demo_copy: Path) -> None:
     text[3] = f"{vid},7.5"
     path.write_text("\n".join(text) + "\n")
     problems = _problems(demo_copy, "konvid")
-    assert problems == [("database `konvid` (KoNViD_1k_mos.csv row 4): MOS 7.5 is outside the declared range [1, 5] "
-                         "(data.databases.konvid.mos_range)")]
+    assert problems == [
+        (
+            "database `konvid` (KoNViD_1k_mos.csv row 4): MOS 7.5 is outside the declared range [1, 5] "
+            "(data.databases.konvid.mos_range)"
+        )
+    ]
 
 
 def test_duplicate_rows(demo_copy: Path) -> None:
@@ -91,13 +95,17 @@ def test_unsupported_modality_and_unknown_format() -> None:
     with pytest.raises(ConfigError, match=r"needs `mos_range"):
         parse_databases({"m": {"format": "manifest", "modality": "audio"}})
     # Dropping a database is a config edit.
-    assert [s.name for s in parse_databases({**DEMO_DATABASES, "clive": None})] == [n for n in DEMO_DATABASES if n != "clive"]
+    assert [s.name for s in parse_databases({**DEMO_DATABASES, "clive": None})] == [
+        n for n in DEMO_DATABASES if n != "clive"
+    ]
 
 
 def test_setup_raises_all_problems_and_data_check_reports(demo_copy: Path, capsys) -> None:
     (demo_copy / "TCD-VoIP" / "Test Set" / "echo").rename(demo_copy / "TCD-VoIP" / "echo_moved")
     dm = UNQADataModule(root=str(demo_copy))
-    with pytest.raises(DataError, match=r"(?s)4 problem\(s\).*database `tcd_voip` \(Subjective Test Scores.xlsx row \d+\)"):
+    with pytest.raises(
+        DataError, match=r"(?s)4 problem\(s\).*database `tcd_voip` \(Subjective Test Scores.xlsx row \d+\)"
+    ):
         dm.setup("fit")
     assert cli.main(["data", "check", "unqa/unqa_demo", f"data.root={demo_copy}"]) == 1
     out = capsys.readouterr().out
@@ -133,6 +141,26 @@ def test_detect_modality(tmp_path: Path) -> None:
     video = next((root / "KoNViD-1k" / "KoNViD_1k_videos").iterdir())
     wav = next((root / "NOIZEUS" / "wav").iterdir())
     av = tmp_path / "av.mp4"
-    run_ffmpeg(["-v", "error", "-i", str(video), "-i", str(wav), "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac",
-                "-shortest", "-y", str(av)], what="muxing a test AV file")
+    run_ffmpeg(
+        [
+            "-v",
+            "error",
+            "-i",
+            str(video),
+            "-i",
+            str(wav),
+            "-map",
+            "0:v",
+            "-map",
+            "1:a",
+            "-c:v",
+            "copy",
+            "-c:a",
+            "aac",
+            "-shortest",
+            "-y",
+            str(av),
+        ],
+        what="muxing a test AV file",
+    )
     assert [detect_modality(p) for p in (image, video, wav, av)] == ["image", "video", "audio", "av"]

@@ -8,6 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+
 from avlab.callbacks.task_sampling import TaskSampler, WeightedTaskSampling
 
 MODS = ["audio", "image", "video"]

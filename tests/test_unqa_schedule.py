@@ -14,25 +14,47 @@ from avlab.callbacks.unqa_schedule import ThreeStepSchedule
 from avlab.lightningmodules.unqa import UNQAModule
 from avlab.models.unqa import SpatialExtractor, UNQANet
 
-STEPS = [{"name": "database_heads", "epochs": 3, "heads": "database", "loss": "mae_rank",
-          "train": ["spatial", "database_heads"], "lr": 1.0e-3},
-         {"name": "modality_heads", "epochs": 1, "heads": "modality", "loss": "srcc",
-          "train": ["spatial", "modality_heads"], "lr": 1.0e-3}]
+STEPS = [
+    {
+        "name": "database_heads",
+        "epochs": 3,
+        "heads": "database",
+        "loss": "mae_rank",
+        "train": ["spatial", "database_heads"],
+        "lr": 1.0e-3,
+    },
+    {
+        "name": "modality_heads",
+        "epochs": 1,
+        "heads": "modality",
+        "loss": "srcc",
+        "train": ["spatial", "modality_heads"],
+        "lr": 1.0e-3,
+    },
+]
 
 
 def _spatial(module: UNQAModule) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in module.net.spatial.state_dict().items()}
 
 
-def _run(carry_best: bool, monkeypatch: pytest.MonkeyPatch,
-         resume: bool = False) -> tuple[UNQAModule, list[dict[str, torch.Tensor]], Any]:
+def _run(
+    carry_best: bool, monkeypatch: pytest.MonkeyPatch, resume: bool = False
+) -> tuple[UNQAModule, list[dict[str, torch.Tensor]], Any]:
     torch.manual_seed(0)
-    module = UNQAModule(UNQANet(spatial=SpatialExtractor("convnextv2_atto", stages=[0, 1, 2])),
-                        databases={"koniq": {"format": "koniq10k", "path": "KonIQ-10k"}})
+    module = UNQAModule(
+        UNQANet(spatial=SpatialExtractor("convnextv2_atto", stages=[0, 1, 2])),
+        databases={"koniq": {"format": "koniq10k", "path": "KonIQ-10k"}},
+    )
     monkeypatch.setattr(module, "log", lambda *a, **k: None)  # no Trainer to log to
     schedule = ThreeStepSchedule(STEPS, carry_best=carry_best)
-    trainer = SimpleNamespace(sanity_checking=False, current_epoch=0, callback_metrics={}, max_epochs=4,
-                              strategy=SimpleNamespace(setup_optimizers=lambda trainer: None))
+    trainer = SimpleNamespace(
+        sanity_checking=False,
+        current_epoch=0,
+        callback_metrics={},
+        max_epochs=4,
+        strategy=SimpleNamespace(setup_optimizers=lambda trainer: None),
+    )
     schedule.setup(trainer, module, "fit")
     snapshots = []
     for epoch, val_srcc in enumerate([0.2, 0.7, 0.4]):  # epoch 1 is step one's best
@@ -54,8 +76,9 @@ def _run(carry_best: bool, monkeypatch: pytest.MonkeyPatch,
 
 
 @pytest.mark.parametrize("resume", [False, True])
-def test_carry_best_starts_the_next_step_from_the_best_validation_epoch(monkeypatch: pytest.MonkeyPatch,
-                                                                        resume: bool) -> None:
+def test_carry_best_starts_the_next_step_from_the_best_validation_epoch(
+    monkeypatch: pytest.MonkeyPatch, resume: bool
+) -> None:
     module, snapshots, schedule = _run(True, monkeypatch, resume)
     assert module.step_index == 1
     for key, value in _spatial(module).items():
@@ -64,7 +87,8 @@ def test_carry_best_starts_the_next_step_from_the_best_validation_epoch(monkeypa
 
 
 def test_without_carry_best_the_next_step_continues_from_the_last_epoch(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     module, snapshots, schedule = _run(False, monkeypatch)
     for key, value in _spatial(module).items():
         torch.testing.assert_close(value, snapshots[2][key], msg=key)

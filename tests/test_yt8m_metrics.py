@@ -133,8 +133,13 @@ def reference_metrics(preds, labels, k=20, tie_average=True, threshold=0.5):
     tp = (pred_pos & (labels > 0)).sum()
     fp = (pred_pos & (labels == 0)).sum()
     fn = (~pred_pos & (labels > 0)).sum()
-    return {"gap": gap, "hit_at_1": hit1, "perr": perr, "map": float(np.mean(aps)) if aps else 0.0,
-            "f1": 2 * tp / (2 * tp + fp + fn)}
+    return {
+        "gap": gap,
+        "hit_at_1": hit1,
+        "perr": perr,
+        "map": float(np.mean(aps)) if aps else 0.0,
+        "f1": 2 * tp / (2 * tp + fp + fn),
+    }
 
 
 def official_perr_no_ties(preds, labels):
@@ -199,7 +204,9 @@ def test_tie_average_is_mean_of_official_shuffles():
                 pos += 1
                 ap += pos / (i + 1) / npos
         draws.append(ap)
-    assert np.mean(draws) == pytest.approx(tie_averaged_ap_loop(preds, acts, npos), abs=3 * np.std(draws) / 20 + 1e-3)
+    assert np.mean(draws) == pytest.approx(
+        tie_averaged_ap_loop(preds, acts, npos), abs=3 * np.std(draws) / 20 + 1e-3
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -262,8 +269,11 @@ def test_state_is_bounded_per_video_and_does_not_grow_with_classes():
             p = torch.rand(64, c, generator=rng)
             y = (torch.rand(64, c, generator=rng) < 0.01).long()
             m.update(p, y)
-        per_video = sum(t.numel() * t.element_size() for name in ("topk_scores", "topk_classes", "topk_hits")
-                        for t in getattr(m, name))
+        per_video = sum(
+            t.numel() * t.element_size()
+            for name in ("topk_scores", "topk_classes", "topk_hits")
+            for t in getattr(m, name)
+        )
         sizes[c] = per_video
         assert all(t.shape == (64, 20) for t in m.topk_scores)
     assert sizes[50] == sizes[5000] == 3 * 64 * 20 * (4 + 4 + 1)

@@ -38,8 +38,9 @@ def _net(experiment: str, *overrides: str) -> YT8MModel:
 @pytest.mark.parametrize("dims", [(1024, 128), (2048, 256)], ids=["mf", "mf_std"])
 def test_forward_shapes_and_backward(experiment, dims):
     torch.manual_seed(0)
-    model = _net(experiment, f"model.net.visual_dim={dims[0]}", f"model.net.audio_dim={dims[1]}",
-                 "data.num_classes=37")
+    model = _net(
+        experiment, f"model.net.visual_dim={dims[0]}", f"model.net.audio_dim={dims[1]}", "data.num_classes=37"
+    )
     assert isinstance(model, YT8MModel)
     rgb, audio = torch.randn(5, dims[0]), torch.randn(5, dims[1])
     logits = model(rgb, audio)
@@ -99,7 +100,12 @@ def test_attention_block_size_is_a_transformer_layer():
         ours = AttentionBlock(2048, 8, 2048)
         cross = AttentionBlock(2048, 8, 2048, cross=True)
         ref = nn.TransformerEncoderLayer(2048, 8, dim_feedforward=2048)
-    assert count_trainable_parameters(ours) == count_trainable_parameters(cross) == count_trainable_parameters(ref) == 25_186_304
+    assert (
+        count_trainable_parameters(ours)
+        == count_trainable_parameters(cross)
+        == count_trainable_parameters(ref)
+        == 25_186_304
+    )
 
 
 def _linear(i: int, o: int) -> int:
@@ -131,8 +137,14 @@ def test_parameter_table_matches_paper_under_its_setup():
     for r in checked:
         assert abs(r["deviation"]) <= r["tolerance"], r
     # the rest are reported; still keep the paper's ordering and the "80% smaller" claim
-    assert rows["attend_fusion"]["params"] < rows["audio_visual_attention"]["params"] < rows["self_cross_modal_attention"]["params"]
-    assert rows["attend_fusion"]["params"] / rows["fc_late_fusion"]["params"] == pytest.approx(72 / 341, abs=0.01)
+    assert (
+        rows["attend_fusion"]["params"]
+        < rows["audio_visual_attention"]["params"]
+        < rows["self_cross_modal_attention"]["params"]
+    )
+    assert rows["attend_fusion"]["params"] / rows["fc_late_fusion"]["params"] == pytest.approx(
+        72 / 341, abs=0.01
+    )
     assert rows["fc_residual_late_fusion"]["params"] == rows["fc_late_fusion"]["params"]
     assert rows["fc_residual_gated_early_fusion"]["params"] == rows["fc_residual_early_fusion"]["params"]
 

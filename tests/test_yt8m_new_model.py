@@ -69,8 +69,13 @@ def test_a_new_model_is_one_file_and_one_config(tmp_path: Path, tiny: Path, caps
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     config = str(student / "gated_sum.yaml")
-    common = ["logger.wandb.mode=disabled", "trainer.accelerator=cpu", "data.batch_size=32", f"data.root={tiny}",
-              f"run.root={tmp_path / 'runs'}"]
+    common = [
+        "logger.wandb.mode=disabled",
+        "trainer.accelerator=cpu",
+        "data.batch_size=32",
+        f"data.root={tiny}",
+        f"run.root={tmp_path / 'runs'}",
+    ]
 
     # An untrained checkpoint's metrics (0 epochs) are the bar the trained model must clear.
     assert cli.main(["train", config, *common, "trainer.max_epochs=0"]) == 0
@@ -80,8 +85,9 @@ def test_a_new_model_is_one_file_and_one_config(tmp_path: Path, tiny: Path, caps
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("test/gap", "test/hit_at_1", "test/perr", "test/map", "test/f1", "test/loss"):
         assert key in metrics and metrics[key] == metrics[key], key
-    assert metrics["test/loss"] < untrained["test/loss"] and metrics["test/gap"] > untrained["test/gap"] + 0.1, (
-        metrics, untrained)
+    assert (
+        metrics["test/loss"] < untrained["test/loss"] and metrics["test/gap"] > untrained["test/gap"] + 0.1
+    ), (metrics, untrained)
     assert (run_dir / "per_class_ap.csv").is_file() and (run_dir / "plots" / "per_class_ap.png").is_file()
     resolved = (run_dir / "config.yaml").read_text()
     assert "GatedSum" in resolved
@@ -94,8 +100,19 @@ def test_a_new_model_is_one_file_and_one_config(tmp_path: Path, tiny: Path, caps
 
     # And it predicts: the Kaggle CSV from its checkpoint.
     sub = tmp_path / "submission.csv"
-    assert cli.main(["predict", config, *common, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-                     f"input={tiny / 'video' / 'test*.tfrecord'}", f"output={sub}"]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                config,
+                *common,
+                f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                f"input={tiny / 'video' / 'test*.tfrecord'}",
+                f"output={sub}",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     rows = list(csv.reader(sub.open()))
     assert rows[0] == ["VideoId", "LabelConfidencePairs"] and len(rows) == 1 + 64

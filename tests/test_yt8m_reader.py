@@ -31,11 +31,15 @@ def video_record(vid, labels, rgb=None, audio=None, key="id", rng=None):
     rng = rng or np.random.default_rng(0)
     rgb = rng.normal(size=1024).astype(np.float32) if rgb is None else rgb
     audio = rng.normal(size=128).astype(np.float32) if audio is None else audio
-    return encode_example({key: [vid.encode()], "labels": ("int64", labels), "mean_rgb": rgb, "mean_audio": audio})
+    return encode_example(
+        {key: [vid.encode()], "labels": ("int64", labels), "mean_rgb": rgb, "mean_audio": audio}
+    )
 
 
 def frame_record(vid, labels, q_rgb, q_audio, key="id"):
-    return encode_sequence_example({key: [vid.encode()], "labels": ("int64", labels)}, {"rgb": q_rgb, "audio": q_audio})
+    return encode_sequence_example(
+        {key: [vid.encode()], "labels": ("int64", labels)}, {"rgb": q_rgb, "audio": q_audio}
+    )
 
 
 def write_shard(path, records):
@@ -70,14 +74,25 @@ def test_our_files_read_with_the_pypi_tfrecord_reader(demo):
     import tfrecord
 
     path = demo / "video" / "train0000.tfrecord"
-    theirs = list(tfrecord.tfrecord_loader(str(path), None, {"id": "byte", "labels": "int", "mean_rgb": "float"}))
+    theirs = list(
+        tfrecord.tfrecord_loader(str(path), None, {"id": "byte", "labels": "int", "mean_rgb": "float"})
+    )
     ours = [parse_example(d) for _, d in iter_records(path)]
     assert len(theirs) == len(ours) > 0
     for t, o in zip(theirs, ours):
         assert bytes(t["id"]) == o["id"][0]
         assert np.array_equal(t["labels"], o["labels"])
         assert np.array_equal(t["mean_rgb"], o["mean_rgb"])
-    ctx, seq = next(iter(tfrecord.tfrecord_loader(str(demo / "frame" / "train0000.tfrecord"), None, {"id": "byte"}, sequence_description={"rgb": "byte"})))
+    _ctx, seq = next(
+        iter(
+            tfrecord.tfrecord_loader(
+                str(demo / "frame" / "train0000.tfrecord"),
+                None,
+                {"id": "byte"},
+                sequence_description={"rgb": "byte"},
+            )
+        )
+    )
     frames = np.stack([np.frombuffer(bytes(f), np.uint8) for f in seq["rgb"]])
     assert frames.shape[1] == 1024
 
@@ -87,12 +102,17 @@ def test_video_level_round_trip(tmp_path):
     rgbs = rng.normal(size=(4, 1024)).astype(np.float32)
     auds = rng.normal(size=(4, 128)).astype(np.float32)
     labels = [[0], [5, 3861], [], [7, 7]]
-    write_shard(tmp_path / "train0000.tfrecord", [video_record(f"v{i}", labels[i], rgbs[i], auds[i]) for i in range(4)])
+    write_shard(
+        tmp_path / "train0000.tfrecord",
+        [video_record(f"v{i}", labels[i], rgbs[i], auds[i]) for i in range(4)],
+    )
     samples = read_all(YT8MRecordDataset([tmp_path / "train0000.tfrecord"], num_classes=3862))
     assert [s["video_id"] for s in samples] == ["v0", "v1", "v2", "v3"]
     for i, s in enumerate(samples):
         assert s["rgb"].dtype == torch.float32 and s["rgb"].shape == (1024,)
-        assert torch.equal(s["rgb"], torch.from_numpy(rgbs[i])) and torch.equal(s["audio"], torch.from_numpy(auds[i]))
+        assert torch.equal(s["rgb"], torch.from_numpy(rgbs[i])) and torch.equal(
+            s["audio"], torch.from_numpy(auds[i])
+        )
         assert s["labels"].shape == (3862,)
         assert sorted(torch.nonzero(s["labels"]).flatten().tolist()) == sorted(set(labels[i]))
         assert split_record_key(s["index"]) == (0, i)
@@ -122,19 +142,25 @@ def test_frame_level_mf_and_mf_std(tmp_path):
     assert mf["rgb"].shape == (1024,) and mf["audio"].shape == (128,)
     assert ms["rgb"].shape == (2048,) and ms["audio"].shape == (256,)
     assert np.allclose(mf["rgb"].numpy(), deq_rgb.mean(0), atol=1e-6)
-    assert np.allclose(ms["rgb"].numpy(), np.concatenate([deq_rgb.mean(0), deq_rgb.std(0)]), atol=1e-6)  # ddof=0
+    assert np.allclose(
+        ms["rgb"].numpy(), np.concatenate([deq_rgb.mean(0), deq_rgb.std(0)]), atol=1e-6
+    )  # ddof=0
     assert np.allclose(ms["audio"].numpy(), np.concatenate([deq_aud.mean(0), deq_aud.std(0)]), atol=1e-6)
     (capped,) = read_all(YT8MRecordDataset([tmp_path / "f.tfrecord"], schema="frame", max_frames=2))
     assert np.allclose(capped["rgb"].numpy(), deq_rgb[:2].mean(0), atol=1e-6)
 
 
 def test_frame_means_reproduce_the_video_level_means(demo):
-    vid = {s["video_id"]: s for s in read_all(YT8MRecordDataset(resolve_split(demo, "video/validate*.tfrecord")))}
+    vid = {
+        s["video_id"]: s for s in read_all(YT8MRecordDataset(resolve_split(demo, "video/validate*.tfrecord")))
+    }
     frm = read_all(YT8MRecordDataset(resolve_split(demo, "frame/validate*.tfrecord"), schema="frame"))
     assert len(frm) == len(vid) > 0
     for s in frm:
         v = vid[s["video_id"]]
-        assert torch.allclose(s["rgb"], v["rgb"], atol=1e-6) and torch.allclose(s["audio"], v["audio"], atol=1e-6)
+        assert torch.allclose(s["rgb"], v["rgb"], atol=1e-6) and torch.allclose(
+            s["audio"], v["audio"], atol=1e-6
+        )
         assert torch.equal(s["labels"], v["labels"])
 
 
@@ -213,13 +239,20 @@ def test_wrong_width_is_an_error(tmp_path):
         read_all(YT8MRecordDataset([tmp_path / "v.tfrecord"]))
     q = np.zeros((3, 1000), np.uint8)
     write_shard(tmp_path / "f.tfrecord", [frame_record("b", [1], q, np.zeros((3, 128), np.uint8))])
-    with pytest.raises(DataError, match=r"f.tfrecord: record 0 .*'rgb': frame 0 has 1000 bytes, expected 1024"):
+    with pytest.raises(
+        DataError, match=r"f.tfrecord: record 0 .*'rgb': frame 0 has 1000 bytes, expected 1024"
+    ):
         read_all(YT8MRecordDataset([tmp_path / "f.tfrecord"], schema="frame"))
 
 
 def test_label_out_of_range_names_file_record_and_label(tmp_path):
-    write_shard(tmp_path / "train0000.tfrecord", [video_record("ok", [1]), video_record("bad", [4000], key="video_id")])
-    with pytest.raises(DataError, match=r"train0000.tfrecord: record 1 .*'bad': label 4000 .*data.num_classes=3862"):
+    write_shard(
+        tmp_path / "train0000.tfrecord",
+        [video_record("ok", [1]), video_record("bad", [4000], key="video_id")],
+    )
+    with pytest.raises(
+        DataError, match=r"train0000.tfrecord: record 1 .*'bad': label 4000 .*data.num_classes=3862"
+    ):
         read_all(YT8MRecordDataset([tmp_path / "train0000.tfrecord"], num_classes=3862))
 
 
@@ -231,7 +264,9 @@ def test_empty_split_names_the_glob(tmp_path):
 
 
 def test_missing_id_is_explained(tmp_path):
-    write_shard(tmp_path / "v.tfrecord", [encode_example({"labels": [1], "mean_rgb": np.zeros(1024, np.float32)})])
+    write_shard(
+        tmp_path / "v.tfrecord", [encode_example({"labels": [1], "mean_rgb": np.zeros(1024, np.float32)})]
+    )
     with pytest.raises(DataError, match="'id' \\(2018 data\\) or 'video_id' \\(2017 data\\)"):
         read_all(YT8MRecordDataset([tmp_path / "v.tfrecord"]))
 
@@ -241,7 +276,13 @@ def _shards(tmp_path, n_shards, per_shard):
     paths = []
     for k in range(n_shards):
         p = tmp_path / f"train{k:04d}.tfrecord"
-        write_shard(p, [video_record(f"s{k}r{i}", [k]) for i in range(per_shard[k] if isinstance(per_shard, list) else per_shard)])
+        write_shard(
+            p,
+            [
+                video_record(f"s{k}r{i}", [k])
+                for i in range(per_shard[k] if isinstance(per_shard, list) else per_shard)
+            ],
+        )
         paths.append(p)
     return paths
 
@@ -285,7 +326,12 @@ def test_balanced_batches_per_rank_for_ddp_training(tmp_path):
 # ----------------------------------------------------------------------------- vocabulary + demo
 def test_vocabulary_and_demo_layout(demo):
     vocab = read_vocabulary(demo / "vocabulary.csv")
-    assert len(vocab) == 3862 and list(vocab.columns)[:4] == ["Index", "TrainVideoCount", "KnowledgeGraphId", "Name"]
+    assert len(vocab) == 3862 and list(vocab.columns)[:4] == [
+        "Index",
+        "TrainVideoCount",
+        "KnowledgeGraphId",
+        "Name",
+    ]
     info = json.loads((demo / "demo_info.json").read_text())
     kinds = {c["kind"] for c in info["active_classes"]}
     assert kinds == {"seen", "heard", "both"} and info["active_classes"][-1]["index"] == 3861
@@ -322,7 +368,9 @@ def test_demo_is_deterministic_idempotent_and_has_2017_variant(tmp_path, demo):
 
 # ----------------------------------------------------------------------------- feature cache
 def test_feature_cache_equals_the_records_and_shards_exactly_once(tmp_path, demo):
-    records = YT8MRecordDataset(resolve_split(demo, "frame/train*.tfrecord"), schema="frame", features="mf_std")
+    records = YT8MRecordDataset(
+        resolve_split(demo, "frame/train*.tfrecord"), schema="frame", features="mf_std"
+    )
     cache = build_feature_cache(records, tmp_path / "cache")
     want = {s["video_id"]: s for s in records}
     got = list(YT8MFeatureCacheDataset(cache))
@@ -330,7 +378,11 @@ def test_feature_cache_equals_the_records_and_shards_exactly_once(tmp_path, demo
     for s in got:
         w = want[s["video_id"]]
         assert s["index"] == w["index"] and s["rgb"].shape == (2048,) and s["audio"].shape == (256,)
-        assert torch.equal(s["rgb"], w["rgb"]) and torch.equal(s["audio"], w["audio"]) and torch.equal(s["labels"], w["labels"])
+        assert (
+            torch.equal(s["rgb"], w["rgb"])
+            and torch.equal(s["audio"], w["audio"])
+            and torch.equal(s["labels"], w["labels"])
+        )
     seen = []
     for rank in range(2):
         ds = YT8MFeatureCacheDataset(cache, rank=rank, world_size=2, shuffle=True, block=16)

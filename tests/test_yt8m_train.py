@@ -25,8 +25,13 @@ from avlab.metrics.yt8m import YT8MMetrics
 from avlab.models.yt8m.fc_residual import FCResidualGatedLateFusion
 from avlab.models.yt8m.params import yt8m_experiments
 
-SMALL = ["logger.wandb.mode=disabled", "trainer.accelerator=cpu", "trainer.max_epochs=1", "data.batch_size=32",
-         "model.net.hidden=32"]
+SMALL = [
+    "logger.wandb.mode=disabled",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "data.batch_size=32",
+    "model.net.hidden=32",
+]
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +65,24 @@ def test_loss_is_sum_over_classes_mean_over_batch():
 
 
 def test_train_test_predict_attend_fusion(capsys, tiny: Path, tmp_path: Path):
-    run_dir, out = _train(capsys, "yt8m/attend_fusion", f"data.root={tiny}", f"run.root={tmp_path}", "model.net.num_heads=2",
-                          "model.lr=1e-3")
+    run_dir, _out = _train(
+        capsys,
+        "yt8m/attend_fusion",
+        f"data.root={tiny}",
+        f"run.root={tmp_path}",
+        "model.net.num_heads=2",
+        "model.lr=1e-3",
+    )
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("test/gap", "test/hit_at_1", "test/perr", "test/map", "test/f1", "test/f1_macro", "test/loss"):
+    for key in (
+        "test/gap",
+        "test/hit_at_1",
+        "test/perr",
+        "test/map",
+        "test/f1",
+        "test/f1_macro",
+        "test/loss",
+    ):
         assert key in metrics and metrics[key] == metrics[key]  # present and not NaN
     assert 0.0 <= metrics["test/gap"] <= 1.0
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -72,9 +91,22 @@ def test_train_test_predict_attend_fusion(capsys, tiny: Path, tmp_path: Path):
     assert (run_dir / "plots" / "per_class_ap.png").stat().st_size > 0
     # Kaggle submission from the trained checkpoint
     sub = tmp_path / "submission.csv"
-    assert cli.main(["predict", "yt8m/attend_fusion", *SMALL, "model.net.num_heads=2", f"data.root={tiny}",
-                     f"run.root={tmp_path}", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-                     f"input={tiny / 'video' / 'test*.tfrecord'}", f"output={sub}"]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                "yt8m/attend_fusion",
+                *SMALL,
+                "model.net.num_heads=2",
+                f"data.root={tiny}",
+                f"run.root={tmp_path}",
+                f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                f"input={tiny / 'video' / 'test*.tfrecord'}",
+                f"output={sub}",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     rows = list(csv.reader(sub.open()))
     assert rows[0] == ["VideoId", "LabelConfidencePairs"]
@@ -86,14 +118,31 @@ def test_train_test_predict_attend_fusion(capsys, tiny: Path, tmp_path: Path):
 
 
 def test_train_baseline_on_frame_level_mf_std(capsys, tiny: Path, tmp_path: Path):
-    run_dir, _ = _train(capsys, "yt8m/fc_late_fusion", f"data.root={tiny}", f"run.root={tmp_path}", "data.schema=frame",
-                        "data.features=mf_std", "model.net.visual_dim=2048", "model.net.audio_dim=256")
+    run_dir, _ = _train(
+        capsys,
+        "yt8m/fc_late_fusion",
+        f"data.root={tiny}",
+        f"run.root={tmp_path}",
+        "data.schema=frame",
+        "data.features=mf_std",
+        "model.net.visual_dim=2048",
+        "model.net.audio_dim=256",
+    )
     assert "test/gap" in json.loads((run_dir / "metrics.json").read_text())
 
 
 def test_feature_width_mismatch_is_a_clear_error(capsys, tiny: Path, tmp_path: Path):
-    code = cli.main(["train", "yt8m/fc_audio", *SMALL, f"data.root={tiny}", f"run.root={tmp_path}",
-                     "data.schema=frame", "data.features=mf_std"])
+    code = cli.main(
+        [
+            "train",
+            "yt8m/fc_audio",
+            *SMALL,
+            f"data.root={tiny}",
+            f"run.root={tmp_path}",
+            "data.schema=frame",
+            "data.features=mf_std",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "model.net.visual_dim" in err and "2048" in err
 
@@ -143,7 +192,9 @@ torch.distributed.destroy_process_group()
 
 @pytest.mark.ddp
 def test_ddp_evaluation_reads_each_record_once_and_matches_single_process(tiny: Path, tmp_path: Path):
-    paths = [str(p) for p in resolve_split(tiny, "video/validate*.tfrecord")] + [str(p) for p in resolve_split(tiny, "video/test*.tfrecord")]
+    paths = [str(p) for p in resolve_split(tiny, "video/validate*.tfrecord")] + [
+        str(p) for p in resolve_split(tiny, "video/test*.tfrecord")
+    ]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -151,7 +202,13 @@ def test_ddp_evaluation_reads_each_record_once_and_matches_single_process(tiny: 
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _DDP_WORKER, json.dumps(paths), str(out)],
-            env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+            env={
+                **os.environ,
+                "RANK": str(r),
+                "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            },
         )
         for r in range(2)
     ]
@@ -166,7 +223,9 @@ def test_ddp_evaluation_reads_each_record_once_and_matches_single_process(tiny: 
         x = torch.cat([batch["rgb"], batch["audio"]], 1)
         metric.update(torch.sigmoid(x @ weight * 0.1), batch["labels"])
         ids += batch["video_id"]
-    assert sorted(result["ids"]) == sorted(ids) and len(set(ids)) == len(ids) == 128  # 2 ranks x 2 workers, once each
+    assert (
+        sorted(result["ids"]) == sorted(ids) and len(set(ids)) == len(ids) == 128
+    )  # 2 ranks x 2 workers, once each
     for key, value in metric.compute().items():
         assert result["metrics"][key] == pytest.approx(float(value), abs=1e-6), key
 
@@ -175,8 +234,19 @@ def test_attend_fusion_beats_both_single_modality_ablations_on_gap(capsys, tmp_p
     """On the (small) demo data some labels can only be seen and others only heard."""
     gap = {}
     for name in ("attend_fusion", "attend_fusion_audio_only", "attend_fusion_visual_only"):
-        assert cli.main(["train", f"yt8m/{name}", "--overlay", "yt8m/_cpu", "logger.wandb.mode=disabled",
-                         f"run.root={tmp_path}"]) == 0
+        assert (
+            cli.main(
+                [
+                    "train",
+                    f"yt8m/{name}",
+                    "--overlay",
+                    "yt8m/_cpu",
+                    "logger.wandb.mode=disabled",
+                    f"run.root={tmp_path}",
+                ]
+            )
+            == 0
+        )
         run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("run directory: "))
         gap[name] = json.loads((run_dir / "metrics.json").read_text())["test/gap"]
     assert gap["attend_fusion"] > gap["attend_fusion_audio_only"] + 0.05, gap

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from avlab.datamodules.base import AvlabDataModule
-from avlab.lightningmodules.base import AvlabModule
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from avlab.datamodules.base import AvlabDataModule
 from avlab.errors import DataError
+from avlab.lightningmodules.base import AvlabModule
 from avlab.rundir import atomic_path
 
 
@@ -32,7 +32,9 @@ class ToyDataModule(AvlabDataModule):
     task = "toy"
     supported_protocols = ("fold",)
 
-    def __init__(self, root: str | None = None, n: int = 96, dim: int = 4, batch_size: int = 16, noise: float = 0.05) -> None:
+    def __init__(
+        self, root: str | None = None, n: int = 96, dim: int = 4, batch_size: int = 16, noise: float = 0.05
+    ) -> None:
         super().__init__(root=root, batch_size=batch_size)
         self.n, self.dim, self.noise = n, dim, noise
 
@@ -41,7 +43,9 @@ class ToyDataModule(AvlabDataModule):
         out_dir.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(0)
         x = rng.normal(size=(96, 4)).astype(np.float32)
-        y = (x @ np.array([1.0, -2.0, 0.5, 0.0], dtype=np.float32) + 0.05 * rng.normal(size=96)).astype(np.float32)
+        y = (x @ np.array([1.0, -2.0, 0.5, 0.0], dtype=np.float32) + 0.05 * rng.normal(size=96)).astype(
+            np.float32
+        )
         # Atomic: under DDP another rank may be reading the file while prepare_data rewrites it.
         with atomic_path(out_dir / "toy.npz") as tmp:
             np.savez(tmp, x=x, y=y)
@@ -66,7 +70,9 @@ class ToyDataModule(AvlabDataModule):
         return pd.DataFrame({"name": [f"row{j}" for j in idx], "y": self.y[idx]}, index=idx)
 
     def _loader(self, part: str, shuffle: bool = False) -> DataLoader:
-        return DataLoader(_Rows(self.x, self.y, self.parts[part]), batch_size=self.batch_size, shuffle=shuffle)
+        return DataLoader(
+            _Rows(self.x, self.y, self.parts[part]), batch_size=self.batch_size, shuffle=shuffle
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
@@ -98,11 +104,17 @@ class ToyModule(AvlabModule):
     def evaluate(self, stage, samples, table):
         # The shared hook's contract, checked on every use: each sample exactly once, in index
         # order (also under DDP), and the sample_table rows aligned with the samples.
-        assert torch.equal(samples["index"], torch.unique(samples["index"])), "duplicate or unordered samples after gathering"
-        assert list(table.index) == samples["index"].tolist(), "sample_table rows not aligned with the samples"
+        assert torch.equal(samples["index"], torch.unique(samples["index"])), (
+            "duplicate or unordered samples after gathering"
+        )
+        assert list(table.index) == samples["index"].tolist(), (
+            "sample_table rows not aligned with the samples"
+        )
         np.testing.assert_array_equal(table["y"].to_numpy(), samples["y"].cpu().numpy())
         rmse = torch.sqrt(torch.mean((samples["pred"] - samples["y"]) ** 2))
-        self.eval_outputs().write_csv(f"predictions_{stage}.csv", table.assign(predicted=samples["pred"].cpu().numpy()))
+        self.eval_outputs().write_csv(
+            f"predictions_{stage}.csv", table.assign(predicted=samples["pred"].cpu().numpy())
+        )
         self.summary_lines = [f"toy: {len(samples['y'])} test samples"]
         return {"rmse": float(rmse), "n": float(len(samples["y"]))}
 

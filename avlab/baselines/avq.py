@@ -81,8 +81,14 @@ class AVQEstimator(ClosedFormEstimator):
 
     name: str = ""
 
-    def evaluate(self, stage: str, samples: dict[str, np.ndarray], table: pd.DataFrame | None,
-                 outputs: EvalOutputs, info: DatasetInfo) -> dict[str, float]:
+    def evaluate(
+        self,
+        stage: str,
+        samples: dict[str, np.ndarray],
+        table: pd.DataFrame | None,
+        outputs: EvalOutputs,
+        info: DatasetInfo,
+    ) -> dict[str, float]:
         from avlab.lightningmodules.avq import evaluate_quality
 
         return evaluate_quality(stage, samples, table, outputs, info, name=self.name)

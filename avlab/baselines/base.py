@@ -34,8 +34,14 @@ class ClosedFormEstimator(ABC):
         """Predictions ``[n]``."""
 
     @abstractmethod
-    def evaluate(self, stage: str, samples: dict[str, np.ndarray], table: pd.DataFrame | None,
-                 outputs: EvalOutputs, info: DatasetInfo) -> dict[str, float]:
+    def evaluate(
+        self,
+        stage: str,
+        samples: dict[str, np.ndarray],
+        table: pd.DataFrame | None,
+        outputs: EvalOutputs,
+        info: DatasetInfo,
+    ) -> dict[str, float]:
         """Metrics of ``samples`` (``index``, ``pred``, ``target``); files go through ``outputs``."""
 
     def describe(self) -> str:

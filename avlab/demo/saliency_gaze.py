@@ -12,8 +12,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SPEAKER_COLOURS", "SPEAKER_F0", "Speakers", "dialogue", "draw_speakers", "plan_speakers",
-           "synthetic_gaze", "two_speaker_gaze"]
+__all__ = [
+    "SPEAKER_COLOURS",
+    "SPEAKER_F0",
+    "Speakers",
+    "dialogue",
+    "draw_speakers",
+    "plan_speakers",
+    "synthetic_gaze",
+    "two_speaker_gaze",
+]
 
 
 def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -38,8 +46,14 @@ def _centre_bias(h: int, w: int) -> np.ndarray:
     return np.exp(-(((xx - (w - 1) / 2) / (w / 4)) ** 2 + ((yy - (h - 1) / 2) / (h / 4)) ** 2) / 2)
 
 
-def _observe(attract: np.ndarray, rng: np.random.Generator, n_observers: int, p_saccade: float,
-             blink: int | None, shift: Callable[[int, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+def _observe(
+    attract: np.ndarray,
+    rng: np.random.Generator,
+    n_observers: int,
+    p_saccade: float,
+    blink: int | None,
+    shift: Callable[[int, np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
     """Observers over attraction maps ``[T, H, W]`` (module docstring) → fixations uint8 ``[T, H, W]``.
 
     ``shift(t, pos) → [n, 2]`` displacements (e.g. following a moving speaker) is applied to the
@@ -77,8 +91,9 @@ def _continuous(fix: np.ndarray) -> np.ndarray:
     return np.where(peak > 0, cont / np.where(peak > 0, peak, 1), 0)
 
 
-def synthetic_gaze(frames: np.ndarray, *, n_observers: int, seed: int,
-                   blink: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_gaze(
+    frames: np.ndarray, *, n_observers: int, seed: int, blink: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The DHF1K part's motion-driven synthetic gaze (module docstring).
 
     Returns ``(fixations uint8 [T, H, W] in {0, 1}, continuous float [T, H, W] in [0, 1])``.
@@ -123,7 +138,7 @@ def plan_speakers(n_frames: int, h: int, w: int, fps: float, rng: np.random.Gene
     who, start = int(rng.integers(2)), 0
     while start < n_frames:
         length = max(1, round(rng.uniform(0.6, 1.4) * fps))
-        speaking[start:start + length] = who
+        speaking[start : start + length] = who
         who, start = 1 - who, start + length
     return Speakers(centres, radius, speaking)
 
@@ -159,8 +174,9 @@ def dialogue(sp: Speakers, fps: float, sr: int, n_samples: int, rng: np.random.G
     return out * 0.1 / (np.sqrt(np.mean(out**2)) + 1e-12)
 
 
-def two_speaker_gaze(frames: np.ndarray, sp: Speakers, *, n_observers: int, rng: np.random.Generator,
-                     blink: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def two_speaker_gaze(
+    frames: np.ndarray, sp: Speakers, *, n_observers: int, rng: np.random.Generator, blink: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The STAViS part's synthetic gaze (module docstring): mostly on whoever speaks.
 
     Returns ``(fixations uint8 [T, H, W] in {0, 1}, continuous float [T, H, W] in [0, 1])``.
@@ -173,8 +189,9 @@ def two_speaker_gaze(frames: np.ndarray, sp: Speakers, *, n_observers: int, rng:
     for t in range(t_n):
         blobs = [np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2)) for cy, cx in sp.centres[t]]
         on, off = blobs[sp.speaking[t]], blobs[1 - sp.speaking[t]]
-        attract[t] = (0.85 * on / on.sum() + 0.05 * off / off.sum()
-                      + 0.10 * background[t] / background[t].sum())
+        attract[t] = (
+            0.85 * on / on.sum() + 0.05 * off / off.sum() + 0.10 * background[t] / background[t].sum()
+        )
 
     def follow(t: int, pos: np.ndarray) -> np.ndarray:
         # an observer within 1.5·r of a speaker moves with it

@@ -70,19 +70,46 @@ SIZES = {
     # speakers, AV sources, video conds, audio rates. 8 photos x (pristine + 3 kinds x 5 levels) = 128 images
     # per image database, so a 7:1:2 split tests ~26 images (12 with 6 photos x 3 levels: too few for a
     # stable SRCC).
-    "small": {"photos": 8, "image_levels": (1, 2, 3, 4, 5), "levels": (1, 2, 3), "video_sources": 6,
-              "frames": 24, "speakers": 6, "av_sources": 4,
-              "av_video": ("QP16", "QP42", "QP50", "QP42_S"), "av_audio": (128, 32, 8)},
-    "tiny": {"photos": 3, "image_levels": (1, 5), "levels": (1, 3), "video_sources": 4, "frames": 16,
-             "speakers": 4, "av_sources": 3,
-             "av_video": ("QP16", "QP50"), "av_audio": (128, 8)},
+    "small": {
+        "photos": 8,
+        "image_levels": (1, 2, 3, 4, 5),
+        "levels": (1, 2, 3),
+        "video_sources": 6,
+        "frames": 24,
+        "speakers": 6,
+        "av_sources": 4,
+        "av_video": ("QP16", "QP42", "QP50", "QP42_S"),
+        "av_audio": (128, 32, 8),
+    },
+    "tiny": {
+        "photos": 3,
+        "image_levels": (1, 5),
+        "levels": (1, 3),
+        "video_sources": 4,
+        "frames": 16,
+        "speakers": 4,
+        "av_sources": 3,
+        "av_video": ("QP16", "QP50"),
+        "av_audio": (128, 8),
+    },
 }
-KONIQ_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field",
-                "motorcycle_left", "motorcycle_right")
+KONIQ_PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "motorcycle_left",
+    "motorcycle_right",
+)
 CLIVE_PHOTOS = ("camera", "coins", "horse", "clock", "brick", "gravel", "grass", "moon")
 #: Image distortion strength per level: JPEG quality, Gaussian blur sigma (px), noise sigma (of 255).
-IMAGE_LEVELS = {"jpeg": {1: 50, 2: 30, 3: 15, 4: 8, 5: 4}, "blur": {1: 0.6, 2: 1.0, 3: 1.6, 4: 2.4, 5: 3.5},
-                "noise": {1: 5, 2: 10, 3: 20, 4: 30, 5: 45}}
+IMAGE_LEVELS = {
+    "jpeg": {1: 50, 2: 30, 3: 15, 4: 8, 5: 4},
+    "blur": {1: 0.6, 2: 1.0, 3: 1.6, 4: 2.4, 5: 3.5},
+    "noise": {1: 5, 2: 10, 3: 20, 4: 30, 5: 45},
+}
 
 
 # --------------------------------------------------------------------------- pseudo-MOS
@@ -93,7 +120,11 @@ def _noise(db: str, stimulus: str) -> float:
 
 def pseudo_mos(q: float, db: str, stimulus: str, lo: float, hi: float) -> float:
     """Map a full-reference quality q ∈ [0, 1] to database ``db``'s scale (formula in the docstring)."""
-    val = lo + (hi - lo) * (0.05 + 0.9 * float(np.clip(q, 0, 1)) ** GAMMA[db]) + 0.03 * (hi - lo) * _noise(db, stimulus)
+    val = (
+        lo
+        + (hi - lo) * (0.05 + 0.9 * float(np.clip(q, 0, 1)) ** GAMMA[db])
+        + 0.03 * (hi - lo) * _noise(db, stimulus)
+    )
     return float(np.clip(val, lo, hi))
 
 
@@ -111,8 +142,12 @@ def _q_audio(ref: np.ndarray, dist: np.ndarray) -> float:
     import librosa
 
     n = min(len(ref), len(dist))
-    a, b = (librosa.power_to_db(librosa.feature.melspectrogram(y=x[:n], sr=SR, n_fft=512, hop_length=160, n_mels=40) + 1e-10)
-            for x in (ref, dist))
+    a, b = (
+        librosa.power_to_db(
+            librosa.feature.melspectrogram(y=x[:n], sr=SR, n_fft=512, hop_length=160, n_mels=40) + 1e-10
+        )
+        for x in (ref, dist)
+    )
     return float(np.exp(-np.mean(np.abs(a - b)) / 15.0))
 
 
@@ -160,11 +195,22 @@ def _image_stimuli(photos: tuple[str, ...], levels: tuple[int, ...], w: int, h: 
     out = []
     for p, name in enumerate(photos):
         ref = _photo(name, w, h)
-        out.append({"photo": name, "kind": "pristine", "level": 0, "pixels": ref, "bytes": None, "q": _q_visual(1.0)})
+        out.append(
+            {"photo": name, "kind": "pristine", "level": 0, "pixels": ref, "bytes": None, "q": _q_visual(1.0)}
+        )
         for kind in ("jpeg", "blur", "noise"):
             for lv in levels:
                 dist, data = _distort_image(ref, kind, lv, seed=1000 * p + lv)
-                out.append({"photo": name, "kind": kind, "level": lv, "pixels": dist, "bytes": data, "q": _q_visual(_ssim(ref, dist))})
+                out.append(
+                    {
+                        "photo": name,
+                        "kind": kind,
+                        "level": lv,
+                        "pixels": dist,
+                        "bytes": data,
+                        "q": _q_visual(_ssim(ref, dist)),
+                    }
+                )
     return out
 
 
@@ -175,13 +221,20 @@ def _save_image(path: Path, st: dict[str, Any]) -> None:
     if st["bytes"] is not None:
         path.write_bytes(st["bytes"])
     else:
-        Image.fromarray(st["pixels"]).save(path, quality=95) if path.suffix.lower() in (".jpg", ".jpeg") else Image.fromarray(st["pixels"]).save(path)
+        Image.fromarray(st["pixels"]).save(path, quality=95) if path.suffix.lower() in (
+            ".jpg",
+            ".jpeg",
+        ) else Image.fromarray(st["pixels"]).save(path)
 
 
 def _build_koniq(out: Path, cfg: dict[str, Any], comps: list[dict[str, Any]]) -> None:
     rows = []
     for i, st in enumerate(_image_stimuli(KONIQ_PHOTOS[: cfg["photos"]], cfg["image_levels"], 128, 96)):
-        name = f"{st['photo']}_{st['kind']}{st['level']}.jpg" if st["bytes"] is not None else f"{st['photo']}_{st['kind']}{st['level']}.png"
+        name = (
+            f"{st['photo']}_{st['kind']}{st['level']}.jpg"
+            if st["bytes"] is not None
+            else f"{st['photo']}_{st['kind']}{st['level']}.png"
+        )
         _save_image(out / "1024x768" / name, st)
         mos = pseudo_mos(st["q"], "koniq", name, 1, 5)
         # 100 simulated ratings around the pseudo-MOS, so c1..c5, MOS and SD are mutually consistent.
@@ -190,8 +243,16 @@ def _build_koniq(out: Path, cfg: dict[str, Any], comps: list[dict[str, Any]]) ->
         counts[int(np.argmax(counts))] += 100 - counts.sum()
         votes = np.repeat(np.arange(1, 6), counts)
         m, sd = float(votes.mean()), float(votes.std())
-        rows.append({"image_name": name, **{f"c{k}": int(counts[k - 1]) for k in range(1, 6)}, "c_total": 100,
-                     "MOS": round(m, 4), "SD": round(sd, 4), "MOS_zscore": round((m - 1) / 4 * 100, 4)})
+        rows.append(
+            {
+                "image_name": name,
+                **{f"c{k}": int(counts[k - 1]) for k in range(1, 6)},
+                "c_total": 100,
+                "MOS": round(m, 4),
+                "SD": round(sd, 4),
+                "MOS_zscore": round((m - 1) / 4 * 100, 4),
+            }
+        )
         comps.append({"database": "koniq", "stimulus": name, "q": st["q"], "mos": m})
     _write_csv(out / "koniq10k_scores_and_distributions.csv", rows)
 
@@ -205,7 +266,11 @@ def _build_clive(out: Path, cfg: dict[str, Any], comps: list[dict[str, Any]]) ->
         _save_image(out / "Images" / "trainingImages" / f"t{t}.bmp", st)
         names.append(f"trainingImages/t{t}.bmp"), mos.append(50.0), std.append(10.0)
     for st in _image_stimuli(CLIVE_PHOTOS[: cfg["photos"]], cfg["image_levels"], 100, 100):
-        name = f"{st['photo']}_{st['kind']}{st['level']}.JPG" if st["bytes"] is not None else f"{st['photo']}_{st['kind']}{st['level']}.bmp"
+        name = (
+            f"{st['photo']}_{st['kind']}{st['level']}.JPG"
+            if st["bytes"] is not None
+            else f"{st['photo']}_{st['kind']}{st['level']}.bmp"
+        )
         _save_image(out / "Images" / name, st)
         names.append(name)
         mos.append(round(pseudo_mos(st["q"], "clive", name, 0, 100), 4))
@@ -234,13 +299,17 @@ def _clip_frames(clip: str, start: int, n: int, w: int, h: int) -> tuple[np.ndar
     nh, nw = max(h, round(x.shape[-2] * s)), max(w, round(x.shape[-1] * s))
     x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
     top, left = (nh - h) // 2, (nw - w) // 2
-    x = x[..., top:top + h, left:left + w].clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()
+    x = x[..., top : top + h, left : left + w].clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()
     return x, float(vr.get_avg_fps())
 
 
 def _video_sources(count: int, frames: int) -> list[tuple[str, str, int]]:
     """(name, clip, start frame) of non-overlapping segments, cycling over the three clips."""
-    clips = [("carphone", "carphone_pristine.mp4", 120), ("bikes", "bikes.mp4", 250), ("bbb", "bigbuckbunny.mp4", 132)]
+    clips = [
+        ("carphone", "carphone_pristine.mp4", 120),
+        ("bikes", "bikes.mp4", 250),
+        ("bbb", "bigbuckbunny.mp4", 132),
+    ]
     out = []
     for i in range(count):
         name, clip, n = clips[i % 3]
@@ -249,14 +318,46 @@ def _video_sources(count: int, frames: int) -> list[tuple[str, str, int]]:
     return out
 
 
-def _encode_h264(frames: np.ndarray, fps: float, out: Path, rate: list[str], work: Path, scale_half: bool = False) -> None:
+def _encode_h264(
+    frames: np.ndarray, fps: float, out: Path, rate: list[str], work: Path, scale_half: bool = False
+) -> None:
     raw = work / f"{out.stem}.rgb"
     raw.write_bytes(np.ascontiguousarray(frames).tobytes())
     h, w = frames.shape[1:3]
     vf = ["-vf", f"scale={w // 2}:{h // 2}:flags=bicubic,scale={w}:{h}:flags=bicubic"] if scale_half else []
-    run_ffmpeg(["-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{fps:.5f}", "-i", str(raw), *vf,
-                "-c:v", "libx264", *rate, "-preset", "medium", "-threads", "1", "-pix_fmt", "yuv420p",
-                "-fflags", "+bitexact", "-map_metadata", "-1", "-y", str(out)], what=f"encoding {out.name}")
+    run_ffmpeg(
+        [
+            "-v",
+            "error",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            f"{w}x{h}",
+            "-r",
+            f"{fps:.5f}",
+            "-i",
+            str(raw),
+            *vf,
+            "-c:v",
+            "libx264",
+            *rate,
+            "-preset",
+            "medium",
+            "-threads",
+            "1",
+            "-pix_fmt",
+            "yuv420p",
+            "-fflags",
+            "+bitexact",
+            "-map_metadata",
+            "-1",
+            "-y",
+            str(out),
+        ],
+        what=f"encoding {out.name}",
+    )
     raw.unlink()
 
 
@@ -281,9 +382,14 @@ def _build_konvid(out: Path, cfg: dict[str, Any], comps: list[dict[str, Any]], w
         ref, fps = _clip_frames(clip, start, cfg["frames"], VW, VH)
         rng = np.random.default_rng(len(rows))
         variants = {
-            "crf23": (ref, ["-crf", "23"]), "crf38": (ref, ["-crf", "38"]), "crf48": (ref, ["-crf", "48"]),
+            "crf23": (ref, ["-crf", "23"]),
+            "crf38": (ref, ["-crf", "38"]),
+            "crf48": (ref, ["-crf", "48"]),
             "blur": (np.stack([_distort_image(f, "blur", 3, 0)[0] for f in ref]), ["-crf", "23"]),
-            "noise": (np.clip(ref.astype(np.float32) + rng.normal(0, 20, ref.shape), 0, 255).astype(np.uint8), ["-crf", "23"]),
+            "noise": (
+                np.clip(ref.astype(np.float32) + rng.normal(0, 20, ref.shape), 0, 255).astype(np.uint8),
+                ["-crf", "23"],
+            ),
         }
         for kind, (frames, rate) in variants.items():
             flickr_id += 1
@@ -292,7 +398,9 @@ def _build_konvid(out: Path, cfg: dict[str, Any], comps: list[dict[str, Any]], w
             q = _video_q(ref, _decode(path))
             mos = round(pseudo_mos(q, "konvid", str(flickr_id), 1, 5), 4)
             rows.append({"flickr_id": flickr_id, "mos": mos})
-            comps.append({"database": "konvid", "stimulus": f"{flickr_id} ({name} {kind})", "q": q, "mos": mos})
+            comps.append(
+                {"database": "konvid", "stimulus": f"{flickr_id} ({name} {kind})", "q": q, "mos": mos}
+            )
     _write_csv(out / "KoNViD_1k_mos.csv", rows)
 
 
@@ -324,13 +432,15 @@ def _at_snr(x: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
     return x + noise * np.sqrt(px / (pn * 10 ** (snr_db / 10)))
 
 
-def _tcd_condition(x: np.ndarray, cond: str, level: int, rng: np.random.Generator, other: np.ndarray) -> np.ndarray:
+def _tcd_condition(
+    x: np.ndarray, cond: str, level: int, rng: np.random.Generator, other: np.ndarray
+) -> np.ndarray:
     if cond == "chop":  # packet loss: 20 ms frames dropped (zeroed) at random
         y, frame = x.copy(), int(0.02 * SR)
         loss = {1: 0.05, 2: 0.15, 3: 0.3}[level]
         for start in range(0, len(y), frame):
             if rng.random() < loss:
-                y[start:start + frame] = 0
+                y[start : start + frame] = 0
         return y
     if cond == "clip":
         t = {1: 0.5, 2: 0.25, 3: 0.1}[level] * np.max(np.abs(x))
@@ -366,8 +476,14 @@ def _build_tcd(out: Path, cfg: dict[str, Any], comps: list[dict[str, Any]]) -> N
             q = _q_audio(ref, _read_wav(out / "Test Set" / cond / fname))
             target = pseudo_mos(q, "tcd_voip", fname, 1, 5)
             votes = np.clip(np.round(np.random.default_rng(n).normal(target, 0.6, 24)), 1, 5).astype(int)
-            rows.append({"Filename": fname, "ConditionID": c_i * 3 + level, "sample MOS": float(votes.mean()),
-                         **{i + 1: int(v) for i, v in enumerate(votes)}})
+            rows.append(
+                {
+                    "Filename": fname,
+                    "ConditionID": c_i * 3 + level,
+                    "sample MOS": float(votes.mean()),
+                    **{i + 1: int(v) for i, v in enumerate(votes)},
+                }
+            )
             comps.append({"database": "tcd_voip", "stimulus": fname, "q": q, "mos": float(votes.mean())})
     with pd.ExcelWriter(out / "Subjective Test Scores.xlsx", engine="openpyxl") as xw:
         pd.DataFrame(rows).to_excel(xw, sheet_name="Subjective Test Scores", index=False)
@@ -381,7 +497,11 @@ def _build_noizeus(out: Path, cfg: dict[str, Any], comps: list[dict[str, Any]]) 
     babble = sum(_speech(300 + k, 1.5) for k in range(4))
     for s, ref in enumerate(sentences):
         _write_wav(out / "clean" / f"sp{s + 1:02d}.wav", ref)
-        for k, (noise_kind, snr) in enumerate([("white", 15), ("babble", 5), ("car", 0), ("white", 5), ("babble", 15)][: 3 + len(cfg["levels"]) - 1]):
+        for k, (noise_kind, snr) in enumerate(
+            [("white", 15), ("babble", 5), ("car", 0), ("white", 5), ("babble", 15)][
+                : 3 + len(cfg["levels"]) - 1
+            ]
+        ):
             rng = np.random.default_rng(1000 * s + k)
             if noise_kind == "white":
                 noise = rng.normal(size=len(ref))
@@ -405,10 +525,27 @@ def _build_noizeus(out: Path, cfg: dict[str, Any], comps: list[dict[str, Any]]) 
 def _aac_roundtrip(x: np.ndarray, kbps: int, work: Path, tag: str) -> np.ndarray:
     src, enc, dec = work / f"{tag}.wav", work / f"{tag}.m4a", work / f"{tag}_dec.wav"
     _write_wav(src, x)
-    run_ffmpeg(["-v", "error", "-i", str(src), "-c:a", "aac", "-b:a", f"{kbps}k", "-fflags", "+bitexact", "-y", str(enc)],
-               what=f"AAC encoding {tag}")
-    run_ffmpeg(["-v", "error", "-i", str(enc), "-ar", str(SR), "-ac", "1", "-c:a", "pcm_s16le", "-y", str(dec)],
-               what=f"AAC decoding {tag}")
+    run_ffmpeg(
+        [
+            "-v",
+            "error",
+            "-i",
+            str(src),
+            "-c:a",
+            "aac",
+            "-b:a",
+            f"{kbps}k",
+            "-fflags",
+            "+bitexact",
+            "-y",
+            str(enc),
+        ],
+        what=f"AAC encoding {tag}",
+    )
+    run_ffmpeg(
+        ["-v", "error", "-i", str(enc), "-ar", str(SR), "-ac", "1", "-c:a", "pcm_s16le", "-y", str(dec)],
+        what=f"AAC decoding {tag}",
+    )
     y = _read_wav(dec)
     out = np.zeros_like(x)
     out[: min(len(x), len(y))] = y[: len(x)]
@@ -419,7 +556,9 @@ def _build_live_sjtu(out: Path, cfg: dict[str, Any], comps: list[dict[str, Any]]
     import scipy.io
 
     out.mkdir(parents=True, exist_ok=True)
-    sources = _video_sources(cfg["av_sources"] + 3, cfg["frames"])[3:]  # other segments than KoNViD's first ones
+    sources = _video_sources(cfg["av_sources"] + 3, cfg["frames"])[
+        3:
+    ]  # other segments than KoNViD's first ones
     mos_l, dis, refs, alln, fnum, frate = [], [], [], [], [], []
     for s_i, (name, clip, start) in enumerate(sources):
         src = f"{name.capitalize()}S{s_i}"
@@ -461,13 +600,25 @@ def _build_live_sjtu(out: Path, cfg: dict[str, Any], comps: list[dict[str, Any]]
             arr[i, :] = r
         return arr
 
-    scipy.io.savemat(out / "MOS.mat", {"MOS": np.array(mos_l)[:, None], "disNames": cells(dis), "refNames": cells(refs),
-                                       "allNames": cells(alln), "frameNum": np.array(fnum, dtype=np.uint8)[:, None],
-                                       "frameRate": np.array(frate)[:, None], "resolution": np.array([[VH, VW]])})
+    scipy.io.savemat(
+        out / "MOS.mat",
+        {
+            "MOS": np.array(mos_l)[:, None],
+            "disNames": cells(dis),
+            "refNames": cells(refs),
+            "allNames": cells(alln),
+            "frameNum": np.array(fnum, dtype=np.uint8)[:, None],
+            "frameRate": np.array(frate)[:, None],
+            "resolution": np.array([[VH, VW]]),
+        },
+    )
 
 
 def _to_yuv(src: Path, out: Path) -> None:
-    run_ffmpeg(["-v", "error", "-i", str(src), "-f", "rawvideo", "-pix_fmt", "yuv420p", "-y", str(out)], what=f"writing {out.name}")
+    run_ffmpeg(
+        ["-v", "error", "-i", str(src), "-f", "rawvideo", "-pix_fmt", "yuv420p", "-y", str(out)],
+        what=f"writing {out.name}",
+    )
 
 
 def _music(seed: int, seconds: float) -> np.ndarray:
@@ -475,7 +626,9 @@ def _music(seed: int, seconds: float) -> np.ndarray:
 
     from avlab.demo.avq import synthesize_soundtrack
 
-    return resample_poly(synthesize_soundtrack("music", int(48000 * seconds), seed).mean(axis=0), 1, 3).astype(np.float32)
+    return resample_poly(
+        synthesize_soundtrack("music", int(48000 * seconds), seed).mean(axis=0), 1, 3
+    ).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- driver
@@ -487,7 +640,9 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         w.writerows(rows)
 
 
-def build_unqa_demo(out_dir: str | Path, *, size: str = "small", databases: Sequence[str] | None = None) -> Path:
+def build_unqa_demo(
+    out_dir: str | Path, *, size: str = "small", databases: Sequence[str] | None = None
+) -> Path:
     """Write the demo databases into ``out_dir`` (idempotent; returns ``out_dir``).
 
     ``small`` (default, ~390 stimuli) or ``tiny`` (for tests, ~100 stimuli). ``databases`` (names
@@ -507,7 +662,9 @@ def build_unqa_demo(out_dir: str | Path, *, size: str = "small", databases: Sequ
         try:
             info = json.loads(info_path.read_text())
             built = info.get("built", list(DEMO_DATABASES))
-            if (info.get("size"), info.get("builder_version")) == (size, BUILDER_VERSION) and set(wanted) <= set(built):
+            if (info.get("size"), info.get("builder_version")) == (size, BUILDER_VERSION) and set(
+                wanted
+            ) <= set(built):
                 return out_dir
         except (OSError, json.JSONDecodeError):
             pass
@@ -529,13 +686,21 @@ def build_unqa_demo(out_dir: str | Path, *, size: str = "small", databases: Sequ
             if name in wanted:
                 builders[name]()
         _write_csv(stage / "pseudo_mos_components.csv", comps)
-        info = {"task": "unqa", "size": size, "builder_version": BUILDER_VERSION, "databases": DEMO_DATABASES,
-                "built": [d for d in DEMO_DATABASES if d in wanted],
-                "pseudo_mos": {"image_video_q": "clip((SSIM - 0.3) / 0.7, 0, 1)", "audio_q": "exp(-LSD_logmel_dB / 15)",
-                               "av_q": "q_v^0.65 * q_a^0.35",
-                               "mos": "lo + (hi - lo) * (0.05 + 0.9 * q^gamma) + N(0, (0.03 (hi - lo))^2), clipped",
-                               "gamma": GAMMA},
-                "note": "pseudo-MOS from full-reference measures, not subjective ratings"}
+        info = {
+            "task": "unqa",
+            "size": size,
+            "builder_version": BUILDER_VERSION,
+            "databases": DEMO_DATABASES,
+            "built": [d for d in DEMO_DATABASES if d in wanted],
+            "pseudo_mos": {
+                "image_video_q": "clip((SSIM - 0.3) / 0.7, 0, 1)",
+                "audio_q": "exp(-LSD_logmel_dB / 15)",
+                "av_q": "q_v^0.65 * q_a^0.35",
+                "mos": "lo + (hi - lo) * (0.05 + 0.9 * q^gamma) + N(0, (0.03 (hi - lo))^2), clipped",
+                "gamma": GAMMA,
+            },
+            "note": "pseudo-MOS from full-reference measures, not subjective ratings",
+        }
         (stage / "demo_info.json").write_text(json.dumps(info, indent=2))
         if out_dir.exists():
             shutil.rmtree(out_dir)

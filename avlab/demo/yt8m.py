@@ -54,10 +54,18 @@ __all__ = ["DEMO_SIZES", "VERSIONS", "build_yt8m_demo"]
 
 #: videos per split, shards per split, frames per video (min, max)
 DEMO_SIZES: dict[str, dict[str, Any]] = {
-    "tiny": {"videos": {"train": 160, "validate": 64, "test": 64}, "shards": {"train": 4, "validate": 2, "test": 2},
-             "frames": (3, 6), "classes": {"seen": 6, "heard": 5, "both": 4}},
-    "small": {"videos": {"train": 2400, "validate": 600, "test": 600}, "shards": {"train": 8, "validate": 4, "test": 4},
-              "frames": (6, 16), "classes": {"seen": 12, "heard": 10, "both": 8}},
+    "tiny": {
+        "videos": {"train": 160, "validate": 64, "test": 64},
+        "shards": {"train": 4, "validate": 2, "test": 2},
+        "frames": (3, 6),
+        "classes": {"seen": 6, "heard": 5, "both": 4},
+    },
+    "small": {
+        "videos": {"train": 2400, "validate": 600, "test": 600},
+        "shards": {"train": 8, "validate": 4, "test": 4},
+        "frames": (6, 16),
+        "classes": {"seen": 12, "heard": 10, "both": 8},
+    },
 }
 VERSIONS: dict[str, dict[str, Any]] = {
     "2018": {"num_classes": 3862, "id_key": "id"},
@@ -72,7 +80,11 @@ _STRENGTH = {"seen": (5.0, 8.0), "heard": (5.0, 8.0), "both": (3.5, 5.5)}  # ‖
 
 def _shard_name(split: str, i: int, version: str) -> str:
     # 2018: train0000 … (4 digits); 2017: traina0, traina1, … (two-character suffixes).
-    return f"{split}{i:04d}.tfrecord" if version == "2018" else f"{split}{'abcdefghij'[i // 10]}{i % 10}.tfrecord"
+    return (
+        f"{split}{i:04d}.tfrecord"
+        if version == "2018"
+        else f"{split}{'abcdefghij'[i // 10]}{i % 10}.tfrecord"
+    )
 
 
 def _quantize(x: np.ndarray) -> np.ndarray:
@@ -119,7 +131,9 @@ def build_yt8m_demo(
         if {k: old.get(k) for k in params} == params:
             return out  # already built with the same arguments
     elif any(out.glob("*/*.tfrecord")):
-        raise DataError(f"{out} already holds TFRecord files that are not avlab demo data; choose an empty folder")
+        raise DataError(
+            f"{out} already holds TFRecord files that are not avlab demo data; choose an empty folder"
+        )
 
     # Rebuilding our own demo (other arguments): remove only what a previous build wrote.
     info_path.unlink(missing_ok=True)
@@ -161,7 +175,8 @@ def build_yt8m_demo(
         shard_of = np.arange(n_videos) % n_shards
         writers = {
             schema: [
-                TFRecordWriter(out / schema / (_shard_name(split, s, version) + ".tmp")) for s in range(n_shards)
+                TFRecordWriter(out / schema / (_shard_name(split, s, version) + ".tmp"))
+                for s in range(n_shards)
             ]
             for schema in ("video", "frame")
         }
@@ -191,7 +206,9 @@ def build_yt8m_demo(
                     )
                 )
                 writers["frame"][shard].write(
-                    encode_sequence_example({id_key: [vid], "labels": ("int64", labels)}, {"rgb": q_rgb, "audio": q_audio})
+                    encode_sequence_example(
+                        {id_key: [vid], "labels": ("int64", labels)}, {"rgb": q_rgb, "audio": q_audio}
+                    )
                 )
         finally:
             for ws in writers.values():
@@ -219,10 +236,15 @@ def build_yt8m_demo(
             "directions) + per-second noise N(0, 0.3²), clipped to [-2, 2] and quantised like the official "
             "extractor; video-level means are the means of the dequantised frames. All splits are labelled."
         ),
-        "noise": {"background_std": _BACKGROUND, "temporal_std": _TEMPORAL, "direction_norm_over_background": _STRENGTH},
+        "noise": {
+            "background_std": _BACKGROUND,
+            "temporal_std": _TEMPORAL,
+            "direction_norm_over_background": _STRENGTH,
+        },
         "frames_per_video": list(spec["frames"]),
         "active_classes": [
-            {"index": int(c), "kind": k, "prior": round(float(p), 6)} for c, k, p in zip(class_index, kinds, prior)
+            {"index": int(c), "kind": k, "prior": round(float(p), 6)}
+            for c, k, p in zip(class_index, kinds, prior)
         ],
         "files": files,
     }
@@ -252,5 +274,7 @@ def _write_vocabulary(
         rows["TrainVideoCount"][c] = int(train_counts[j])
         rows["Name"][c] = f"{kind_name[kind]} {j:02d}"
         rows["Vertical1"][c] = vertical[kind]
-        rows["WikiDescription"][c] = f"Synthetic demo class whose presence is {kind_name[kind].lower()} in the features."
+        rows["WikiDescription"][c] = (
+            f"Synthetic demo class whose presence is {kind_name[kind].lower()} in the features."
+        )
     atomic_write(path, pd.DataFrame(rows).to_csv(index=False))

@@ -73,36 +73,55 @@ class AudioFeatureExtractor(abc.ABC):
         """Settings that determine the output (JSON-able)."""
 
     @abc.abstractmethod
-    def _compute(self, reference: Path, distorted: Path, *, n_units: int,
-                 stimulus: str | None) -> AudioFeatures:
+    def _compute(
+        self, reference: Path, distorted: Path, *, n_units: int, stimulus: str | None
+    ) -> AudioFeatures:
         """Compute the features without caching."""
 
     def cache_inputs(self, reference: Path, distorted: Path, stimulus: str | None) -> list[Path]:
         """Files whose content the result depends on (fingerprinted into the cache key)."""
         return [Path(reference), Path(distorted)]
 
-    def cache_key(self, reference: str | Path, distorted: str | Path, *, n_units: int = 1,
-                  stimulus: str | None = None) -> str:
+    def cache_key(
+        self, reference: str | Path, distorted: str | Path, *, n_units: int = 1, stimulus: str | None = None
+    ) -> str:
         """Feature-cache key of this extractor's result for the pair."""
-        return cache_key(self.name, self.version, {**self.params(), "n_units": int(n_units)},
-                         self.cache_inputs(Path(reference), Path(distorted), stimulus))
+        return cache_key(
+            self.name,
+            self.version,
+            {**self.params(), "n_units": int(n_units)},
+            self.cache_inputs(Path(reference), Path(distorted), stimulus),
+        )
 
     @staticmethod
     def to_arrays(features: AudioFeatures) -> dict[str, np.ndarray]:
         """What the cache stores for a result."""
-        return {"embedding": np.asarray(features.embedding, dtype=np.float32),
-                "quality": np.float64(features.quality)}
+        return {
+            "embedding": np.asarray(features.embedding, dtype=np.float32),
+            "quality": np.float64(features.quality),
+        }
 
-    def provenance(self, reference: Path, distorted: Path, n_units: int, stimulus: str | None) -> dict[str,
-                                                                                                       Any]:
+    def provenance(
+        self, reference: Path, distorted: Path, n_units: int, stimulus: str | None
+    ) -> dict[str, Any]:
         """Provenance sidecar for a cached result."""
-        return {"extractor": self.name, "version": self.version, "params": {**self.params(),
-                                                                            "n_units": n_units},
-                "inputs": [file_fingerprint(p) for p in self.cache_inputs(reference, distorted, stimulus)],
-                "stimulus": stimulus}
+        return {
+            "extractor": self.name,
+            "version": self.version,
+            "params": {**self.params(), "n_units": n_units},
+            "inputs": [file_fingerprint(p) for p in self.cache_inputs(reference, distorted, stimulus)],
+            "stimulus": stimulus,
+        }
 
-    def extract(self, reference: str | Path, distorted: str | Path, *, n_units: int = 1,
-                stimulus: str | None = None, cache: FeatureCache | None = None) -> AudioFeatures:
+    def extract(
+        self,
+        reference: str | Path,
+        distorted: str | Path,
+        *,
+        n_units: int = 1,
+        stimulus: str | None = None,
+        cache: FeatureCache | None = None,
+    ) -> AudioFeatures:
         """X_a (``[n_units, dim]``) and Q_a of ``distorted`` against ``reference``.
 
         Raises:
@@ -121,8 +140,9 @@ class AudioFeatureExtractor(abc.ABC):
             key = self.cache_key(reference, distorted, n_units=n_units, stimulus=stimulus)
             hit = cache.get(key)
             if hit is not None and hit["embedding"].shape == (n_units, self.dim):
-                return AudioFeatures(embedding=hit["embedding"], quality=float(hit["quality"]),
-                                     from_cache=True)
+                return AudioFeatures(
+                    embedding=hit["embedding"], quality=float(hit["quality"]), from_cache=True
+                )
         out = self._compute(reference, distorted, n_units=n_units, stimulus=stimulus)
         emb = np.asarray(out.embedding, dtype=np.float32)
         if emb.shape != (n_units, self.dim):  # a bug in a subclass, not bad input
@@ -137,8 +157,9 @@ class AudioFeatureExtractor(abc.ABC):
 # Alignment
 
 
-def estimate_lag(reference: np.ndarray, distorted: np.ndarray, *, max_lag: int = 4096,
-                 max_samples: int = 480_000) -> int:
+def estimate_lag(
+    reference: np.ndarray, distorted: np.ndarray, *, max_lag: int = 4096, max_samples: int = 480_000
+) -> int:
     """Delay of ``distorted`` relative to ``reference`` in samples (positive: distorted is late).
 
     Peak of the FFT cross-correlation of the mono mixdowns over the first ``max_samples``
@@ -160,8 +181,9 @@ def estimate_lag(reference: np.ndarray, distorted: np.ndarray, *, max_lag: int =
     return int(lags[window][np.argmax(corr[window])])
 
 
-def align_signals(reference: np.ndarray, distorted: np.ndarray, *, max_lag: int = 4096
-                  ) -> tuple[np.ndarray, np.ndarray, int]:
+def align_signals(
+    reference: np.ndarray, distorted: np.ndarray, *, max_lag: int = 4096
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Compensate the lag found by :func:`estimate_lag`; trim both ``[C, T]`` signals to a common length."""
     lag = estimate_lag(reference, distorted, max_lag=max_lag)
     if lag > 0:
@@ -220,29 +242,61 @@ class SpectralSimilarityExtractor(AudioFeatureExtractor):
     name = "spectral_similarity"
     version = "1"
 
-    def __init__(self, sample_rate: int = 48000, n_mels: int = 128, n_fft: int = 2048, hop_length: int = 512,
-                 dim: int = 512, *, floor_db: float = 80.0, max_lag: int = 4096) -> None:
+    def __init__(
+        self,
+        sample_rate: int = 48000,
+        n_mels: int = 128,
+        n_fft: int = 2048,
+        hop_length: int = 512,
+        dim: int = 512,
+        *,
+        floor_db: float = 80.0,
+        max_lag: int = 4096,
+    ) -> None:
         if dim != 4 * n_mels:
-            raise ConfigError(f"SpectralSimilarityExtractor gives 4 statistics per mel band, so dim must be "
-                              f"4 * n_mels = {4 * n_mels}, got dim={dim}; set n_mels = dim / 4")
+            raise ConfigError(
+                f"SpectralSimilarityExtractor gives 4 statistics per mel band, so dim must be "
+                f"4 * n_mels = {4 * n_mels}, got dim={dim}; set n_mels = dim / 4"
+            )
         self.sample_rate, self.n_mels, self.n_fft, self.hop_length = sample_rate, n_mels, n_fft, hop_length
         self.dim, self.floor_db, self.max_lag = dim, floor_db, max_lag
 
     def params(self) -> dict[str, Any]:
-        return {"sample_rate": self.sample_rate, "n_mels": self.n_mels, "n_fft": self.n_fft,
-                "hop_length": self.hop_length, "dim": self.dim, "floor_db": self.floor_db,
-                "max_lag": self.max_lag, "nsim_floor": NSIM_FLOOR, "nsim_gamma": NSIM_GAMMA}
+        return {
+            "sample_rate": self.sample_rate,
+            "n_mels": self.n_mels,
+            "n_fft": self.n_fft,
+            "hop_length": self.hop_length,
+            "dim": self.dim,
+            "floor_db": self.floor_db,
+            "max_lag": self.max_lag,
+            "nsim_floor": NSIM_FLOOR,
+            "nsim_gamma": NSIM_GAMMA,
+        }
 
     def _mel_power(self, x: np.ndarray) -> np.ndarray:
         import librosa
 
-        mel = librosa.feature.melspectrogram(y=x, sr=self.sample_rate, n_fft=self.n_fft,
-                                             hop_length=self.hop_length,
-                                             n_mels=self.n_mels, fmax=self.sample_rate / 2, power=2.0)
+        mel = librosa.feature.melspectrogram(
+            y=x,
+            sr=self.sample_rate,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            n_mels=self.n_mels,
+            fmax=self.sample_rate / 2,
+            power=2.0,
+        )
         return mel.mean(axis=0) if mel.ndim == 3 else mel  # [n_mels, frames], power averaged over channels
 
-    def compare(self, reference: np.ndarray, distorted: np.ndarray, *, n_units: int = 1,
-                align: bool = True, what: str = "signal") -> tuple[np.ndarray, float, int]:
+    def compare(
+        self,
+        reference: np.ndarray,
+        distorted: np.ndarray,
+        *,
+        n_units: int = 1,
+        align: bool = True,
+        what: str = "signal",
+    ) -> tuple[np.ndarray, float, int]:
         """Embedding ``[n_units, dim]``, mean NSIM and the compensated lag for two ``[C, T]`` signals."""
         from scipy.ndimage import gaussian_filter
 
@@ -257,8 +311,10 @@ class SpectralSimilarityExtractor(AudioFeatureExtractor):
             n = min(ref.shape[1], dist.shape[1])
             ref, dist = ref[:, :n], dist[:, :n]
         if ref.shape[1] < self.n_fft:
-            raise FeatureError(f"{what}: only {ref.shape[1]} common audio samples at {self.sample_rate} Hz; "
-                               f"the audio must be longer than n_fft={self.n_fft} samples")
+            raise FeatureError(
+                f"{what}: only {ref.shape[1]} common audio samples at {self.sample_rate} Hz; "
+                f"the audio must be longer than n_fft={self.n_fft} samples"
+            )
         ref_db = 10.0 * np.log10(self._mel_power(ref) + 1e-12)
         dist_db = 10.0 * np.log10(self._mel_power(dist) + 1e-12)
         floor = ref_db.max() - self.floor_db
@@ -267,8 +323,10 @@ class SpectralSimilarityExtractor(AudioFeatureExtractor):
         d = np.clip(dist_db - floor, 0.0, None)
         n_frames = r.shape[1]
         if n_units > n_frames:
-            raise FeatureError(f"{what}: {n_frames} spectrogram frames cannot form {n_units} temporal units; "
-                               f"use n_units <= {n_frames}")
+            raise FeatureError(
+                f"{what}: {n_frames} spectrogram frames cannot form {n_units} temporal units; "
+                f"use n_units <= {n_frames}"
+            )
         sig = (1.0, 1.0)
         mu_r, mu_d = gaussian_filter(r, sig, mode="nearest"), gaussian_filter(d, sig, mode="nearest")
         var_r = np.maximum(gaussian_filter(r * r, sig, mode="nearest") - mu_r**2, 0.0)
@@ -285,17 +343,21 @@ class SpectralSimilarityExtractor(AudioFeatureExtractor):
             units.append(np.concatenate([ns.mean(1), ns.std(1), df.mean(1), df.std(1)]))
         return np.stack(units).astype(np.float32), float(nsim.mean()), lag
 
-    def _compute(self, reference: Path, distorted: Path, *, n_units: int,
-                 stimulus: str | None) -> AudioFeatures:
+    def _compute(
+        self, reference: Path, distorted: Path, *, n_units: int, stimulus: str | None
+    ) -> AudioFeatures:
         from avlab.media.ffmpeg import load_audio
 
         ref, _ = load_audio(reference, sr=self.sample_rate)
         dist, _ = load_audio(distorted, sr=self.sample_rate)
         emb, mean_nsim, lag = self.compare(ref, dist, n_units=n_units, what=f"{distorted} vs {reference}")
         if abs(lag) >= self.max_lag:
-            log.warning("%s vs %s: lag at the search bound (%d samples); the files may not be the same "
-                        "segment",
-                        distorted, reference, lag)
+            log.warning(
+                "%s vs %s: lag at the search bound (%d samples); the files may not be the same segment",
+                distorted,
+                reference,
+                lag,
+            )
         return AudioFeatures(embedding=emb, quality=nsim_to_quality(mean_nsim))
 
 
@@ -313,14 +375,24 @@ class PrecomputedEmbeddings(AudioFeatureExtractor):
     name = "precomputed"
     version = "1"
 
-    def __init__(self, folder: str | Path, pattern: str = "{stimulus}.npy", dim: int = 512, *,
-                 quality_extractor: AudioFeatureExtractor | None = None) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        pattern: str = "{stimulus}.npy",
+        dim: int = 512,
+        *,
+        quality_extractor: AudioFeatureExtractor | None = None,
+    ) -> None:
         self.folder, self.pattern, self.dim = Path(folder), pattern, int(dim)
         self.quality_extractor = quality_extractor or SpectralSimilarityExtractor()
 
     def params(self) -> dict[str, Any]:
-        return {"pattern": self.pattern, "dim": self.dim, "quality": self.quality_extractor.name,
-                "quality_params": self.quality_extractor.params()}
+        return {
+            "pattern": self.pattern,
+            "dim": self.dim,
+            "quality": self.quality_extractor.name,
+            "quality_params": self.quality_extractor.params(),
+        }
 
     def path_for(self, stimulus: str) -> Path:
         """The ``.npy`` file of ``stimulus``."""
@@ -340,41 +412,56 @@ class PrecomputedEmbeddings(AudioFeatureExtractor):
         """
         path = self.path_for(stimulus)
         if not path.is_file():
-            raise FeatureError(f"precomputed audio embedding {path} does not exist; export one .npy per "
-                               "stimulus "
-                               f"named like `{self.pattern}` into {self.folder}")
+            raise FeatureError(
+                f"precomputed audio embedding {path} does not exist; export one .npy per "
+                "stimulus "
+                f"named like `{self.pattern}` into {self.folder}"
+            )
         try:
             arr = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise FeatureError(f"{path} is not a readable .npy array ({exc}); re-export it with "
-                               "numpy.save") from exc
+            raise FeatureError(
+                f"{path} is not a readable .npy array ({exc}); re-export it with numpy.save"
+            ) from exc
         if arr.ndim == 1:
             arr = arr[None, :]
         if arr.ndim != 2:
             raise FeatureError(f"{path} has shape {arr.shape}; expected [{self.dim}] or [N, {self.dim}]")
         if arr.shape[1] != self.dim:
-            raise FeatureError(f"{path} has width {arr.shape[1]}, expected {self.dim}; export embeddings of "
-                               f"width {self.dim} or set the extractor's dim to {arr.shape[1]}")
+            raise FeatureError(
+                f"{path} has width {arr.shape[1]}, expected {self.dim}; export embeddings of "
+                f"width {self.dim} or set the extractor's dim to {arr.shape[1]}"
+            )
         if not np.all(np.isfinite(arr)):
             raise FeatureError(f"{path} contains NaN or infinite values; re-export it")
         if arr.shape[0] < n_units:
-            raise FeatureError(f"{path} holds {arr.shape[0]} temporal unit(s) but n_units={n_units} was "
-                               "asked; "
-                               f"use n_units <= {arr.shape[0]}")
+            raise FeatureError(
+                f"{path} holds {arr.shape[0]} temporal unit(s) but n_units={n_units} was "
+                "asked; "
+                f"use n_units <= {arr.shape[0]}"
+            )
         if arr.shape[0] != n_units:
             arr = np.stack([c.mean(axis=0) for c in np.array_split(arr, n_units, axis=0)])
         return arr.astype(np.float32)
 
-    def _compute(self, reference: Path, distorted: Path, *, n_units: int,
-                 stimulus: str | None) -> AudioFeatures:
+    def _compute(
+        self, reference: Path, distorted: Path, *, n_units: int, stimulus: str | None
+    ) -> AudioFeatures:
         if stimulus is None:
             raise FeatureError("PrecomputedEmbeddings needs the stimulus name to find its .npy file")
         emb = self.load(stimulus, n_units)
         quality = self.quality_extractor.extract(reference, distorted, n_units=1).quality
         return AudioFeatures(embedding=emb, quality=quality)
 
-    def extract(self, reference: str | Path, distorted: str | Path, *, n_units: int = 1,
-                stimulus: str | None = None, cache: FeatureCache | None = None) -> AudioFeatures:
+    def extract(
+        self,
+        reference: str | Path,
+        distorted: str | Path,
+        *,
+        n_units: int = 1,
+        stimulus: str | None = None,
+        cache: FeatureCache | None = None,
+    ) -> AudioFeatures:
         """Load the embedding (always re-read, so edits to the .npy are seen) and a cached Q_a."""
         if stimulus is None:
             raise FeatureError("PrecomputedEmbeddings needs the stimulus name to find its .npy file")

@@ -73,8 +73,12 @@ def _canonical(obj: Any) -> Any:
 def cache_key(extractor: str, version: str, params: Mapping[str, Any], inputs: Sequence[str | Path]) -> str:
     """Hex SHA-1 key of (extractor, version, params, content fingerprints of ``inputs`` in order)."""
     fps = [{"size": fp["size"], "sha1": fp["sha1"]} for fp in (file_fingerprint(p) for p in inputs)]
-    payload = {"extractor": extractor, "version": str(version), "params": _canonical(dict(params)),
-               "inputs": fps}
+    payload = {
+        "extractor": extractor,
+        "version": str(version),
+        "params": _canonical(dict(params)),
+        "inputs": fps,
+    }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha1(blob.encode("utf-8")).hexdigest()
 
@@ -160,8 +164,13 @@ def cached(
     if hit is not None:
         return hit
     arrays = {k: np.asarray(v) for k, v in compute_fn().items()}
-    prov = {"extractor": extractor_name, "version": str(version), "params": dict(params),
-            "inputs": [file_fingerprint(p) for p in inputs], **(extra_provenance or {})}
+    prov = {
+        "extractor": extractor_name,
+        "version": str(version),
+        "params": dict(params),
+        "inputs": [file_fingerprint(p) for p in inputs],
+        **(extra_provenance or {}),
+    }
     cache.put(key, arrays, prov)
     return arrays
 

@@ -150,8 +150,13 @@ class VmafResult:
 
 def _params(n_units: int) -> dict[str, Any]:
     # n_threads is deliberately not part of the key: libvmaf's result does not depend on it.
-    return {"model": VMAF_MODEL, "n_units": int(n_units), "pooling": "mean", "ffmpeg": ffmpeg_version(),
-            "features": list(VMAF_FEATURES)}
+    return {
+        "model": VMAF_MODEL,
+        "n_units": int(n_units),
+        "pooling": "mean",
+        "ffmpeg": ffmpeg_version(),
+        "features": list(VMAF_FEATURES),
+    }
 
 
 def vmaf_cache_key(reference: str | Path, distorted: str | Path, *, n_units: int = 1) -> str:
@@ -159,9 +164,16 @@ def vmaf_cache_key(reference: str | Path, distorted: str | Path, *, n_units: int
     return cache_key(EXTRACTOR_NAME, EXTRACTOR_VERSION, _params(n_units), [reference, distorted])
 
 
-def vmaf_command(reference: Path, distorted: Path, log_path: str, *, n_threads: int,
-                 scale_to: tuple[int, int] | None = None, pix_fmt: str | None = None,
-                 fps: float | None = None) -> list[str]:
+def vmaf_command(
+    reference: Path,
+    distorted: Path,
+    log_path: str,
+    *,
+    n_threads: int,
+    scale_to: tuple[int, int] | None = None,
+    pix_fmt: str | None = None,
+    fps: float | None = None,
+) -> list[str]:
     """ffmpeg arguments (without the executable) that run libvmaf on the pair.
 
     The distorted stream is input 0 and the reference input 1, as libvmaf's filter expects
@@ -180,8 +192,10 @@ def vmaf_command(reference: Path, distorted: Path, log_path: str, *, n_threads: 
         dist_chain.append(f"format={pix_fmt}")
     stamp = f"setpts=N/({fps!r}*TB)" if fps else "setpts=PTS-STARTPTS"
     dist_chain.append(stamp)
-    graph = (f"[0:v]{','.join(dist_chain)}[d];[1:v]{stamp}[r];"
-             f"[d][r]libvmaf=log_fmt=json:log_path={log_path}:n_threads={n_threads}:shortest=1")
+    graph = (
+        f"[0:v]{','.join(dist_chain)}[d];[1:v]{stamp}[r];"
+        f"[d][r]libvmaf=log_fmt=json:log_path={log_path}:n_threads={n_threads}:shortest=1"
+    )
     return ["-v", "error", "-i", str(distorted), "-i", str(reference), "-lavfi", graph, "-f", "null", "-"]
 
 
@@ -192,8 +206,14 @@ def _from_log(log_dict: dict, n_units: int) -> tuple[np.ndarray, float, np.ndarr
         # libvmaf's own pooled means are computed before the log rounds values to 6 decimals, so
         # they are the exact VMAF pooling; the per-frame mean agrees to ~1e-6.
         try:
-            feats = np.array([[_lookup({k: v["mean"] for k, v in pooled.items()}, n, "pooled_metrics")
-                               for n in VMAF_FEATURES]])
+            feats = np.array(
+                [
+                    [
+                        _lookup({k: v["mean"] for k, v in pooled.items()}, n, "pooled_metrics")
+                        for n in VMAF_FEATURES
+                    ]
+                ]
+            )
             vmaf = float(pooled["vmaf"]["mean"])
         except (FeatureError, KeyError, TypeError):
             feats, vmaf = pool_frames(per_frame, 1), float(per_frame_vmaf.mean())
@@ -218,8 +238,14 @@ def _check_pair(reference: Path, distorted: Path) -> tuple[MediaInfo, MediaInfo]
             f"{length_tolerance(ref.n_frames, dist.n_frames)} frames. Trim the files to the same segment."
         )
     if diff:
-        log.warning("reference %s has %d frames and distorted %s has %d; evaluating the common %d frames",
-                    reference, ref.n_frames, distorted, dist.n_frames, min(ref.n_frames, dist.n_frames))
+        log.warning(
+            "reference %s has %d frames and distorted %s has %d; evaluating the common %d frames",
+            reference,
+            ref.n_frames,
+            distorted,
+            dist.n_frames,
+            min(ref.n_frames, dist.n_frames),
+        )
     return ref, dist
 
 
@@ -264,10 +290,15 @@ def extract_vmaf(
         key = vmaf_cache_key(reference, distorted, n_units=n_units)
         hit = cache.get(key)
         if hit is not None:
-            return VmafResult(features=hit["features"], vmaf=float(hit["vmaf"]),
-                              n_frames=int(hit["n_frames"]),
-                              per_frame=hit["per_frame"], per_frame_vmaf=hit["per_frame_vmaf"],
-                              from_cache=True, params=params)
+            return VmafResult(
+                features=hit["features"],
+                vmaf=float(hit["vmaf"]),
+                n_frames=int(hit["n_frames"]),
+                per_frame=hit["per_frame"],
+                per_frame_vmaf=hit["per_frame_vmaf"],
+                from_cache=True,
+                params=params,
+            )
     ref_info, dist_info = _check_pair(reference, distorted)
 
     threads = n_threads if n_threads > 0 else (os.cpu_count() or 1)
@@ -278,8 +309,15 @@ def extract_vmaf(
     with tempfile.TemporaryDirectory(prefix="avlab-vmaf-") as tmp:
         # ffmpeg runs inside the temp folder with a bare log name, so the filtergraph never has to
         # escape a path (':' and ',' are filtergraph syntax); the inputs are passed as absolute paths.
-        args = vmaf_command(reference.resolve(), distorted.resolve(), "vmaf.json", n_threads=threads,
-                            scale_to=scale_to, pix_fmt=pix_fmt, fps=ref_info.fps or 25.0)
+        args = vmaf_command(
+            reference.resolve(),
+            distorted.resolve(),
+            "vmaf.json",
+            n_threads=threads,
+            scale_to=scale_to,
+            pix_fmt=pix_fmt,
+            fps=ref_info.fps or 25.0,
+        )
         run_ffmpeg(args, what=f"computing VMAF of {distorted} against {reference}", cwd=tmp)
         log_file = Path(tmp) / "vmaf.json"
         if not log_file.exists():
@@ -289,10 +327,15 @@ def extract_vmaf(
     if n_eval < n_units:
         raise FeatureError(f"{distorted}: only {n_eval} frames were scored, fewer than n_units={n_units}")
     feats, vmaf, per_frame, per_frame_vmaf = _from_log(log_dict, n_units)
-    result = VmafResult(features=feats.astype(np.float32), vmaf=vmaf, n_frames=n_eval,
-                        per_frame=per_frame.astype(np.float32),
-                        per_frame_vmaf=per_frame_vmaf.astype(np.float32),
-                        log=log_dict, params=params)
+    result = VmafResult(
+        features=feats.astype(np.float32),
+        vmaf=vmaf,
+        n_frames=n_eval,
+        per_frame=per_frame.astype(np.float32),
+        per_frame_vmaf=per_frame_vmaf.astype(np.float32),
+        log=log_dict,
+        params=params,
+    )
     if cache is not None and key is not None:
         cache.put(key, vmaf_arrays(result), vmaf_provenance(reference, distorted, params, log_dict))
     return result
@@ -300,13 +343,22 @@ def extract_vmaf(
 
 def vmaf_arrays(result: VmafResult) -> dict[str, np.ndarray]:
     """The arrays that the cache stores for a :class:`VmafResult`."""
-    return {"features": result.features, "vmaf": np.float64(result.vmaf),
-            "n_frames": np.int64(result.n_frames),
-            "per_frame": result.per_frame, "per_frame_vmaf": result.per_frame_vmaf}
+    return {
+        "features": result.features,
+        "vmaf": np.float64(result.vmaf),
+        "n_frames": np.int64(result.n_frames),
+        "per_frame": result.per_frame,
+        "per_frame_vmaf": result.per_frame_vmaf,
+    }
 
 
 def vmaf_provenance(reference: Path, distorted: Path, params: dict, log_dict: dict | None) -> dict[str, Any]:
     """Provenance sidecar for a cached VMAF result."""
-    return {"extractor": EXTRACTOR_NAME, "version": EXTRACTOR_VERSION, "params": params,
-            "inputs": [file_fingerprint(reference), file_fingerprint(distorted)],
-            "libvmaf_version": (log_dict or {}).get("version"), "feature_order": list(VMAF_FEATURES)}
+    return {
+        "extractor": EXTRACTOR_NAME,
+        "version": EXTRACTOR_VERSION,
+        "params": params,
+        "inputs": [file_fingerprint(reference), file_fingerprint(distorted)],
+        "libvmaf_version": (log_dict or {}).get("version"),
+        "feature_order": list(VMAF_FEATURES),
+    }

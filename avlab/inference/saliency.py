@@ -69,14 +69,17 @@ def predict_video(
             decoded = hi
 
     for b0 in range(0, n, batch_size):
-        batch = windows[b0:b0 + batch_size]
+        batch = windows[b0 : b0 + batch_size]
         ensure(max(max(w.frames) for w in batch))
         clips = torch.stack([torch.stack([frames[i] for i in w.frames], dim=1) for w in batch]).to(device)
         audio = None
         if bounds is not None:
-            audio = torch.stack([
-                torch.from_numpy(clip_audio(wav, bounds, w.frames, buffer, reverse=w.reversed)) for w in batch
-            ]).to(device)
+            audio = torch.stack(
+                [
+                    torch.from_numpy(clip_audio(wav, bounds, w.frames, buffer, reverse=w.reversed))
+                    for w in batch
+                ]
+            ).to(device)
         maps = net(clips, audio).float().cpu()
         for w, m in zip(batch, maps):
             yield w.target, m, natives.pop(w.target)
@@ -132,14 +135,23 @@ def predict_saliency_media(
     lut = jet_lut()
     count, start = 0, time.perf_counter()
     with OverlayWriter(overlay, path, w, h, fps, n) as writer:
-        for t, m, frame in predict_video(net, video, preprocess, clip_len, batch_size=batch_size, wav=wav,
-                                         fps=fps, device=device):
+        for t, m, frame in predict_video(
+            net, video, preprocess, clip_len, batch_size=batch_size, wav=wav, fps=fps, device=device
+        ):
             smap = postprocess(m, (h, w)).numpy()
             u8 = np.clip(np.round(smap * 255), 0, 255).astype(np.uint8)
             Image.fromarray(u8, mode="L").save(maps_dir / f"{path.stem}_{t + 1:05d}.png", compress_level=1)
             writer.write(blend_heatmap(frame, smap, lut))
             count += 1
     elapsed = time.perf_counter() - start
-    return {"input": str(path), "frames": n, "maps_written": count, "maps_dir": str(maps_dir),
-            "overlay": str(overlay), "fps": fps, "audio": bool(audio_visual and info.has_audio),
-            "windows_per_second": count / elapsed if elapsed > 0 else math.nan, "notes": notes}
+    return {
+        "input": str(path),
+        "frames": n,
+        "maps_written": count,
+        "maps_dir": str(maps_dir),
+        "overlay": str(overlay),
+        "fps": fps,
+        "audio": bool(audio_visual and info.has_audio),
+        "windows_per_second": count / elapsed if elapsed > 0 else math.nan,
+        "notes": notes,
+    }

@@ -15,15 +15,21 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
-__all__ = ["FeatureValue", "encode_example", "encode_sequence_example", "parse_example", "parse_sequence_example"]
+__all__ = [
+    "FeatureValue",
+    "encode_example",
+    "encode_sequence_example",
+    "parse_example",
+    "parse_sequence_example",
+]
 
 #: A decoded feature: float32 array (``float_list``), int64 array (``int64_list``) or a list of
 #: ``bytes`` (``bytes_list``). A feature that sets none of the three decodes as ``None``.
-FeatureValue = Union[np.ndarray, list, None]
+FeatureValue = np.ndarray | list | None
 
 _F32 = struct.Struct("<f")
 
@@ -196,7 +202,9 @@ def _parse_feature(buf: bytes, pos: int, end: int) -> FeatureValue:
     return value
 
 
-def _parse_entry(buf: bytes, pos: int, entry_end: int, parse_value: Callable[[bytes, int, int], Any]) -> tuple[str, Any]:
+def _parse_entry(
+    buf: bytes, pos: int, entry_end: int, parse_value: Callable[[bytes, int, int], Any]
+) -> tuple[str, Any]:
     """Decode one ``map<string, V>`` entry: field 1 = key, field 2 = value message."""
     key = ""
     value_span: tuple[int, int] | None = None
@@ -469,8 +477,10 @@ def _encode_feature(key: str, value: Any) -> bytes:
                 raise ValueError(f"feature {key!r}: empty list; pass (kind, []) to say which list type")
             first = seq[0]
             kind = (
-                "bytes" if isinstance(first, (bytes, str))
-                else "float" if isinstance(first, float)
+                "bytes"
+                if isinstance(first, (bytes, str))
+                else "float"
+                if isinstance(first, float)
                 else "int64"
             )
     if kind == "bytes":
@@ -506,9 +516,7 @@ def encode_example(features: Mapping[str, Any]) -> bytes:
     return _len_field(0x0A, _encode_features(features))
 
 
-def encode_sequence_example(
-    context: Mapping[str, Any], feature_lists: Mapping[str, Sequence[Any]]
-) -> bytes:
+def encode_sequence_example(context: Mapping[str, Any], feature_lists: Mapping[str, Sequence[Any]]) -> bytes:
     """Serialize a ``tf.train.SequenceExample``: ``context`` as in :func:`encode_example`, and one
     Feature value per step in each ``feature_lists[key]`` (e.g. a list of ``bytes`` frames, or
     a ``uint8 [T, W]`` array meaning one ``bytes`` value per row)."""

@@ -112,7 +112,7 @@ def iter_records(
     """
     spath = os.fspath(path)
     try:
-        f = open(spath, "rb")
+        f = open(spath, "rb")  # noqa: SIM115 - opened apart from `with` so an open error has its own message
     except OSError as exc:
         raise DataError(f"cannot open TFRecord file {spath}: {exc.strerror or exc}") from exc
     with f:
@@ -125,11 +125,20 @@ def iter_records(
         pos = 0
         while pos < size:
             if pos + 12 > size:
-                _corrupt(spath, pos, f"truncated record header ({size - pos} of 12 bytes)", True, skip_corrupt, on_corrupt)
+                _corrupt(
+                    spath,
+                    pos,
+                    f"truncated record header ({size - pos} of 12 bytes)",
+                    True,
+                    skip_corrupt,
+                    on_corrupt,
+                )
                 return
             length, length_crc = _HEADER.unpack_from(mm, pos)
             if verify_crc and masked_crc32c(mm[pos : pos + 8]) != length_crc:
-                _corrupt(spath, pos, "corrupt record header (length CRC mismatch)", True, skip_corrupt, on_corrupt)
+                _corrupt(
+                    spath, pos, "corrupt record header (length CRC mismatch)", True, skip_corrupt, on_corrupt
+                )
                 return
             start = pos + 12
             end = start + length
@@ -147,7 +156,9 @@ def iter_records(
             data = mm[start:end]
             if verify_crc and masked_crc32c(data) != _U32.unpack_from(mm, end)[0]:
                 # The length was verified, so the framing is intact: only this record is lost.
-                _corrupt(spath, pos, "corrupt record data (data CRC mismatch)", False, skip_corrupt, on_corrupt)
+                _corrupt(
+                    spath, pos, "corrupt record data (data CRC mismatch)", False, skip_corrupt, on_corrupt
+                )
                 pos = end + 4
                 continue
             yield pos, data
@@ -193,7 +204,7 @@ class TFRecordWriter:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._f = open(self.path, "wb")
+        self._f = open(self.path, "wb")  # noqa: SIM115 - the writer owns the file until close()
         self.count = 0
 
     def write(self, record: bytes) -> int:
@@ -209,7 +220,7 @@ class TFRecordWriter:
         if not self._f.closed:
             self._f.close()
 
-    def __enter__(self) -> TFRecordWriter:
+    def __enter__(self) -> TFRecordWriter:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
     def __exit__(self, *exc: object) -> None:

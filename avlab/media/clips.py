@@ -30,9 +30,9 @@ import numpy as np
 from avlab.errors import DataError, MediaError
 
 __all__ = [
-    "SOUNDNET_SR",
-    "SOUNDNET_SCALE",
     "IMAGE_SUFFIXES",
+    "SOUNDNET_SCALE",
+    "SOUNDNET_SR",
     "VideoFrames",
     "audio_buffer_len",
     "clip_audio",
@@ -95,7 +95,7 @@ class VideoFrames:
         self._reader = None
 
     @property
-    def reader(self):  # noqa: ANN201 - decord.VideoReader
+    def reader(self):
         if self._reader is None:
             if not self.path.is_file():
                 raise MediaError(f"{self.path} does not exist; check the path")
@@ -104,11 +104,14 @@ class VideoFrames:
             except ImportError as exc:  # pragma: no cover - hard dependency
                 raise MediaError("decord is not installed; `pip install decord`") from exc
             try:
-                self._reader = decord.VideoReader(str(self.path), ctx=decord.cpu(0), width=self.width,
-                                                  height=self.height, num_threads=1)
-            except Exception as exc:  # noqa: BLE001 - decord raises its own DECORDError
-                raise MediaError(f"{self.path} cannot be decoded by decord ({exc}); re-encode it, e.g. "
-                                 "`ffmpeg -i IN -c:v libx264 OUT.mp4`") from exc
+                self._reader = decord.VideoReader(
+                    str(self.path), ctx=decord.cpu(0), width=self.width, height=self.height, num_threads=1
+                )
+            except Exception as exc:
+                raise MediaError(
+                    f"{self.path} cannot be decoded by decord ({exc}); re-encode it, e.g. "
+                    "`ffmpeg -i IN -c:v libx264 OUT.mp4`"
+                ) from exc
         return self._reader
 
     def __len__(self) -> int:
@@ -148,7 +151,7 @@ def load_wav(path: str | Path, *, sr: int = SOUNDNET_SR) -> np.ndarray:
         raise DataError(f"audio file {path} does not exist")
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:  # noqa: BLE001 - soundfile raises RuntimeError/LibsndfileError
+    except Exception as exc:
         raise MediaError(f"{path} cannot be read as audio ({exc}); re-export it as WAV") from exc
     wav = data.mean(axis=1)
     if rate != sr:
@@ -164,7 +167,9 @@ def audio_buffer_len(clip_len: int, sr: int = SOUNDNET_SR) -> int:
     return int(sr / 10 * clip_len)
 
 
-def frame_audio_bounds(n_frames: int, fps: float, n_samples: int, sr: int = SOUNDNET_SR) -> tuple[np.ndarray, np.ndarray]:
+def frame_audio_bounds(
+    n_frames: int, fps: float, n_samples: int, sr: int = SOUNDNET_SR
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame sample bounds ``(start, end)`` (end inclusive) of the SoundNet convention."""
     if fps <= 0:
         raise DataError(f"frame rate must be positive, got {fps}")
@@ -175,8 +180,15 @@ def frame_audio_bounds(n_frames: int, fps: float, n_samples: int, sr: int = SOUN
     return start, end
 
 
-def clip_audio(wav: np.ndarray, bounds: tuple[np.ndarray, np.ndarray], frames: list[int] | np.ndarray,
-               buffer_len: int, *, reverse: bool = False, scale: float = SOUNDNET_SCALE) -> np.ndarray:
+def clip_audio(
+    wav: np.ndarray,
+    bounds: tuple[np.ndarray, np.ndarray],
+    frames: list[int] | np.ndarray,
+    buffer_len: int,
+    *,
+    reverse: bool = False,
+    scale: float = SOUNDNET_SCALE,
+) -> np.ndarray:
     """The audio of the frames ``frames`` (consecutive, in either order) as ``float32 [buffer_len]``.
 
     The excerpt spans the first to the last frame's samples, is multiplied by a Hann window of its
@@ -189,7 +201,7 @@ def clip_audio(wav: np.ndarray, bounds: tuple[np.ndarray, np.ndarray], frames: l
     out = np.zeros(buffer_len, dtype=np.float32)
     if wav.size == 0:
         return out
-    excerpt = wav[int(start[lo]): int(end[hi]) + 1].astype(np.float32)
+    excerpt = wav[int(start[lo]) : int(end[hi]) + 1].astype(np.float32)
     if excerpt.size == 0:
         return out
     excerpt = excerpt * np.hanning(excerpt.size).astype(np.float32)
@@ -198,9 +210,9 @@ def clip_audio(wav: np.ndarray, bounds: tuple[np.ndarray, np.ndarray], frames: l
         excerpt = excerpt[::-1]
     if excerpt.size > buffer_len:
         cut = (excerpt.size - buffer_len) // 2
-        excerpt = excerpt[cut: cut + buffer_len]
+        excerpt = excerpt[cut : cut + buffer_len]
     offset = (buffer_len - excerpt.size) // 2
-    out[offset: offset + excerpt.size] = excerpt * scale
+    out[offset : offset + excerpt.size] = excerpt * scale
     return out
 
 
@@ -226,8 +238,10 @@ def window_indices(n_frames: int, clip_len: int) -> list[Window]:
         DataError: the video has fewer frames than the window.
     """
     if n_frames < clip_len:
-        raise DataError(f"the video has {n_frames} frames, fewer than the {clip_len}-frame window; "
-                        f"use a longer video or a smaller data.clip_len")
+        raise DataError(
+            f"the video has {n_frames} frames, fewer than the {clip_len}-frame window; "
+            f"use a longer video or a smaller data.clip_len"
+        )
     out = []
     for t in range(n_frames):
         if t >= clip_len - 1:

@@ -23,7 +23,7 @@ import numpy as np
 
 from avlab.errors import MediaError
 
-__all__ = ["MediaInfo", "ffmpeg_exe", "ffmpeg_version", "run_ffmpeg", "probe", "count_frames", "load_audio"]
+__all__ = ["MediaInfo", "count_frames", "ffmpeg_exe", "ffmpeg_version", "load_audio", "probe", "run_ffmpeg"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -107,14 +107,25 @@ _SIZE_RE = re.compile(r"\b(\d{2,5})x(\d{2,5})\b")
 _FPS_RE = re.compile(r"([\d.]+)(k?) fps")
 _TBR_RE = re.compile(r"([\d.]+)(k?) tbr")
 _HZ_RE = re.compile(r"(\d+) Hz")
-_LAYOUTS = {"mono": 1, "stereo": 2, "2.1": 3, "3.0": 3, "quad": 4, "4.0": 4, "5.0": 5, "5.1": 6,
-            "6.1": 7, "7.1": 8}
+_LAYOUTS = {
+    "mono": 1,
+    "stereo": 2,
+    "2.1": 3,
+    "3.0": 3,
+    "quad": 4,
+    "4.0": 4,
+    "5.0": 5,
+    "5.1": 6,
+    "6.1": 7,
+    "7.1": 8,
+}
 
 
 def _check_exists(path: Path) -> None:
     if not path.exists():
-        raise MediaError(f"{path} does not exist; check the path (relative paths are resolved from "
-                         f"{Path.cwd()})")
+        raise MediaError(
+            f"{path} does not exist; check the path (relative paths are resolved from {Path.cwd()})"
+        )
     if not path.is_file():
         raise MediaError(f"{path} is not a file; give the path of a video or audio file")
     if path.stat().st_size == 0:
@@ -124,9 +135,26 @@ def _check_exists(path: Path) -> None:
 def count_frames(path: str | Path) -> int:
     """Number of video frames, by remuxing the first video stream to the null muxer (no decoding)."""
     path = Path(path)
-    proc = run_ffmpeg(["-v", "error", "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null",
-                       "-progress", "pipe:1", "-nostats", "-"], what=f"counting the frames of {path}")
-    frames = re.findall(r"^frame=(\d+)", proc.stdout, flags=re.M)
+    proc = run_ffmpeg(
+        [
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-map",
+            "0:v:0",
+            "-c",
+            "copy",
+            "-f",
+            "null",
+            "-progress",
+            "pipe:1",
+            "-nostats",
+            "-",
+        ],
+        what=f"counting the frames of {path}",
+    )
+    frames = re.findall(r"^frame=(\d+)", proc.stdout, flags=re.MULTILINE)
     if not frames:
         raise MediaError(f"{path}: could not count its video frames; the file may be truncated or corrupt")
     return int(frames[-1])
@@ -149,14 +177,34 @@ def probe(path: str | Path) -> MediaInfo:
     # stream (if any: `0:v:0?`) to the null muxer counts its packets on stdout via -progress.
     # The exit status is not used (it is non-zero for audio-only files, which have no output
     # stream); success is judged from what ffmpeg printed.
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0?",
-                           "-c", "copy",
-                           "-f", "null", "-progress", "pipe:1", "-nostats", "-"],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-nostdin",
+            "-i",
+            str(path),
+            "-map",
+            "0:v:0?",
+            "-c",
+            "copy",
+            "-f",
+            "null",
+            "-progress",
+            "pipe:1",
+            "-nostats",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     err = proc.stderr
     if "Input #0" not in err:
-        raise MediaError(f"{path} cannot be read as media (corrupt, truncated or not a video/audio file); "
-                         f"re-encode or replace it. ffmpeg said:\n{_tail(err, 5)}")
+        raise MediaError(
+            f"{path} cannot be read as media (corrupt, truncated or not a video/audio file); "
+            f"re-encode or replace it. ffmpeg said:\n{_tail(err, 5)}"
+        )
     m = _DURATION_RE.search(err)
     duration = float(m.group(1)) * 3600 + float(m.group(2)) * 60 + float(m.group(3)) if m else 0.0
     width = height = n_frames = sample_rate = channels = 0
@@ -176,11 +224,12 @@ def probe(path: str | Path) -> MediaInfo:
         pix_fmt = pm.group(1) if pm else ""
         if width == 0 or height == 0:
             raise MediaError(f"{path}: its video stream has no readable frame size; the file may be corrupt")
-        counted = re.findall(r"^frame=(\d+)", proc.stdout, flags=re.M)
+        counted = re.findall(r"^frame=(\d+)", proc.stdout, flags=re.MULTILINE)
         n_frames = int(counted[-1]) if counted and proc.returncode == 0 else 0
         if n_frames == 0:
-            raise MediaError(f"{path}: its video stream holds no frames; the file is truncated or corrupt, "
-                             "re-encode it")
+            raise MediaError(
+                f"{path}: its video stream holds no frames; the file is truncated or corrupt, re-encode it"
+            )
     am = _AUDIO_RE.search(err)
     has_audio = am is not None
     if am:
@@ -199,9 +248,19 @@ def probe(path: str | Path) -> MediaInfo:
                 break
     if not has_video and not has_audio:
         raise MediaError(f"{path} has neither a video nor an audio stream; give a media file")
-    return MediaInfo(path=path, width=width, height=height, fps=fps, n_frames=n_frames, duration=duration,
-                     has_video=has_video, has_audio=has_audio, audio_sample_rate=sample_rate,
-                     audio_channels=channels, pix_fmt=pix_fmt)
+    return MediaInfo(
+        path=path,
+        width=width,
+        height=height,
+        fps=fps,
+        n_frames=n_frames,
+        duration=duration,
+        has_video=has_video,
+        has_audio=has_audio,
+        audio_sample_rate=sample_rate,
+        audio_channels=channels,
+        pix_fmt=pix_fmt,
+    )
 
 
 def load_audio(path: str | Path, *, sr: int | None = None, mono: bool = False) -> tuple[np.ndarray, int]:
@@ -224,8 +283,10 @@ def load_audio(path: str | Path, *, sr: int | None = None, mono: bool = False) -
     path = Path(path)
     info = probe(path)
     if not info.has_audio:
-        raise MediaError(f"{path} has no audio stream; give a file with an audio track, or give the audio "
-                         "separately (manifest columns `reference_audio` / `distorted_audio`)")
+        raise MediaError(
+            f"{path} has no audio stream; give a file with an audio track, or give the audio "
+            "separately (manifest columns `reference_audio` / `distorted_audio`)"
+        )
     with tempfile.TemporaryDirectory(prefix="avlab-audio-") as tmp:
         wav = Path(tmp) / "audio.wav"
         args = ["-v", "error", "-i", str(path), "-map", "0:a:0", "-vn", "-c:a", "pcm_f32le"]

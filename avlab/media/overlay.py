@@ -26,8 +26,9 @@ def jet_lut() -> np.ndarray:
     return (colormaps["jet"](np.arange(256))[:, :3] * 255).astype(np.uint8)
 
 
-def blend_heatmap(frame: np.ndarray, smap: np.ndarray, lut: np.ndarray,
-                  max_alpha: float = 0.65) -> np.ndarray:
+def blend_heatmap(
+    frame: np.ndarray, smap: np.ndarray, lut: np.ndarray, max_alpha: float = 0.65
+) -> np.ndarray:
     """``frame`` uint8 ``[H, W, 3]`` with ``smap`` (float ``[H, W]`` in [0, 1]) coloured by ``lut`` on top.
 
     The opacity grows with the saliency (``max_alpha · smap``), so non-salient parts stay visible.
@@ -49,16 +50,51 @@ class OverlayWriter:
         n_frames: how many frames will be written (fixes the duration).
     """
 
-    def __init__(self, out: str | Path, source: str | Path, width: int, height: int, fps: float,
-                 n_frames: int) -> None:
+    def __init__(
+        self, out: str | Path, source: str | Path, width: int, height: int, fps: float, n_frames: int
+    ) -> None:
         self.out, self.width, self.height = Path(out), int(width), int(height)
         w2, h2 = width + (width % 2), height + (height % 2)
         self.cmd = [
-            ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-            "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-", "-i", str(source),
-            "-map", "0:v:0", "-map", "1:a:0?", "-vf", f"pad={w2}:{h2}", "-c:v", "libx264",
-            "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k",
-            "-t", f"{n_frames / fps:.6f}", "-y", str(self.out),
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-nostdin",
+            "-v",
+            "error",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            f"{width}x{height}",
+            "-r",
+            f"{fps}",
+            "-i",
+            "-",
+            "-i",
+            str(source),
+            "-map",
+            "0:v:0",
+            "-map",
+            "1:a:0?",
+            "-vf",
+            f"pad={w2}:{h2}",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-crf",
+            "20",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "128k",
+            "-t",
+            f"{n_frames / fps:.6f}",
+            "-y",
+            str(self.out),
         ]
         self.proc: subprocess.Popen | None = None
         self.written = 0
@@ -71,14 +107,17 @@ class OverlayWriter:
     def write(self, frame: np.ndarray) -> None:
         """One RGB uint8 frame ``[height, width, 3]``."""
         if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
-            raise ValueError(f"OverlayWriter: expected uint8 [{self.height}, {self.width}, 3], "
-                             f"got {frame.dtype} {list(frame.shape)}")
+            raise ValueError(
+                f"OverlayWriter: expected uint8 [{self.height}, {self.width}, 3], "
+                f"got {frame.dtype} {list(frame.shape)}"
+            )
         assert self.proc is not None and self.proc.stdin is not None, "use OverlayWriter as a context manager"
         self.proc.stdin.write(np.ascontiguousarray(frame).tobytes())
         self.written += 1
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         assert self.proc is not None
         if self.proc.stdin:
             self.proc.stdin.close()

@@ -117,7 +117,7 @@ def fit_logistic(
     if np.ptp(x) > 0:
         params, reason = _curve_fit(func, x, y, p0, maxfev)
     if params is not None and np.all(np.isfinite(params)) and np.all(np.isfinite(func(x, *params))):
-        fitted = lambda v: func(np.asarray(v, dtype=np.float64), *params)  # noqa: E731
+        fitted = lambda v: func(np.asarray(v, dtype=np.float64), *params)
         fitted.kind, fitted.params = key, np.asarray(params)  # type: ignore[attr-defined]
         return fitted
 
@@ -126,8 +126,8 @@ def fit_logistic(
         RuntimeWarning,
         stacklevel=2,
     )
-    slope, intercept = (np.polyfit(x, y, 1) if np.ptp(x) > 0 else (0.0, float(y.mean())))
-    linear = lambda v: slope * np.asarray(v, dtype=np.float64) + intercept  # noqa: E731
+    slope, intercept = np.polyfit(x, y, 1) if np.ptp(x) > 0 else (0.0, float(y.mean()))
+    linear = lambda v: slope * np.asarray(v, dtype=np.float64) + intercept
     linear.kind, linear.params = "linear", np.array([slope, intercept])  # type: ignore[attr-defined]
     return linear
 

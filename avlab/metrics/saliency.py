@@ -87,8 +87,13 @@ def _minmax(x: Tensor) -> Tensor:
     return torch.where(rng > 0, (x - lo) / torch.where(rng > 0, rng, torch.ones_like(rng)), x)
 
 
-def postprocess(pred: Tensor, size: tuple[int, int], blur_sigma: float = 2.0, blur_ksize: int = 11,
-                dtype: torch.dtype = torch.float64) -> Tensor:
+def postprocess(
+    pred: Tensor,
+    size: tuple[int, int],
+    blur_sigma: float = 2.0,
+    blur_ksize: int = 11,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
     """Steps 1–3 of the protocol: resize ``[..., h, w]`` to ``size`` (bicubic), blur, min-max.
 
     Metrics use float64 (as MATLAB); writing maps (``avlab predict``) may use float32.
@@ -97,7 +102,7 @@ def postprocess(pred: Tensor, size: tuple[int, int], blur_sigma: float = 2.0, bl
     x = pred.reshape(-1, 1, *pred.shape[-2:]).to(dtype)
     # A constant map must stay exactly constant: resampling noise (~1e-16) would otherwise be
     # stretched to [0, 1] by the min-max step and turn "no information" into random structure.
-    constant = (x.amax(dim=(-2, -1), keepdim=True) == x.amin(dim=(-2, -1), keepdim=True))
+    constant = x.amax(dim=(-2, -1), keepdim=True) == x.amin(dim=(-2, -1), keepdim=True)
     if tuple(x.shape[-2:]) != tuple(size):
         shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
         x = F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False, antialias=shrink)
@@ -180,7 +185,9 @@ def auc_judd(pred: Tensor, fix: Tensor) -> Tensor:
     return torch.trapezoid(tp, fp)
 
 
-def frame_metrics(pred: Tensor, gt: Tensor, fix: Tensor, *, blur_sigma: float = 2.0, blur_ksize: int = 11) -> dict[str, Tensor]:
+def frame_metrics(
+    pred: Tensor, gt: Tensor, fix: Tensor, *, blur_sigma: float = 2.0, blur_ksize: int = 11
+) -> dict[str, Tensor]:
     """All metrics of one frame: ``pred [h, w]`` at model resolution, ``gt``/``fix`` native ``[H, W]``.
 
     The prediction is post-processed once per target size (continuous map and fixation map may
@@ -188,7 +195,11 @@ def frame_metrics(pred: Tensor, gt: Tensor, fix: Tensor, *, blur_sigma: float = 
     """
     gt = gt.to(torch.float64)
     p_gt = postprocess(pred, tuple(gt.shape[-2:]), blur_sigma, blur_ksize)
-    p_fix = p_gt if tuple(fix.shape[-2:]) == tuple(gt.shape[-2:]) else postprocess(pred, tuple(fix.shape[-2:]), blur_sigma, blur_ksize)
+    p_fix = (
+        p_gt
+        if tuple(fix.shape[-2:]) == tuple(gt.shape[-2:])
+        else postprocess(pred, tuple(fix.shape[-2:]), blur_sigma, blur_ksize)
+    )
     return {
         "cc": cc(p_gt, gt),
         "nss": nss(p_fix, fix),
@@ -199,7 +210,9 @@ def frame_metrics(pred: Tensor, gt: Tensor, fix: Tensor, *, blur_sigma: float = 
 
 
 # --------------------------------------------------------------------------- averaging
-def video_average(values: np.ndarray, video: np.ndarray, groups: dict[str, Iterable[int]] | None = None) -> dict[str, float]:
+def video_average(
+    values: np.ndarray, video: np.ndarray, groups: dict[str, Iterable[int]] | None = None
+) -> dict[str, float]:
     """Frame values → per-video nan-mean → mean over videos (overall and per group of videos).
 
     Args:

@@ -151,7 +151,9 @@ class YT8MMetrics(Metric):
         self.add_state("topk_scores", default=[], dist_reduce_fx="cat")
         self.add_state("topk_classes", default=[], dist_reduce_fx="cat")
         self.add_state("topk_hits", default=[], dist_reduce_fx="cat")
-        self.add_state("class_positives", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state(
+            "class_positives", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum"
+        )
         self.add_state("hit_at_1_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("perr_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_videos", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
@@ -226,7 +228,11 @@ class YT8MMetrics(Metric):
         positives = self.class_positives.double()
 
         total_pos = positives.sum()
-        gap = tie_averaged_ap(scores, hits)[0] / total_pos if total_pos > 0 else torch.zeros((), dtype=torch.float64, device=device)
+        gap = (
+            tie_averaged_ap(scores, hits)[0] / total_pos
+            if total_pos > 0
+            else torch.zeros((), dtype=torch.float64, device=device)
+        )
         per_class = tie_averaged_ap(scores, hits, classes, self.num_classes)
         present = positives > 0
         ap = per_class[present] / positives[present]
@@ -241,8 +247,12 @@ class YT8MMetrics(Metric):
         tp, fp, fn = self.tp.double(), self.fp.double(), self.fn.double()
         denom = 2 * tp.sum() + fp.sum() + fn.sum()
         f1 = 2 * tp.sum() / denom if denom > 0 else torch.zeros((), dtype=torch.float64, device=device)
-        per_f1 = torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.zeros_like(tp))
-        f1_macro = per_f1[present].mean() if present.any() else torch.zeros((), dtype=torch.float64, device=device)
+        per_f1 = torch.where(
+            2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.zeros_like(tp)
+        )
+        f1_macro = (
+            per_f1[present].mean() if present.any() else torch.zeros((), dtype=torch.float64, device=device)
+        )
         out = {
             "gap": gap,
             "hit_at_1": self.hit_at_1_sum / n,

@@ -40,12 +40,12 @@ from avlab.models.blocks import (
 )
 
 __all__ = [
-    "AttentiveAVFusionNet",
+    "PAPER_PARAMETER_COUNT",
     "AVQModel",
+    "AttentiveAVFusionNet",
     "CAAVFusion",
     "RecursiveAVFusionNet",
     "SimpleAVFusion",
-    "PAPER_PARAMETER_COUNT",
 ]
 
 #: Trainable parameters of AttentiveAVFusionNet in the paper configuration (Table 2 best:
@@ -233,7 +233,7 @@ class AttentiveAVFusionNet(AVQModel):
 
 
 class SimpleAVFusion(AVQModel):
-    """"Simple AV-Fusion" (Table 1: ours without attention).
+    """ "Simple AV-Fusion" (Table 1: ours without attention).
 
     eq. (1) projection, J = [X_a; X'_v], eq. (4) head.
 
@@ -246,7 +246,7 @@ class SimpleAVFusion(AVQModel):
 
 
 class CAAVFusion(AVQModel):
-    """"CA AV-Fusion" (Table 1: ours without self-attention): eq. (1), bidirectional cross-attention
+    """ "CA AV-Fusion" (Table 1: ours without self-attention): eq. (1), bidirectional cross-attention
     (eq. 2), J = [X_a^ca; X_v^ca], eq. (4) head.
 
     Args (besides :class:`AVQModel`'s): ``num_heads``, ``n_layers_a2v``, ``n_layers_v2a``,
@@ -277,7 +277,7 @@ class CAAVFusion(AVQModel):
 
 
 class RecursiveAVFusionNet(AVQModel):
-    """"Recursive AV-FusionNet" (Table 1), after joint cross-attention [32].
+    """ "Recursive AV-FusionNet" (Table 1), after joint cross-attention [32].
 
     eq. (1) projection; then each modality attends to the joint representation
     J = [X_a; X'_v] (Q from the modality, K/V from J, H heads), repeated ``n_iterations`` times

@@ -51,7 +51,8 @@ def read_state_dict(path: str | Path, config_key: str) -> dict[str, Tensor]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(
-            f"{config_key}: weights file {p} does not exist (weights are only read from a local path)")
+            f"{config_key}: weights file {p} does not exist (weights are only read from a local path)"
+        )
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -112,8 +113,9 @@ class LoadReport:
     path: str
 
 
-def _pick(layouts: Sequence[Layout], keys: Sequence[str], layout: str | None, config_key: str,
-          path: Path) -> Layout:
+def _pick(
+    layouts: Sequence[Layout], keys: Sequence[str], layout: str | None, config_key: str, path: Path
+) -> Layout:
     names = [lay.name for lay in layouts]
     if layout is not None:
         for lay in layouts:
@@ -126,11 +128,18 @@ def _pick(layouts: Sequence[Layout], keys: Sequence[str], layout: str | None, co
     what = "match none" if not found else f"match several ({', '.join(lay.name for lay in found)})"
     raise ConfigError(
         f"{config_key}: the key names of {path} (e.g. {list(keys)[:3]}) {what} of the known layouts "
-        f"{', '.join(f'{lay.name} ({lay.source})' for lay in layouts)}; name one with {config_key}_layout")
+        f"{', '.join(f'{lay.name} ({lay.source})' for lay in layouts)}; name one with {config_key}_layout"
+    )
 
 
-def load_pretrained(module: nn.Module, path: str | Path, layouts: Sequence[Layout], config_key: str,
-                    layout: str | None = None, state: Mapping[str, Tensor] | None = None) -> LoadReport:
+def load_pretrained(
+    module: nn.Module,
+    path: str | Path,
+    layouts: Sequence[Layout],
+    config_key: str,
+    layout: str | None = None,
+    state: Mapping[str, Tensor] | None = None,
+) -> LoadReport:
     """Load an upstream checkpoint into ``module``: every tensor placed, every shape equal, or an error.
 
     Args:
@@ -166,21 +175,30 @@ def load_pretrained(module: nn.Module, path: str | Path, layouts: Sequence[Layou
     # BatchNorm counters are optional (see the module doc); everything else must be present.
     missing = [k for k in target if k not in mapped and not k.endswith("num_batches_tracked")]
     problems = []
-    for label, items in (("upstream tensors this layout cannot place", unexpected),
-                         ("avlab tensors the file does not provide", missing),
-                         ("tensors with the wrong shape", wrong_shape),
-                         ("avlab tensors given twice", twice)):
+    for label, items in (
+        ("upstream tensors this layout cannot place", unexpected),
+        ("avlab tensors the file does not provide", missing),
+        ("tensors with the wrong shape", wrong_shape),
+        ("avlab tensors given twice", twice),
+    ):
         if items:
             problems.append(f"{len(items)} {label}, e.g. {items[:4]}")
     if problems:
         raise ConfigError(
             f"{config_key}: {p} does not fit as a {lay.name} checkpoint ({lay.source}): "
             + "; ".join(problems)
-            + ". Check that the file and the architecture constants in the config describe the same network.")
+            + ". Check that the file and the architecture constants in the config describe the same network."
+        )
     for k, v in target.items():
         if k not in mapped:
             mapped[k] = v
     module.load_state_dict(mapped, strict=True)
-    log.info("%s: loaded %d tensors from %s (%s layout; %d classifier tensors ignored)",
-             config_key, len(sd) - len(ignored), p, lay.name, len(ignored))
+    log.info(
+        "%s: loaded %d tensors from %s (%s layout; %d classifier tensors ignored)",
+        config_key,
+        len(sd) - len(ignored),
+        p,
+        lay.name,
+        len(ignored),
+    )
     return LoadReport(lay.name, len(sd) - len(ignored), ignored, str(p))

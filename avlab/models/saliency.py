@@ -51,16 +51,24 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- ASPP + LIP
-def _cbr(cin: int, cout: int, kernel: int | Sequence[int] = 3, dilation: int | Sequence[int] = 1,
-         norm_act: bool = True) -> nn.Sequential:
+def _cbr(
+    cin: int,
+    cout: int,
+    kernel: int | Sequence[int] = 3,
+    dilation: int | Sequence[int] = 1,
+    norm_act: bool = True,
+) -> nn.Sequential:
     """3-D conv ("same" padding), then BatchNorm + ReLU unless ``norm_act`` is False (a plain conv)."""
     k = (kernel,) * 3 if isinstance(kernel, int) else tuple(kernel)
     d = (dilation,) * 3 if isinstance(dilation, int) else tuple(dilation)
     pad = tuple((ki - 1) // 2 * di for ki, di in zip(k, d))
     if not norm_act:
         return nn.Sequential(nn.Conv3d(cin, cout, k, padding=pad, dilation=d))
-    return nn.Sequential(nn.Conv3d(cin, cout, k, padding=pad, dilation=d, bias=False), nn.BatchNorm3d(cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv3d(cin, cout, k, padding=pad, dilation=d, bias=False),
+        nn.BatchNorm3d(cout),
+        nn.ReLU(inplace=True),
+    )
 
 
 class ASPP3d(nn.Module):
@@ -99,8 +107,9 @@ class LIP3d(nn.Module):
 
     def __init__(self, channels: int, stride: int = 1) -> None:
         super().__init__()
-        self.logit = nn.Sequential(nn.Conv3d(channels, channels, (1, 3, 3), padding=(0, 1, 1), bias=False),
-                                   nn.BatchNorm3d(channels))
+        self.logit = nn.Sequential(
+            nn.Conv3d(channels, channels, (1, 3, 3), padding=(0, 1, 1), bias=False), nn.BatchNorm3d(channels)
+        )
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
@@ -149,7 +158,9 @@ class MultiScaleSynergy(nn.Module):
     ``norm_act=False`` switches off (the paper-literal plain convolutions).
     """
 
-    def __init__(self, channels: int, has_h: bool, has_l: bool, kernel: int = 3, norm_act: bool = True) -> None:
+    def __init__(
+        self, channels: int, has_h: bool, has_l: bool, kernel: int = 3, norm_act: bool = True
+    ) -> None:
         super().__init__()
         self.has_h, self.has_l = has_h, has_l
         names = ["m"] + (["h"] if has_h else []) + (["l"] if has_l else [])
@@ -216,7 +227,9 @@ class RegulatorGate(nn.Module):
 
     def forward(self, f_prev: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         f = _resize(f_prev, x.shape[2:])  # eq. (13)
-        g = torch.sigmoid(self.gate_conv(torch.cat([f, x], dim=1))).mean(dim=(2, 3, 4), keepdim=True)  # eq. (14)
+        g = torch.sigmoid(self.gate_conv(torch.cat([f, x], dim=1))).mean(
+            dim=(2, 3, 4), keepdim=True
+        )  # eq. (14)
         return self.out_conv(g * f), g  # eq. (15)
 
 
@@ -240,15 +253,27 @@ class AVRSP(nn.Module):
         kernel: kernel size of the 3-D convs of MS, MRG and the decoder.
     """
 
-    def __init__(self, visual: nn.Module, audio: nn.Module | None = None, fusion: nn.Module | None = None,
-                 channels: int = 128, ms_mrg_pairs: int = 3, aspp_rates: Sequence[int] = (1, 2, 3),
-                 kernel: int = 3, use_ms: bool = True, use_mrg: bool = True, ms_mrg_norm_act: bool = True) -> None:
+    def __init__(
+        self,
+        visual: nn.Module,
+        audio: nn.Module | None = None,
+        fusion: nn.Module | None = None,
+        channels: int = 128,
+        ms_mrg_pairs: int = 3,
+        aspp_rates: Sequence[int] = (1, 2, 3),
+        kernel: int = 3,
+        use_ms: bool = True,
+        use_mrg: bool = True,
+        ms_mrg_norm_act: bool = True,
+    ) -> None:
         super().__init__()
         if not 0 <= ms_mrg_pairs <= 4:
             raise ConfigError(f"model.ms_mrg_pairs must be 0..4 (Table IV), got {ms_mrg_pairs}")
         if (audio is None) != (fusion is None):
-            raise ConfigError("model.audio and model.fusion go together: set both (audio-visual) or neither "
-                              "(visual-only, e.g. saliency/avrsp_visual)")
+            raise ConfigError(
+                "model.audio and model.fusion go together: set both (audio-visual) or neither "
+                "(visual-only, e.g. saliency/avrsp_visual)"
+            )
         self.visual, self.audio, self.fusion = visual, audio, fusion
         self.channels, self.pairs = channels, ms_mrg_pairs
         in_ch = list(visual.out_channels)
@@ -257,11 +282,18 @@ class AVRSP(nn.Module):
         #: scales with an MS & MRG pair, coarse to fine: 3, 2, ..., 4 - P
         self.pair_scales = [3 - i for i in range(ms_mrg_pairs)]
         na = bool(ms_mrg_norm_act)
-        self.ms = nn.ModuleDict({str(s): MultiScaleSynergy(channels, has_h=s > 0, has_l=s < 3, kernel=kernel,
-                                                           norm_act=na)
-                                 for s in (self.pair_scales if use_ms else [])})
-        self.mrg = nn.ModuleDict({str(s): RegulatorGate(channels, kernel, norm_act=na)
-                                  for s in (self.pair_scales if use_mrg else [])})
+        self.ms = nn.ModuleDict(
+            {
+                str(s): MultiScaleSynergy(channels, has_h=s > 0, has_l=s < 3, kernel=kernel, norm_act=na)
+                for s in (self.pair_scales if use_ms else [])
+            }
+        )
+        self.mrg = nn.ModuleDict(
+            {
+                str(s): RegulatorGate(channels, kernel, norm_act=na)
+                for s in (self.pair_scales if use_mrg else [])
+            }
+        )
         self.audio_proj = nn.Linear(audio.out_channels, channels) if audio is not None else None
         self.decoder = nn.ModuleList()
         for s in (3, 2, 1, 0):  # 4 decoder blocks, coarse to fine: conv, then upsample in forward

@@ -42,7 +42,12 @@ __all__ = [
 #: The four input modalities, in the order of the paper's regressors.
 MODALITIES = ("audio", "image", "video", "av")
 #: Eq. 8: which extractor outputs form the feature of each modality (s: spatial, m: motion, a: audio).
-FEATURES_OF: dict[str, tuple[str, ...]] = {"audio": ("a",), "image": ("s",), "video": ("s", "m"), "av": ("s", "m", "a")}
+FEATURES_OF: dict[str, tuple[str, ...]] = {
+    "audio": ("a",),
+    "image": ("s",),
+    "video": ("s", "m"),
+    "av": ("s", "m", "a"),
+}
 _EXTRACTOR_KEY = {"spatial": "s", "motion": "m", "audio": "a"}
 
 
@@ -67,14 +72,23 @@ class SpatialExtractor(nn.Module):
         weights_layout: the checkpoint's layout; None detects it from the key names.
     """
 
-    def __init__(self, backbone: str = "convnextv2_atto", stages: Sequence[int] = (1, 2, 3), attn_dim: int | None = None,
-                 num_heads: int = 4, use_mhsa: bool = True, weights: str | None = None,
-                 weights_layout: str | None = None) -> None:
+    def __init__(
+        self,
+        backbone: str = "convnextv2_atto",
+        stages: Sequence[int] = (1, 2, 3),
+        attn_dim: int | None = None,
+        num_heads: int = 4,
+        use_mhsa: bool = True,
+        weights: str | None = None,
+        weights_layout: str | None = None,
+    ) -> None:
         super().__init__()
         import timm
 
         if not backbone.startswith("convnext"):
-            raise ConfigError(f"model.net.spatial.backbone must be a timm ConvNeXt (V2) model, got {backbone!r}")
+            raise ConfigError(
+                f"model.net.spatial.backbone must be a timm ConvNeXt (V2) model, got {backbone!r}"
+            )
         self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0)
         # UNQA reads the stage maps (eq. 1); the classification head (final norm) is never used, so
         # it is removed: it would hold untrained parameters that no loss reaches.
@@ -83,14 +97,22 @@ class SpatialExtractor(nn.Module):
             load_convnext_weights(self.backbone, weights, weights_layout)
         self.stages = tuple(int(s) for s in stages)
         n_stages = len(self.backbone.stages)
-        if not self.stages or any(s < 0 or s >= n_stages for s in self.stages) or list(self.stages) != sorted(self.stages):
-            raise ConfigError(f"model.net.spatial.stages must be increasing indices in 0..{n_stages - 1}, got {list(stages)}")
+        if (
+            not self.stages
+            or any(s < 0 or s >= n_stages for s in self.stages)
+            or list(self.stages) != sorted(self.stages)
+        ):
+            raise ConfigError(
+                f"model.net.spatial.stages must be increasing indices in 0..{n_stages - 1}, got {list(stages)}"
+            )
         widths = [self.backbone.feature_info[s]["num_chs"] for s in self.stages]
         self.channels = int(sum(widths))
         self.use_mhsa = bool(use_mhsa)
         d = int(attn_dim or self.channels)
         if d % num_heads:
-            raise ConfigError(f"model.net.spatial.attn_dim ({d}) must be divisible by num_heads ({num_heads})")
+            raise ConfigError(
+                f"model.net.spatial.attn_dim ({d}) must be divisible by num_heads ({num_heads})"
+            )
         if self.use_mhsa:
             self.conv_in = nn.Conv2d(self.channels, d, 1)
             self.mhsa = nn.MultiheadAttention(d, num_heads, batch_first=True)
@@ -155,16 +177,35 @@ class MotionExtractor(nn.Module):
     SHA-256), so features cached under it are recomputed whenever any of them changes.
     """
 
-    def __init__(self, depths: Sequence[int] = (3, 4, 6, 3), width: int = 64, alpha: int = 4, beta_inv: int = 8,
-                 weights: str | None = None, init_seed: int = 0, fusion_ratio: int = 2, fusion_kernel: int = 7,
-                 slow_kernels: Sequence[int] = (1, 1, 3, 3), fast_kernels: Sequence[int] = (3, 3, 3, 3),
-                 fast_stem_kernel: int = 5, slow_sampling: str = "linspace",
-                 weights_layout: str | None = None) -> None:
+    def __init__(
+        self,
+        depths: Sequence[int] = (3, 4, 6, 3),
+        width: int = 64,
+        alpha: int = 4,
+        beta_inv: int = 8,
+        weights: str | None = None,
+        init_seed: int = 0,
+        fusion_ratio: int = 2,
+        fusion_kernel: int = 7,
+        slow_kernels: Sequence[int] = (1, 1, 3, 3),
+        fast_kernels: Sequence[int] = (3, 3, 3, 3),
+        fast_stem_kernel: int = 5,
+        slow_sampling: str = "linspace",
+        weights_layout: str | None = None,
+    ) -> None:
         super().__init__()
-        arch = {"depths": [int(d) for d in depths], "width": int(width), "alpha": int(alpha),
-                "beta_inv": int(beta_inv), "fusion_ratio": int(fusion_ratio), "fusion_kernel": int(fusion_kernel),
-                "slow_kernels": [int(k) for k in slow_kernels], "fast_kernels": [int(k) for k in fast_kernels],
-                "fast_stem_kernel": int(fast_stem_kernel), "slow_sampling": str(slow_sampling)}
+        arch = {
+            "depths": [int(d) for d in depths],
+            "width": int(width),
+            "alpha": int(alpha),
+            "beta_inv": int(beta_inv),
+            "fusion_ratio": int(fusion_ratio),
+            "fusion_kernel": int(fusion_kernel),
+            "slow_kernels": [int(k) for k in slow_kernels],
+            "fast_kernels": [int(k) for k in fast_kernels],
+            "fast_stem_kernel": int(fast_stem_kernel),
+            "slow_sampling": str(slow_sampling),
+        }
         with _fork_init(init_seed):
             torch.manual_seed(int(init_seed))
             self.net = SlowFast(**arch)
@@ -175,8 +216,12 @@ class MotionExtractor(nn.Module):
             weights_sha256 = file_sha256(weights)
         self.out_dim = self.net.out_dim
         self.alpha = int(alpha)
-        self.signature = {**arch, "init_seed": int(init_seed), "weights": str(weights) if weights else None,
-                          "weights_sha256": weights_sha256}
+        self.signature = {
+            **arch,
+            "init_seed": int(init_seed),
+            "weights": str(weights) if weights else None,
+            "weights_sha256": weights_sha256,
+        }
         for p in self.parameters():
             p.requires_grad_(False)
         self.net.eval()
@@ -221,18 +266,33 @@ class AudioExtractor(nn.Module):
         dim: feature width d_a; num_heads, num_layers: the time-dependency Transformer.
     """
 
-    def __init__(self, sample_rate: int = 16000, n_mels: int = 48, n_fft: int = 512, hop: int = 160, seg_len: int = 15,
-                 seg_hop: int = 4, dim: int = 128, num_heads: int = 4, num_layers: int = 1, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        n_mels: int = 48,
+        n_fft: int = 512,
+        hop: int = 160,
+        seg_len: int = 15,
+        seg_hop: int = 4,
+        dim: int = 128,
+        num_heads: int = 4,
+        num_layers: int = 1,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         import librosa
 
         self.sample_rate, self.n_fft, self.hop = int(sample_rate), int(n_fft), int(hop)
         self.seg_len, self.seg_hop = int(seg_len), int(seg_hop)
-        mel = librosa.filters.mel(sr=self.sample_rate, n_fft=self.n_fft, n_mels=n_mels, fmax=self.sample_rate / 2)
+        mel = librosa.filters.mel(
+            sr=self.sample_rate, n_fft=self.n_fft, n_mels=n_mels, fmax=self.sample_rate / 2
+        )
         self.register_buffer("mel_fb", torch.as_tensor(mel, dtype=torch.float32), persistent=False)
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
         self.frame_cnn = _FrameCNN(dim)
-        layer = nn.TransformerEncoderLayer(dim, num_heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, num_heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True
+        )
         self.time = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.pos = nn.Parameter(torch.zeros(1, 512, dim))
         self.att_pool = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1))
@@ -240,7 +300,10 @@ class AudioExtractor(nn.Module):
 
     def log_mel(self, wave: Tensor) -> Tensor:
         """``[B, n]`` → ``[B, n_mels, frames]`` log-mel (dB, floor −80 dB relative to 1)."""
-        spec = torch.stft(wave, self.n_fft, self.hop, window=self.window, center=True, return_complex=True).abs() ** 2
+        spec = (
+            torch.stft(wave, self.n_fft, self.hop, window=self.window, center=True, return_complex=True).abs()
+            ** 2
+        )
         mel = torch.matmul(self.mel_fb, spec)
         return 10.0 * torch.log10(mel.clamp_min(1e-8)) / 20.0  # /20: keeps the CNN input near unit scale
 
@@ -255,7 +318,9 @@ class AudioExtractor(nn.Module):
         s = segs.shape[2]
         x = self.frame_cnn(segs.permute(0, 2, 1, 3).reshape(b * s, 1, n_mels, self.seg_len)).view(b, s, -1)
         if s > self.pos.shape[1]:
-            raise ValueError(f"AudioExtractor: {s} segments exceed the positional table ({self.pos.shape[1]}); shorten the audio")
+            raise ValueError(
+                f"AudioExtractor: {s} segments exceed the positional table ({self.pos.shape[1]}); shorten the audio"
+            )
         x = x + self.pos[:, :s]
         mask = None
         if length is not None:
@@ -274,12 +339,16 @@ class AudioExtractor(nn.Module):
 class _TokenTransformer(nn.Module):
     """Table IX "Transformer" regressor: one shared head over tokens of the available features."""
 
-    def __init__(self, dims: dict[str, int], d_model: int = 128, num_heads: int = 4, hidden: int = 128) -> None:
+    def __init__(
+        self, dims: dict[str, int], d_model: int = 128, num_heads: int = 4, hidden: int = 128
+    ) -> None:
         super().__init__()
         self.proj = nn.ModuleDict({k: nn.Linear(d, d_model) for k, d in dims.items()})
         self.type_emb = nn.ParameterDict({k: nn.Parameter(torch.zeros(1, d_model)) for k in dims})
         self.cls = nn.Parameter(torch.zeros(1, 1, d_model))
-        layer = nn.TransformerEncoderLayer(d_model, num_heads, dim_feedforward=2 * d_model, dropout=0.0, batch_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d_model, num_heads, dim_feedforward=2 * d_model, dropout=0.0, batch_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
         self.head = MLPHead(d_model, [hidden], 1)
 
@@ -303,9 +372,15 @@ class UNQANet(nn.Module):
         dropout: dropout between the two FC layers.
     """
 
-    def __init__(self, spatial: SpatialExtractor | None = None, motion: MotionExtractor | None = None,
-                 audio: AudioExtractor | None = None, regressor: str = "modality", hidden: int = 128,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        spatial: SpatialExtractor | None = None,
+        motion: MotionExtractor | None = None,
+        audio: AudioExtractor | None = None,
+        regressor: str = "modality",
+        hidden: int = 128,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.spatial, self.motion, self.audio = spatial, motion, audio
         if regressor not in ("modality", "mlp", "transformer"):
@@ -316,7 +391,9 @@ class UNQANet(nn.Module):
         if not self.dims:
             raise ConfigError("model.net needs at least one of spatial, motion and audio")
         if regressor == "modality":
-            self.modality_heads = nn.ModuleDict({m: self._head(self.feature_dim(m)) for m in MODALITIES if self.feature_keys(m)})
+            self.modality_heads = nn.ModuleDict(
+                {m: self._head(self.feature_dim(m)) for m in MODALITIES if self.feature_keys(m)}
+            )
         elif regressor == "mlp":
             self.shared_head = self._head(sum(self.dims.values()))
         else:
@@ -344,14 +421,21 @@ class UNQANet(nn.Module):
         for name in sorted(databases):
             modality = databases[name]
             if modality not in FEATURES_OF:
-                raise ConfigError(f"database `{name}`: unsupported modality {modality!r}; use one of {', '.join(MODALITIES)}")
+                raise ConfigError(
+                    f"database `{name}`: unsupported modality {modality!r}; use one of {', '.join(MODALITIES)}"
+                )
             if not self.can_score(modality):
                 continue
             self.database_heads[name] = self._head(self.feature_dim(modality))
             self.database_modality[name] = modality
 
-    def extract(self, frames: Tensor | None = None, motion: Tensor | None = None, wave: Tensor | None = None,
-                wave_len: Tensor | None = None) -> dict[str, Tensor]:
+    def extract(
+        self,
+        frames: Tensor | None = None,
+        motion: Tensor | None = None,
+        wave: Tensor | None = None,
+        wave_len: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         """Run the available extractors; ``motion`` is the (cached) F_m of eq. 7."""
         out: dict[str, Tensor] = {}
         if frames is not None and self.spatial is not None:
@@ -379,10 +463,14 @@ class UNQANet(nn.Module):
         parts = [feats[k] if k in keys else ref.new_zeros(b, d) for k, d in self.dims.items()]
         return self.shared_head(torch.cat(parts, dim=1)).squeeze(-1)
 
-    def modality_score(self, feats: dict[str, Tensor], modality: str, has_audio: Tensor | None = None) -> Tensor:
+    def modality_score(
+        self, feats: dict[str, Tensor], modality: str, has_audio: Tensor | None = None
+    ) -> Tensor:
         """Score with the modality regressor; AV items without audio use the video regressor."""
         if modality == "av" and has_audio is not None and not bool(has_audio.all()):
-            out = torch.empty(has_audio.shape[0], device=has_audio.device, dtype=next(iter(feats.values())).dtype)
+            out = torch.empty(
+                has_audio.shape[0], device=has_audio.device, dtype=next(iter(feats.values())).dtype
+            )
             with_a, without = has_audio.bool(), ~has_audio.bool()
             if with_a.any():
                 out[with_a] = self.modality_score({k: v[with_a] for k, v in feats.items()}, "av")
@@ -393,7 +481,9 @@ class UNQANet(nn.Module):
         if self.regressor != "modality":
             return self._shared(feats, modality)
         if modality not in self.modality_heads:
-            raise ConfigError(f"no regressor for {modality} inputs: its eq. 8 features {FEATURES_OF[modality]} are all disabled")
+            raise ConfigError(
+                f"no regressor for {modality} inputs: its eq. 8 features {FEATURES_OF[modality]} are all disabled"
+            )
         return self.modality_heads[modality](self._concat(feats, modality)).squeeze(-1)
 
     def database_score(self, feats: dict[str, Tensor], database: str) -> Tensor:
@@ -406,13 +496,22 @@ class UNQANet(nn.Module):
     # ------------------------------------------------------------------ parameter groups for the schedule
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named parts that the three-step schedule freezes or trains."""
-        groups: dict[str, list[nn.Parameter]] = {"spatial": [], "audio": [], "database_heads": [], "modality_heads": []}
+        groups: dict[str, list[nn.Parameter]] = {
+            "spatial": [],
+            "audio": [],
+            "database_heads": [],
+            "modality_heads": [],
+        }
         if self.spatial is not None:
             groups["spatial"] = list(self.spatial.parameters())
         if self.audio is not None:
             groups["audio"] = list(self.audio.parameters())
         groups["database_heads"] = list(self.database_heads.parameters())
-        groups["modality_heads"] = list(self.modality_heads.parameters()) if self.regressor == "modality" else list(self.shared_head.parameters())
+        groups["modality_heads"] = (
+            list(self.modality_heads.parameters())
+            if self.regressor == "modality"
+            else list(self.shared_head.parameters())
+        )
         return groups
 
 
@@ -425,4 +524,3 @@ def uniform_indices(n: int, k: int) -> np.ndarray:
     if n <= 0:
         raise ValueError("uniform_indices: no frames")
     return np.clip(np.round(np.linspace(0, n - 1, k)).astype(int), 0, n - 1) if k > 1 else np.array([n // 2])
-

@@ -93,8 +93,10 @@ def trial_wandb_callback(study_name: str, number: int, params: dict[str, Any]) -
 
         def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
             for logger in _wandb_loggers(trainer):
-                logger.experiment.config.update({"optuna": {"study": study_name, "trial": number, "params": params}},
-                                                allow_val_change=True)
+                logger.experiment.config.update(
+                    {"optuna": {"study": study_name, "trial": number, "params": params}},
+                    allow_val_change=True,
+                )
 
         def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
             import optuna
@@ -120,4 +122,3 @@ def finish_stray_wandb_run() -> None:
     if wandb is not None and getattr(wandb, "run", None) is not None:
         with contextlib.suppress(Exception):
             wandb.finish(exit_code=1)
-

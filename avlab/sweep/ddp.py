@@ -98,7 +98,9 @@ def follow(channel: Channel) -> int:
     if header is None:
         return 0
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=header["study"], storage=open_storage(header["storage"], heartbeat=False))
+    study = optuna.load_study(
+        study_name=header["study"], storage=open_storage(header["storage"], heartbeat=False)
+    )
     rank = int(os.environ.get("LOCAL_RANK", "1"))
     seq = 0
     while (message := channel.receive(f"{seq:06d}.json")) is not None:
@@ -122,11 +124,13 @@ def follow(channel: Channel) -> int:
                     study._storage.set_trial_user_attr(message["trial_id"], "error", error[:4000])
                     study._storage.set_trial_state_values(message["trial_id"], optuna.trial.TrialState.FAIL)
                 finally:
-                    print(f"avlab sweep: rank {rank} failed alone in trial {message['number']};"
-                          " stopping the sweep"
-                          " (re-run the command to resume the study)",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"avlab sweep: rank {rank} failed alone in trial {message['number']};"
+                        " stopping the sweep"
+                        " (re-run the command to resume the study)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     os._exit(1)
         seq += 1
     return 0
-

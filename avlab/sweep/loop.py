@@ -60,8 +60,16 @@ def _trial_dir(sweep_dir: Path, number: int) -> Path:
     return path
 
 
-def run_sweep(sweep: str, *, trials: int | None = None, storage: str | None = None, study_name: str | None = None,
-              overrides: Sequence[str] = (), pruner: str | None = None, out: Any = None) -> SweepResult | None:
+def run_sweep(
+    sweep: str,
+    *,
+    trials: int | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    overrides: Sequence[str] = (),
+    pruner: str | None = None,
+    out: Any = None,
+) -> SweepResult | None:
     """Run ``trials`` more trials of the study (created or resumed); ``None`` on ranks > 0."""
     if is_follower():
         follow(Channel(Path(os.environ[CHANNEL_ENV])))
@@ -82,33 +90,46 @@ def run_sweep(sweep: str, *, trials: int | None = None, storage: str | None = No
         raise ConfigError("--trials must be >= 0")
     name = study_name or spec.name
     if not name or ".." in Path(name).parts or Path(name).is_absolute():
-        raise ConfigError(f"--study {name!r} must be a plain name"
-                          " (it becomes a folder under run.root/sweeps/)")
+        raise ConfigError(
+            f"--study {name!r} must be a plain name (it becomes a folder under run.root/sweeps/)"
+        )
     sweep_dir = (Path(base.run.root) / "sweeps" / name).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     url = storage or default_storage(sweep_dir)
     rdb = open_storage(url)
     optuna.logging.set_verbosity(optuna.logging.INFO)
-    study, created = open_study(rdb, name, spec.direction, build_sampler(spec.sampler), build_pruner(spec.pruner))
+    study, created = open_study(
+        rdb, name, spec.direction, build_sampler(spec.sampler), build_pruner(spec.pruner)
+    )
     # A resumed or parallel worker gets its own sampler seed: the same seed would replay the
     # first worker's random start-up samples. A lone worker on a new study keeps the file's seed.
-    salt = None if created and not storage else f"{len(study.trials)}" + (f":{worker_id()}" if storage else "")
+    salt = (
+        None if created and not storage else f"{len(study.trials)}" + (f":{worker_id()}" if storage else "")
+    )
     study.sampler = build_sampler(spec.sampler, salt=salt)
     if created:
         study.set_user_attr("sweep", spec.name)
         study.set_user_attr("experiment", spec.experiment)
-        study.set_user_attr("objective", {"metric": spec.metric, "direction": spec.direction, "aggregate": spec.aggregate})
+        study.set_user_attr(
+            "objective", {"metric": spec.metric, "direction": spec.direction, "aggregate": spec.aggregate}
+        )
         if spec.first_trial:
             study.enqueue_trial(spec.first_trial, user_attrs={"source": "first_trial (paper values)"})
-    print(f"study `{name}` ({'new' if created else f'resumed, {len(study.trials)} trial(s) so far'}) in "
-          f"{redact(url)}: {n_trials} trial(s) of {spec.experiment}, {spec.direction} {spec.metric} "
-          f"({spec.aggregate} over folds), pruner {spec.pruner.get('type', 'median')}", file=out, flush=True)
+    print(
+        f"study `{name}` ({'new' if created else f'resumed, {len(study.trials)} trial(s) so far'}) in "
+        f"{redact(url)}: {n_trials} trial(s) of {spec.experiment}, {spec.direction} {spec.metric} "
+        f"({spec.aggregate} over folds), pruner {spec.pruner.get('type', 'median')}",
+        file=out,
+        flush=True,
+    )
 
     tree = OmegaConf.to_container(base, resolve=True)
     fixed = [*spec.overrides, *overrides]
     tags = list(dict.fromkeys([*(base.logger.wandb.tags or []), "sweep"]))
     plumbing = [f"logger.wandb.group={yaml_value(name)}", f"logger.wandb.tags={yaml_value(tags)}"]
-    channel = Channel.create({"study": name, "storage": url, "experiment": spec.experiment, "metric": spec.metric})
+    channel = Channel.create(
+        {"study": name, "storage": url, "experiment": spec.experiment, "metric": spec.metric}
+    )
     previous_channel = os.environ.get(CHANNEL_ENV)
     os.environ[CHANNEL_ENV] = str(channel.path)
     seq = 0
@@ -124,8 +145,15 @@ def run_sweep(sweep: str, *, trials: int | None = None, storage: str | None = No
         trial.set_user_attr("run_dir", str(run_dir))
         cfg = load_experiment(spec.experiment, [*fixed, *chosen, *plumbing])
         all_overrides = [*fixed, *chosen, *plumbing]
-        channel.announce(seq, {"trial_id": trial._trial_id, "number": trial.number, "overrides": all_overrides,
-                               "run_dir": str(run_dir)})
+        channel.announce(
+            seq,
+            {
+                "trial_id": trial._trial_id,
+                "number": trial.number,
+                "overrides": all_overrides,
+                "run_dir": str(run_dir),
+            },
+        )
         announced[trial.number] = seq
         seq += 1
         print(f"trial {trial.number}: {' '.join(chosen)}", file=out, flush=True)
@@ -134,8 +162,13 @@ def run_sweep(sweep: str, *, trials: int | None = None, storage: str | None = No
         # exporting it puts this trial's run, on every rank, in the sweep's trials/ folder.
         os.environ[RUN_DIR_ENV] = str(run_dir)
         try:
-            result = train(cfg, extra_callbacks=[pruning_callback_class()(trial, spec.metric),
-                                                 trial_wandb_callback(name, trial.number, values)])
+            result = train(
+                cfg,
+                extra_callbacks=[
+                    pruning_callback_class()(trial, spec.metric),
+                    trial_wandb_callback(name, trial.number, values),
+                ],
+            )
         finally:
             if saved is None:
                 os.environ.pop(RUN_DIR_ENV, None)
@@ -143,14 +176,17 @@ def run_sweep(sweep: str, *, trials: int | None = None, storage: str | None = No
                 os.environ[RUN_DIR_ENV] = saved
             finish_stray_wandb_run()
         if not result.val_metrics:
-            raise ConfigError(f"{spec.experiment} has no validation loop (a closed-form estimator?):"
-                              " nothing to optimise")
+            raise ConfigError(
+                f"{spec.experiment} has no validation loop (a closed-form estimator?): nothing to optimise"
+            )
         per_fit = [m.get(spec.metric) for m in result.val_metrics]
         if any(v is None for v in per_fit):
             logged = sorted({k for m in result.val_metrics for k in m})
-            raise ConfigError(f"objective metric `{spec.metric}` was not logged."
-                              f"{did_you_mean(spec.metric, logged)}"
-                              f" Logged: {', '.join(logged) or 'nothing'}")
+            raise ConfigError(
+                f"objective metric `{spec.metric}` was not logged."
+                f"{did_you_mean(spec.metric, logged)}"
+                f" Logged: {', '.join(logged) or 'nothing'}"
+            )
         trial.set_user_attr("fold_values", per_fit)
         for key, value in result.metrics.items():
             if not key.endswith("_std") and not math.isnan(value):
@@ -185,9 +221,11 @@ def run_sweep(sweep: str, *, trials: int | None = None, storage: str | None = No
         if world <= 1 or trial.number not in announced:
             return  # no other ranks, or the trial failed before they were told about it
         if not channel.await_reports(announced[trial.number], range(1, world), DDP_STATUS_WAIT_S):
-            raise _OutOfStep(f"trial {trial.number} failed on rank 0 only ({message}); the other ranks are"
-                             " blocked in a collective, so the sweep stops. Re-run the same command to resume"
-                             " the study.")
+            raise _OutOfStep(
+                f"trial {trial.number} failed on rank 0 only ({message}); the other ranks are"
+                " blocked in a collective, so the sweep stops. Re-run the same command to resume"
+                " the study."
+            )
 
     interrupted, error = False, None
     try:
@@ -230,4 +268,3 @@ def _fail_own_running_trials(study: Any, interrupted: bool) -> None:
             with contextlib.suppress(Exception):
                 study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted")
                 study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-

@@ -84,7 +84,9 @@ def param_overrides(base: dict[str, Any], params: dict[str, ParamSpec], values: 
 
 def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
     if isinstance(node, dict):
-        return [k for key, v in node.items() for k in _leaf_keys(v, f"{prefix}.{key}" if prefix else str(key))]
+        return [
+            k for key, v in node.items() for k in _leaf_keys(v, f"{prefix}.{key}" if prefix else str(key))
+        ]
     if isinstance(node, list):
         return [k for i, v in enumerate(node) for k in _leaf_keys(v, f"{prefix}.{i}")] or [prefix]
     return [prefix]
@@ -104,9 +106,11 @@ def check_space(spec: SweepSpec, overrides: Sequence[str]) -> DictConfig:
         for key in p.keys:
             # A parent on the command line is fine (steps=[...] then steps.0.lr searched within it).
             if key in cli_keys or any(c.startswith(key + ".") for c in cli_keys):
-                raise ConfigError(f"{where} searches `{key}` (parameter `{p.name}`), so it cannot also be set"
-                                  " on the command line."
-                                  " Drop the override, or copy the sweep file and change its search space.")
+                raise ConfigError(
+                    f"{where} searches `{key}` (parameter `{p.name}`), so it cannot also be set"
+                    " on the command line."
+                    " Drop the override, or copy the sweep file and change its search space."
+                )
     base = load_experiment(spec.experiment, fixed)
     tree = OmegaConf.to_container(base, resolve=True)
     sample = {p.name: spec.first_trial.get(p.name, p.representative()) for p in spec.params.values()}
@@ -121,4 +125,3 @@ def check_space(spec: SweepSpec, overrides: Sequence[str]) -> DictConfig:
     except ConfigError as exc:
         raise ConfigError(f"{where}: its search space does not fit {spec.experiment}: {exc}") from exc
     return base
-

@@ -18,8 +18,17 @@ from avlab.errors import ConfigError, did_you_mean
 #: Default number of trials per invocation when neither the sweep file nor --trials says.
 DEFAULT_TRIALS = 20
 
-_TOP_KEYS = ("experiment", "description", "objective", "overrides", "trials", "sampler", "pruner", "params",
-             "first_trial")
+_TOP_KEYS = (
+    "experiment",
+    "description",
+    "objective",
+    "overrides",
+    "trials",
+    "sampler",
+    "pruner",
+    "params",
+    "first_trial",
+)
 _AGGREGATES = ("mean", "median", "min", "max")
 
 
@@ -94,11 +103,14 @@ def load_sweep(name: str) -> SweepSpec:
         raise ConfigError(f"{where} must hold a mapping")
     for key in raw:
         if key not in _TOP_KEYS:
-            raise ConfigError(f"{where}: unknown key `{key}`.{did_you_mean(str(key), _TOP_KEYS)}"
-                              f" Keys: {', '.join(_TOP_KEYS)}")
+            raise ConfigError(
+                f"{where}: unknown key `{key}`.{did_you_mean(str(key), _TOP_KEYS)}"
+                f" Keys: {', '.join(_TOP_KEYS)}"
+            )
     if not raw.get("experiment"):
-        raise ConfigError(f"{where}: `experiment` is missing"
-                          " (the experiment every trial trains, e.g. avq/attentive_fusion)")
+        raise ConfigError(
+            f"{where}: `experiment` is missing (the experiment every trial trains, e.g. avq/attentive_fusion)"
+        )
     experiment = str(raw["experiment"])
     if experiment.endswith((".yaml", ".yml")) and not Path(experiment).is_absolute():
         # A file next to the sweep, so a sweep and its experiment can live outside the package.
@@ -108,15 +120,17 @@ def load_sweep(name: str) -> SweepSpec:
         raise ConfigError(f"{where}: `objective.metric` is missing (for example val/loss)")
     unknown = set(objective) - {"metric", "direction", "aggregate"}
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} in `objective`;"
-                          " keys: metric, direction, aggregate")
+        raise ConfigError(
+            f"{where}: unknown key(s) {sorted(unknown)} in `objective`; keys: metric, direction, aggregate"
+        )
     direction = str(objective.get("direction", "minimize"))
     if direction not in ("minimize", "maximize"):
         raise ConfigError(f"{where}: `objective.direction` must be minimize or maximize, got {direction!r}")
     aggregate = str(objective.get("aggregate", "mean"))
     if aggregate not in _AGGREGATES:
-        raise ConfigError(f"{where}: `objective.aggregate` must be one of {', '.join(_AGGREGATES)},"
-                          f" got {aggregate!r}")
+        raise ConfigError(
+            f"{where}: `objective.aggregate` must be one of {', '.join(_AGGREGATES)}, got {aggregate!r}"
+        )
     overrides = raw.get("overrides") or []
     if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
         raise ConfigError(f"{where}: `overrides` must be a list of key=value strings")
@@ -132,14 +146,27 @@ def load_sweep(name: str) -> SweepSpec:
     first = {str(k): v for k, v in (raw.get("first_trial") or {}).items()}
     for key, value in first.items():
         if key not in params:
-            raise ConfigError(f"{where}: `first_trial.{key}` is not a searched parameter."
-                              f"{did_you_mean(key, params)}")
+            raise ConfigError(
+                f"{where}: `first_trial.{key}` is not a searched parameter.{did_you_mean(key, params)}"
+            )
         if not _contains(params[key], value):
-            raise ConfigError(f"{where}: `first_trial.{key}` = {value!r} lies outside its search space"
-                              f" {_describe(params[key])}")
-    spec = SweepSpec(name=display, path=path, experiment=experiment, metric=str(objective["metric"]), direction=direction,
-                     aggregate=aggregate, description=str(raw.get("description") or ""), overrides=list(overrides),
-                     trials=int(raw.get("trials") or DEFAULT_TRIALS), params=params, first_trial=first)
+            raise ConfigError(
+                f"{where}: `first_trial.{key}` = {value!r} lies outside its search space"
+                f" {_describe(params[key])}"
+            )
+    spec = SweepSpec(
+        name=display,
+        path=path,
+        experiment=experiment,
+        metric=str(objective["metric"]),
+        direction=direction,
+        aggregate=aggregate,
+        description=str(raw.get("description") or ""),
+        overrides=list(overrides),
+        trials=int(raw.get("trials") or DEFAULT_TRIALS),
+        params=params,
+        first_trial=first,
+    )
     if raw.get("sampler") is not None:
         spec.sampler = dict(raw["sampler"])
     if raw.get("pruner") is not None:
@@ -151,20 +178,28 @@ def load_sweep(name: str) -> SweepSpec:
 
 def _param_spec(name: str, node: Any, where: str) -> ParamSpec:
     if not isinstance(node, dict):
-        raise ConfigError(f"{where}: `params.{name}` must be a mapping such as"
-                          " {type: float, low: 1e-4, high: 1e-2, log: true}")
+        raise ConfigError(
+            f"{where}: `params.{name}` must be a mapping such as"
+            " {type: float, low: 1e-4, high: 1e-2, log: true}"
+        )
     node = dict(node)
     kind = node.pop("type", "categorical" if "choices" in node else None)
     keys = node.pop("keys", None) or [name]
     if isinstance(keys, str):
         keys = [keys]
-    allowed = {"categorical": {"choices"}, "int": {"low", "high", "step", "log"}, "float": {"low", "high", "step", "log"}}
+    allowed = {
+        "categorical": {"choices"},
+        "int": {"low", "high", "step", "log"},
+        "float": {"low", "high", "step", "log"},
+    }
     if kind not in allowed:
         raise ConfigError(f"{where}: `params.{name}.type` must be int, float or categorical, got {kind!r}")
     bad = set(node) - allowed[kind]
     if bad:
-        raise ConfigError(f"{where}: `params.{name}` ({kind}) takes {', '.join(sorted(allowed[kind]))}"
-                          f" (and keys), not {', '.join(sorted(bad))}")
+        raise ConfigError(
+            f"{where}: `params.{name}` ({kind}) takes {', '.join(sorted(allowed[kind]))}"
+            f" (and keys), not {', '.join(sorted(bad))}"
+        )
     if kind == "categorical" and not (isinstance(node.get("choices"), list) and node["choices"]):
         raise ConfigError(f"{where}: `params.{name}.choices` must be a non-empty list")
     if kind != "categorical" and ("low" not in node or "high" not in node):
@@ -199,8 +234,10 @@ def _construct(cls: type, kwargs: dict[str, Any], where: str, what: str) -> Any:
     params = [n for n in inspect.signature(cls).parameters if n not in ("self", "args", "kwargs")]
     for key in kwargs:
         if key not in params:
-            raise ConfigError(f"{where}: `{what}.{key}` is not an argument of optuna's {cls.__name__}."
-                              f"{did_you_mean(key, params)} Arguments: {', '.join(params)}")
+            raise ConfigError(
+                f"{where}: `{what}.{key}` is not an argument of optuna's {cls.__name__}."
+                f"{did_you_mean(key, params)} Arguments: {', '.join(params)}"
+            )
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -217,8 +254,10 @@ def build_sampler(node: dict[str, Any], *, where: str = "sweep", salt: str | Non
     kind = str(node.pop("type", "tpe"))
     classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
     if kind not in classes:
-        raise ConfigError(f"{where}: `sampler.type` must be one of {', '.join(classes)}, got {kind!r}."
-                          f"{did_you_mean(kind, classes)}")
+        raise ConfigError(
+            f"{where}: `sampler.type` must be one of {', '.join(classes)}, got {kind!r}."
+            f"{did_you_mean(kind, classes)}"
+        )
     if node.get("seed") is not None and salt is not None:
         digest = hashlib.sha256(f"{int(node['seed'])}:{salt}".encode()).digest()
         node["seed"] = int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
@@ -231,11 +270,16 @@ def build_pruner(node: dict[str, Any], *, where: str = "sweep") -> Any:
 
     node = dict(node)
     kind = str(node.pop("type", "median"))
-    classes = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
-               "percentile": optuna.pruners.PercentilePruner, "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-               "none": optuna.pruners.NopPruner}
+    classes = {
+        "median": optuna.pruners.MedianPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "percentile": optuna.pruners.PercentilePruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "none": optuna.pruners.NopPruner,
+    }
     if kind not in classes:
-        raise ConfigError(f"{where}: `pruner.type` must be one of {', '.join(classes)}, got {kind!r}."
-                          f"{did_you_mean(kind, classes)}")
+        raise ConfigError(
+            f"{where}: `pruner.type` must be one of {', '.join(classes)}, got {kind!r}."
+            f"{did_you_mean(kind, classes)}"
+        )
     return _construct(classes[kind], node, where, "pruner")
-

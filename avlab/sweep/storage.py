@@ -37,14 +37,21 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+        except (
+            sqlalchemy.exc.OperationalError,
+            sqlalchemy.exc.IntegrityError,
+            sqlalchemy.exc.ProgrammingError,
+        ) as exc:
             last = exc
             time.sleep(0.3 + random.random() * (attempt + 1) * 0.5)
         except (sqlalchemy.exc.ArgumentError, ImportError, ValueError) as exc:
             # Optuna re-raises a missing database driver as a plain ImportError. The PostgreSQL
             # driver is an optional extra, so say how to get it.
-            hint = (" (PostgreSQL storage needs its driver: pip install 'avlab[postgres]')"
-                    if isinstance(exc, ImportError) and url.startswith("postgres") else "")
+            hint = (
+                " (PostgreSQL storage needs its driver: pip install 'avlab[postgres]')"
+                if isinstance(exc, ImportError) and url.startswith("postgres")
+                else ""
+            )
             raise ConfigError(f"cannot use storage {redact(url)}: {exc}{hint}") from exc
     raise ConfigError(f"cannot open storage {redact(url)}: {last}")
 
@@ -65,15 +72,22 @@ def open_study(storage: Any, name: str, direction: str, sampler: Any, pruner: An
     import optuna
 
     try:
-        return optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler,
-                                   pruner=pruner, load_if_exists=False), True
+        return optuna.create_study(
+            storage=storage,
+            study_name=name,
+            direction=direction,
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=False,
+        ), True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     if len(study.directions) != 1 or study.direction.name.lower() != direction:
-        raise ConfigError(f"study `{name}` exists and {study.direction.name.lower()}s its objective, but the sweep"
-                          f" says {direction}; use another --study name")
+        raise ConfigError(
+            f"study `{name}` exists and {study.direction.name.lower()}s its objective, but the sweep"
+            f" says {direction}; use another --study name"
+        )
     return study, False
-
 
 
 def worker_id() -> str:

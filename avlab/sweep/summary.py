@@ -28,19 +28,38 @@ def write_summary(study: Any, sweep_dir: Path, spec: SweepSpec) -> None:
     states = {s.name: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
     best = best_trial(study)
     summary: dict[str, Any] = {
-        "study": study.study_name, "sweep": spec.name, "experiment": spec.experiment,
+        "study": study.study_name,
+        "sweep": spec.name,
+        "experiment": spec.experiment,
         "objective": {"metric": spec.metric, "direction": spec.direction, "aggregate": spec.aggregate},
         "trials": {k.lower(): v for k, v in states.items() if v},
-        "best_trial": None, "best_value": None, "params": None, "overrides": None,
+        "best_trial": None,
+        "best_value": None,
+        "params": None,
+        "overrides": None,
     }
     if best is not None:
-        summary.update(best_trial=best.number, best_value=best.value, params=best.params,
-                       overrides=best.user_attrs.get("overrides"),
-                       run_dir=best.user_attrs.get("run_dir"),
-                       test_metrics={k: v for k, v in best.user_attrs.items() if k.startswith("test/")})
+        summary.update(
+            best_trial=best.number,
+            best_value=best.value,
+            params=best.params,
+            overrides=best.user_attrs.get("overrides"),
+            run_dir=best.user_attrs.get("run_dir"),
+            test_metrics={k: v for k, v in best.user_attrs.items() if k.startswith("test/")},
+        )
     atomic_write(sweep_dir / "best_params.json", json.dumps(summary, indent=2, default=str) + "\n")
-    frame = study.trials_dataframe(attrs=("number", "state", "value", "datetime_start", "datetime_complete", "duration",
-                                          "params", "user_attrs"))
+    frame = study.trials_dataframe(
+        attrs=(
+            "number",
+            "state",
+            "value",
+            "datetime_start",
+            "datetime_complete",
+            "duration",
+            "params",
+            "user_attrs",
+        )
+    )
     if "duration" in frame:
         frame["duration"] = frame["duration"].dt.total_seconds()
     atomic_write(sweep_dir / "trials.csv", frame.to_csv(index=False))
@@ -80,10 +99,18 @@ def _plots(study: Any, sweep_dir: Path, target: str) -> None:
         plt.close(fig)
 
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-    save("param_importances.png", lambda: ovm.plot_param_importances(study, evaluator=evaluator, target_name=target), 2,
-         f"hyper-parameter importance (fANOVA) of study {study.study_name}")
-    save("parallel_coordinate.png", lambda: ovm.plot_parallel_coordinate(study, target_name=target), 1,
-         f"parallel coordinates of study {study.study_name}")
+    save(
+        "param_importances.png",
+        lambda: ovm.plot_param_importances(study, evaluator=evaluator, target_name=target),
+        2,
+        f"hyper-parameter importance (fANOVA) of study {study.study_name}",
+    )
+    save(
+        "parallel_coordinate.png",
+        lambda: ovm.plot_parallel_coordinate(study, target_name=target),
+        1,
+        f"parallel coordinates of study {study.study_name}",
+    )
 
 
 def print_summary(study: Any, spec: SweepSpec, best: Any | None, sweep_dir: Path, out: Any) -> None:

@@ -16,8 +16,20 @@ from pathlib import Path
 from avlab.tables.build import RowResult, config_hash, find_finished_run, plan, run_missing
 from avlab.tables.spec import Column, Row, TableSpec, list_tables, load_table
 
-__all__ = ["Column", "Row", "RowResult", "TableResult", "TableSpec", "add_parser", "config_hash",
-           "find_finished_run", "list_tables", "load_table", "main", "make_table"]
+__all__ = [
+    "Column",
+    "Row",
+    "RowResult",
+    "TableResult",
+    "TableSpec",
+    "add_parser",
+    "config_hash",
+    "find_finished_run",
+    "list_tables",
+    "load_table",
+    "main",
+    "make_table",
+]
 
 
 @dataclass
@@ -34,8 +46,14 @@ class TableResult:
         return [r for r in self.rows if r.action == "failed"]
 
 
-def make_table(name: str, overrides: list[str] = (), *, runs: Path | str | None = None, dry_run: bool = False,
-               overlays: list[str] = ()) -> TableResult:
+def make_table(
+    name: str,
+    overrides: list[str] = (),
+    *,
+    runs: Path | str | None = None,
+    dry_run: bool = False,
+    overlays: list[str] = (),
+) -> TableResult:
     """Run (or reuse) a table's rows, print it, and write its files; on ``dry_run`` only print what
     each row would do (reuse which run, or run) and the values that need no run."""
     from avlab.runner import wandb_mode
@@ -46,8 +64,12 @@ def make_table(name: str, overrides: list[str] = (), *, runs: Path | str | None 
     rows = plan(table, list(overrides), list(overlays), runs_root)
     if dry_run:
         for res in rows:
-            what = {"reuse": f"reuse {res.run_dir}", "run": "run", "none": "nothing to run",
-                    "missing": "no avlab experiment (the paper's values only)"}[res.action]
+            what = {
+                "reuse": f"reuse {res.run_dir}",
+                "run": "run",
+                "none": "nothing to run",
+                "missing": "no avlab experiment (the paper's values only)",
+            }[res.action]
             ran = f"{res.row.experiment} {' '.join(res.row.overrides)}".strip()
             where = f" [{ran}] config {res.config_hash}" if ran else ""
             print(f"{res.row.name}{where}: {what}")
@@ -71,22 +93,32 @@ def make_table(name: str, overrides: list[str] = (), *, runs: Path | str | None 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``avlab table`` sub-command (registered by :mod:`avlab.cli`)."""
     p = sub.add_parser(
-        "table", help="Reproduce a paper table: run or reuse its rows, print paper vs avlab: "
-                      "avlab table avq/table1.",
+        "table",
+        help="Reproduce a paper table: run or reuse its rows, print paper vs avlab: avlab table avq/table1.",
         description="Run the missing rows of a paper table (reusing finished runs with the same resolved "
-                    "config), then print it with the paper's values, avlab's and the difference, and write "
-                    "table.md, table.csv and table.png to RUNS/tables/<task>/<name>/.",
+        "config), then print it with the paper's values, avlab's and the difference, and write "
+        "table.md, table.csv and table.png to RUNS/tables/<task>/<name>/.",
         epilog="Example: avlab table avq/table1 data.root=/data/avq --runs runs   "
-               "(key=value overrides apply to every row)")
+        "(key=value overrides apply to every row)",
+    )
     p.add_argument("table", nargs="?", help="<task>/<name> (see --list) or a path to a table YAML")
     p.add_argument("overrides", nargs="*", help="key=value config overrides applied to every row")
-    p.add_argument("--runs", type=Path, default=None,
-                   help="run root to reuse runs from and write new ones to "
-                   "(default: the rows' run.root, runs/)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="list what would run and what would be reused, then exit")
-    p.add_argument("--overlay", action="append", default=[], metavar="NAME",
-                   help="merge another config file into every row (repeatable), e.g. yt8m/_cpu")
+    p.add_argument(
+        "--runs",
+        type=Path,
+        default=None,
+        help="run root to reuse runs from and write new ones to (default: the rows' run.root, runs/)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="list what would run and what would be reused, then exit"
+    )
+    p.add_argument(
+        "--overlay",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="merge another config file into every row (repeatable), e.g. yt8m/_cpu",
+    )
     p.add_argument("--list", action="store_true", help="list every table as <task>/<name> and exit")
     return p
 
@@ -100,6 +132,7 @@ def main(args: argparse.Namespace) -> int:
         from avlab.errors import ConfigError
 
         raise ConfigError("table needs a TABLE (see `avlab table --list`)")
-    result = make_table(args.table, args.overrides, runs=args.runs, dry_run=args.dry_run,
-                        overlays=args.overlay)
+    result = make_table(
+        args.table, args.overrides, runs=args.runs, dry_run=args.dry_run, overlays=args.overlay
+    )
     return 1 if result.failed else 0

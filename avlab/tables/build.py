@@ -145,8 +145,9 @@ def _overlay_paths(table: TableSpec, names: list[str]) -> list[str]:
     return out
 
 
-def resolve_row(table: TableSpec, row: Row, overrides: list[str], overlays: list[str],
-                runs_root: Path | None) -> tuple[DictConfig, DataUsed, Path]:
+def resolve_row(
+    table: TableSpec, row: Row, overrides: list[str], overlays: list[str], runs_root: Path | None
+) -> tuple[DictConfig, DataUsed, Path]:
     """The row's resolved config: the table's overlays and overrides, the row's, then the
     command line's; the demo overlay/overrides join when the row reads demo data."""
     from avlab.config import load_experiment
@@ -186,8 +187,9 @@ def count_params(table: TableSpec, row: Row, col: Column, overrides: list[str]) 
     return float(count_trainable_parameters(net))
 
 
-def plan(table: TableSpec, overrides: list[str] = (), overlays: list[str] = (),
-         runs_root: Path | None = None) -> list[RowResult]:
+def plan(
+    table: TableSpec, overrides: list[str] = (), overlays: list[str] = (), runs_root: Path | None = None
+) -> list[RowResult]:
     """Every row resolved and validated (a bad row fails before anything runs), with the finished
     run it would reuse and the values that need no run."""
     results = []
@@ -217,8 +219,9 @@ def plan(table: TableSpec, overrides: list[str] = (), overlays: list[str] = (),
                 res.metrics = json.loads((found / "metrics.json").read_text())
         results.append(res)
     if problems:
-        raise ConfigError(f"table `{table.name}` has rows that do not resolve:\n  - "
-                          + "\n  - ".join(problems))
+        raise ConfigError(
+            f"table `{table.name}` has rows that do not resolve:\n  - " + "\n  - ".join(problems)
+        )
     return results
 
 

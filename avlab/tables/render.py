@@ -51,8 +51,10 @@ def data_lines(table: TableSpec, results: list[RowResult]) -> list[str]:
         lines.append(f"avlab data: {desc}")
     if any(r.data and r.data.demo for r in results):
         note = f" ({table.demo_note})" if table.demo_note else ""
-        lines.append("The avlab numbers come from DEMO data, not the paper's data: they test that the "
-                     f"pipeline runs and compare models with each other, not with the paper{note}.")
+        lines.append(
+            "The avlab numbers come from DEMO data, not the paper's data: they test that the "
+            f"pipeline runs and compare models with each other, not with the paper{note}."
+        )
     return lines
 
 
@@ -78,8 +80,9 @@ def _has_groups(table: TableSpec) -> bool:
     return any(r.group for r in table.rows)
 
 
-def flat_rows(table: TableSpec, results: list[RowResult],
-              dry_run: bool = False) -> tuple[list[str], list[list[str]]]:
+def flat_rows(
+    table: TableSpec, results: list[RowResult], dry_run: bool = False
+) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the wide table (one line per row, paper/avlab/Δ per column)."""
     head = (["group"] if _has_groups(table) else []) + ["model"]
     for col in table.columns:
@@ -198,8 +201,10 @@ def plot(table: TableSpec, results: list[RowResult], path: Path) -> None:
     axes[0][0].invert_yaxis()
     axes[0][-1].legend(fontsize=8, loc="lower right")
     demo = any(r.data and r.data.demo for r in results)
-    fig.suptitle(f"{table.name}: paper vs avlab" + (" (avlab on DEMO data, not the paper's)" if demo else ""),
-                 fontsize=10)
+    fig.suptitle(
+        f"{table.name}: paper vs avlab" + (" (avlab on DEMO data, not the paper's)" if demo else ""),
+        fontsize=10,
+    )
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120)
@@ -225,15 +230,29 @@ def log_wandb(table: TableSpec, results: list[RowResult], out_dir: Path, mode: s
     first = next((r.cfg for r in results if r.cfg is not None), None)
     cfg = first.logger.wandb if first is not None else None
     head, body = flat_rows(table, results)
-    run = wandb.init(project=cfg.project if cfg else "avlab", entity=cfg.entity if cfg else None, mode=mode,
-                     dir=str(out_dir), job_type="table", group=f"table/{table.name}",
-                     name=f"table/{table.name}",
-                     tags=[table.task, "table"], reinit="finish_previous",
-                     config={"table": table.name, "rows": {r.row.name: r.config_hash for r in results},
-                             "data": sorted({r.data.root for r in results if r.data})})
+    run = wandb.init(
+        project=cfg.project if cfg else "avlab",
+        entity=cfg.entity if cfg else None,
+        mode=mode,
+        dir=str(out_dir),
+        job_type="table",
+        group=f"table/{table.name}",
+        name=f"table/{table.name}",
+        tags=[table.task, "table"],
+        reinit="finish_previous",
+        config={
+            "table": table.name,
+            "rows": {r.row.name: r.config_hash for r in results},
+            "data": sorted({r.data.root for r in results if r.data}),
+        },
+    )
     try:
-        run.log({"table": wandb.Table(columns=head, data=body),
-                 "table_plot": wandb.Image(str(out_dir / "table.png"))})
+        run.log(
+            {
+                "table": wandb.Table(columns=head, data=body),
+                "table_plot": wandb.Image(str(out_dir / "table.png")),
+            }
+        )
         return Path(run.dir).parent
     finally:
         run.finish()

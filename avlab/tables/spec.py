@@ -96,8 +96,22 @@ class TableSpec:
     needs: str = ""
 
 
-_TOP_KEYS = {"task", "title", "paper", "source", "protocol", "columns", "rows", "overlay", "overrides",
-             "demo_overlay", "demo_overrides", "demo_note", "footnotes", "needs"}
+_TOP_KEYS = {
+    "task",
+    "title",
+    "paper",
+    "source",
+    "protocol",
+    "columns",
+    "rows",
+    "overlay",
+    "overrides",
+    "demo_overlay",
+    "demo_overrides",
+    "demo_note",
+    "footnotes",
+    "needs",
+}
 _COLUMN_KEYS = {"id", "name", "key", "kind", "scale", "digits", "better", "params_overrides"}
 _ROW_KEYS = {"name", "experiment", "overrides", "group", "source", "paper"}
 
@@ -126,8 +140,11 @@ def find_table(name: str) -> tuple[Path, str]:
     if stem and path.is_file():
         return path, name
     hint = closest(name, list_tables())
-    raise ConfigError(f"unknown table `{name}`." + (f" Did you mean `{hint[0]}`?" if hint else "")
-                      + " Run `avlab table --list` to see all tables, or pass a path to a .yaml file.")
+    raise ConfigError(
+        f"unknown table `{name}`."
+        + (f" Did you mean `{hint[0]}`?" if hint else "")
+        + " Run `avlab table --list` to see all tables, or pass a path to a .yaml file."
+    )
 
 
 def _unknown(where: str, keys: Any, allowed: set[str]) -> list[str]:
@@ -172,11 +189,16 @@ def load_table(name: str) -> TableSpec:
             problems.append(f"`{where[:-1]}` needs at least `id` and `name`")
             continue
         problems += _unknown(where, node, _COLUMN_KEYS)
-        col = Column(id=str(node["id"]), name=str(node["name"]), key=str(node.get("key", "")),
-                     kind=str(node.get("kind", "metric")), scale=float(node.get("scale", 1.0)),
-                     digits=int(node.get("digits", 2)), better=str(node.get("better", "higher")),
-                     params_overrides=_str_list(node.get("params_overrides"), where + "params_overrides",
-                                                problems))
+        col = Column(
+            id=str(node["id"]),
+            name=str(node["name"]),
+            key=str(node.get("key", "")),
+            kind=str(node.get("kind", "metric")),
+            scale=float(node.get("scale", 1.0)),
+            digits=int(node.get("digits", 2)),
+            better=str(node.get("better", "higher")),
+            params_overrides=_str_list(node.get("params_overrides"), where + "params_overrides", problems),
+        )
         if col.kind not in ("metric", "params"):
             problems.append(f"`{where}kind` must be metric or params, got {col.kind!r}")
         if col.kind == "metric" and not col.key:
@@ -200,20 +222,37 @@ def load_table(name: str) -> TableSpec:
                 hint = closest(str(key), sorted(ids))
                 did = f" Did you mean `{hint[0]}`?" if hint else ""
                 problems.append(f"`{where}paper.{key}` is not a column id.{did}")
-        rows.append(Row(name=str(node["name"]), experiment=str(node["experiment"] or ""),
-                        overrides=_str_list(node.get("overrides"), where + "overrides", problems),
-                        group=str(node.get("group", "")), source=str(node.get("source", "")),
-                        paper={str(k): float(v) for k, v in paper.items() if v is not None}))
+        rows.append(
+            Row(
+                name=str(node["name"]),
+                experiment=str(node["experiment"] or ""),
+                overrides=_str_list(node.get("overrides"), where + "overrides", problems),
+                group=str(node.get("group", "")),
+                source=str(node.get("source", "")),
+                paper={str(k): float(v) for k, v in paper.items() if v is not None},
+            )
+        )
     if not rows:
         problems.append("`rows` is empty: a table needs at least one row")
     names = ("overlay", "overrides", "demo_overlay", "demo_overrides", "footnotes")
     lists = {k: _str_list(data.get(k), k, problems) for k in names}
     if problems:
         raise ConfigError(f"invalid table `{display}` ({path}):\n  - " + "\n  - ".join(problems))
-    return TableSpec(task=str(task), name=display, path=path, title=str(data.get("title", display)),
-                     paper=str(data.get("paper", "")), source=str(data.get("source", "")),
-                     protocol=str(data.get("protocol", "")).strip(), columns=columns, rows=rows,
-                     overlay=lists["overlay"], overrides=lists["overrides"],
-                     demo_overlay=lists["demo_overlay"], demo_overrides=lists["demo_overrides"],
-                     demo_note=str(data.get("demo_note", "")).strip(),
-                     footnotes=lists["footnotes"], needs=str(data.get("needs", "")).strip())
+    return TableSpec(
+        task=str(task),
+        name=display,
+        path=path,
+        title=str(data.get("title", display)),
+        paper=str(data.get("paper", "")),
+        source=str(data.get("source", "")),
+        protocol=str(data.get("protocol", "")).strip(),
+        columns=columns,
+        rows=rows,
+        overlay=lists["overlay"],
+        overrides=lists["overrides"],
+        demo_overlay=lists["demo_overlay"],
+        demo_overrides=lists["demo_overrides"],
+        demo_note=str(data.get("demo_note", "")).strip(),
+        footnotes=lists["footnotes"],
+        needs=str(data.get("needs", "")).strip(),
+    )

@@ -41,8 +41,15 @@ import pandas as pd
 
 from avlab.errors import ConfigError, DataError, did_you_mean
 
-__all__ = ["READERS", "ReadOptions", "Reader", "detect_format", "get_reader", "missing_files",
-           "register_reader"]
+__all__ = [
+    "READERS",
+    "ReadOptions",
+    "Reader",
+    "detect_format",
+    "get_reader",
+    "missing_files",
+    "register_reader",
+]
 
 
 @dataclass(frozen=True)
@@ -89,17 +96,26 @@ READERS: dict[str, Reader] = {}
 F = TypeVar("F", bound=ReadFn)
 
 
-def register_reader(name: str, *, modalities: Sequence[str] = (),
-                    mos_range: tuple[float, float] | None = None,
-                    score_file: str | None = None) -> Callable[[F], F]:
+def register_reader(
+    name: str,
+    *,
+    modalities: Sequence[str] = (),
+    mos_range: tuple[float, float] | None = None,
+    score_file: str | None = None,
+) -> Callable[[F], F]:
     """Decorator: register ``read(folder, options)`` as format ``name``."""
 
     def wrap(fn: F) -> F:
         if name in READERS and READERS[name].read is not fn:
             where = f"{READERS[name].read.__module__} and {fn.__module__}"
             raise ValueError(f"reader format `{name}` is registered twice ({where})")
-        READERS[name] = Reader(name, fn, tuple(modalities), None if mos_range is None else
-                               (float(mos_range[0]), float(mos_range[1])), score_file)
+        READERS[name] = Reader(
+            name,
+            fn,
+            tuple(modalities),
+            None if mos_range is None else (float(mos_range[0]), float(mos_range[1])),
+            score_file,
+        )
         return fn
 
     return wrap
@@ -121,13 +137,17 @@ def detect_format(folder: Path, candidates: Sequence[str]) -> str:
         if marker and (Path(folder) / marker).is_file():
             return name
     files = [f"{get_reader(n).score_file} ({n})" for n in candidates if get_reader(n).score_file]
-    raise DataError(f"{folder} holds none of {', '.join(files)}; "
-                    "set data.format or point data.root at a dataset folder")
+    raise DataError(
+        f"{folder} holds none of {', '.join(files)}; set data.format or point data.root at a dataset folder"
+    )
 
 
-def missing_files(table: pd.DataFrame,
-                  columns: Sequence[str] = ("media", "audio", "reference", "reference_audio"),
-                  *, label: str = "") -> list[str]:
+def missing_files(
+    table: pd.DataFrame,
+    columns: Sequence[str] = ("media", "audio", "reference", "reference_audio"),
+    *,
+    label: str = "",
+) -> list[str]:
     """One message per file that a row names and that does not exist."""
     problems = []
     for _, row in table.iterrows():

@@ -16,8 +16,9 @@ __all__ = ["cell_str", "file_index", "finish_rows", "load_mat", "need", "read_ex
 def need(path: Path, label: str) -> Path:
     """``path`` if it is a file, else a DataError naming it and the dataset."""
     if not path.is_file():
-        raise DataError(f"{label}: score file {path} does not exist; "
-                        "check the dataset folder (data.root / path)")
+        raise DataError(
+            f"{label}: score file {path} does not exist; check the dataset folder (data.root / path)"
+        )
     return path
 
 
@@ -93,8 +94,11 @@ def finish_rows(records: list[dict[str, Any]], score_file: str, *, first_row: in
     for col in COLUMNS:
         if col not in table:
             table[col] = None
-    table["group"] = [g if isinstance(g, str) and g else str(m)
-                      for g, m in zip(table["group"], table["media"], strict=True)]
-    table["stimulus"] = [s if isinstance(s, str) and s else Path(str(m)).stem
-                         for s, m in zip(table["stimulus"], table["media"])]
+    table["group"] = [
+        g if isinstance(g, str) and g else str(m) for g, m in zip(table["group"], table["media"], strict=True)
+    ]
+    table["stimulus"] = [
+        s if isinstance(s, str) and s else Path(str(m)).stem
+        for s, m in zip(table["stimulus"], table["media"])
+    ]
     return table

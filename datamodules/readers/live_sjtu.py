@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from avlab.datamodules.readers import ReadOptions, register_reader
 from avlab.datamodules.readers.common import cell_str, file_index, finish_rows, load_mat, need
 
@@ -48,14 +49,24 @@ def read_live_sjtu(folder: Path, options: ReadOptions) -> pd.DataFrame:
             source, vcond = Path(video).stem.split("_")[0], "_".join(Path(video).stem.split("_")[1:])
             acond = "_".join(Path(audio).stem.split("_")[1:]) if audio else ""
         rate = "".join(ch for ch in acond if ch.isdigit())
-        records.append({
-            "stimulus": f"{source}_{vcond}_{acond}" if acond else f"{source}_{vcond}",
-            "media": locate(video), "audio": locate(audio),
-            "reference": locate(cell_str(ref[i][0])) if ref is not None else None,
-            "reference_audio": locate(cell_str(ref[i][1])) if ref is not None and ref.shape[1] > 1 else None,
-            "mos": float(mos[i]), "group": source, "where": f"{name} entry {i + 1}",
-            "audio_bitrate_kbps": float(rate) if rate else np.nan, "video_bitrate_kbps": np.nan,
-            "mos_scale": "0-100", "height": height, "width": width,
-            "fps": float(fps[i] if i < len(fps) else fps[-1] if len(fps) else 25.0),
-        })
+        records.append(
+            {
+                "stimulus": f"{source}_{vcond}_{acond}" if acond else f"{source}_{vcond}",
+                "media": locate(video),
+                "audio": locate(audio),
+                "reference": locate(cell_str(ref[i][0])) if ref is not None else None,
+                "reference_audio": locate(cell_str(ref[i][1]))
+                if ref is not None and ref.shape[1] > 1
+                else None,
+                "mos": float(mos[i]),
+                "group": source,
+                "where": f"{name} entry {i + 1}",
+                "audio_bitrate_kbps": float(rate) if rate else np.nan,
+                "video_bitrate_kbps": np.nan,
+                "mos_scale": "0-100",
+                "height": height,
+                "width": width,
+                "fps": float(fps[i] if i < len(fps) else fps[-1] if len(fps) else 25.0),
+            }
+        )
     return finish_rows(records, name)

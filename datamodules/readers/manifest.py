@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from avlab.datamodules.readers import ReadOptions, register_reader
 from avlab.datamodules.readers.common import finish_rows, need
-
 from avlab.errors import DataError
 
 #: alias in a file → catalog column
@@ -52,9 +52,11 @@ def read_manifest(folder: Path, options: ReadOptions) -> pd.DataFrame:
     raw = raw.rename(columns=ALIASES)
     missing = [c for c in ("media", "mos") if c not in raw]
     if missing:
-        raise DataError(f"{label}: {path} has no column(s) {', '.join(missing)} "
-                        "(needs media or distorted, and mos; "
-                        f"found {', '.join(map(str, raw.columns))})")
+        raise DataError(
+            f"{label}: {path} has no column(s) {', '.join(missing)} "
+            "(needs media or distorted, and mos; "
+            f"found {', '.join(map(str, raw.columns))})"
+        )
     records: list[dict[str, Any]] = []
     for _, row in raw.iterrows():
         rec = {str(k): v for k, v in row.items()}

@@ -13,7 +13,11 @@ One job per module:
 """
 
 from avlab.datamodules.yt8m.datamodule import YT8MDataModule
-from avlab.datamodules.yt8m.feature_cache import YT8MFeatureCacheDataset, build_feature_cache, feature_cache_key
+from avlab.datamodules.yt8m.feature_cache import (
+    YT8MFeatureCacheDataset,
+    build_feature_cache,
+    feature_cache_key,
+)
 from avlab.datamodules.yt8m.records import YT8MRecordDataset
 from avlab.datamodules.yt8m.schema import (
     AUDIO_DIM,

@@ -12,7 +12,11 @@ import pandas as pd
 from torch.utils.data import DataLoader
 
 from avlab.datamodules.base import AvlabDataModule, DatasetInfo
-from avlab.datamodules.yt8m.feature_cache import YT8MFeatureCacheDataset, build_feature_cache, feature_cache_key
+from avlab.datamodules.yt8m.feature_cache import (
+    YT8MFeatureCacheDataset,
+    build_feature_cache,
+    feature_cache_key,
+)
 from avlab.datamodules.yt8m.records import YT8MRecordDataset
 from avlab.datamodules.yt8m.schema import check_schema, read_vocabulary, resolve_split, split_record_key
 from avlab.demo.yt8m import build_yt8m_demo
@@ -103,7 +107,9 @@ class YT8MDataModule(AvlabDataModule):
         """Sorted shard paths of ``split``; raises :class:`DataError` naming the glob if none."""
         return resolve_split(self.dataset_root(), self.pattern(split))
 
-    def make_dataset(self, paths: Sequence[Path], *, train: bool = False, source: str | None = None) -> YT8MRecordDataset:
+    def make_dataset(
+        self, paths: Sequence[Path], *, train: bool = False, source: str | None = None
+    ) -> YT8MRecordDataset:
         """A :class:`YT8MRecordDataset` over ``paths`` with this module's settings."""
         return YT8MRecordDataset(
             paths,
@@ -135,16 +141,22 @@ class YT8MDataModule(AvlabDataModule):
         root = self.dataset_root(build=True)
         summary: dict[str, Any] = {"root": str(root), "schema": self.schema, "features": self.features}
         if not self.feature_cache:
-            summary["cache"] = "none: records are decoded on the fly (data.feature_cache=true converts them once)"
+            summary["cache"] = (
+                "none: records are decoded on the fly (data.feature_cache=true converts them once)"
+            )
             return summary
         for split in ("train", "val", "test"):
-            records = self.make_dataset(resolve_split(root, self.pattern(split)), source=str(root / self.pattern(split)))
+            records = self.make_dataset(
+                resolve_split(root, self.pattern(split)), source=str(root / self.pattern(split))
+            )
             cache = build_feature_cache(records, self._cache_path(records))
             summary[f"{split} cache"] = str(cache)
         return summary
 
     def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", ("train", "val", "test"))
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
+            stage or "", ("train", "val", "test")
+        )
         root = self.dataset_root(build=self.uses_demo)
         for split in wanted:
             if split in self.datasets:
@@ -155,7 +167,10 @@ class YT8MDataModule(AvlabDataModule):
             if self.feature_cache:
                 cache = build_feature_cache(records, self._cache_path(records))  # no-op when prepared
                 self.datasets[split] = YT8MFeatureCacheDataset(
-                    cache, shuffle=train, seed=self.seed, balance_batch_size=self.batch_size if train else None
+                    cache,
+                    shuffle=train,
+                    seed=self.seed,
+                    balance_batch_size=self.batch_size if train else None,
                 )
             else:
                 self.datasets[split] = records
@@ -194,8 +209,12 @@ class YT8MDataModule(AvlabDataModule):
         else:
             paths = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
         if not paths:
-            raise DataError(f"no TFRecord shards match input={spec} (a .tfrecord file, a folder of them, or a glob)")
-        return DataLoader(self.make_dataset(paths, source=str(path)), batch_size=self.batch_size, num_workers=0)
+            raise DataError(
+                f"no TFRecord shards match input={spec} (a .tfrecord file, a folder of them, or a glob)"
+            )
+        return DataLoader(
+            self.make_dataset(paths, source=str(path)), batch_size=self.batch_size, num_workers=0
+        )
 
     # ------------------------------------------------------------------ the contract
     def dataset_info(self) -> DatasetInfo:
@@ -274,8 +293,14 @@ class YT8MDataModule(AvlabDataModule):
                     problems.append(str(exc))
             if not intact:
                 continue
-            ds = YT8MRecordDataset(intact, schema=self.schema, features=self.features, num_classes=self.num_classes,
-                                   verify_crc=self.verify_crc, max_frames=self.max_frames)
+            ds = YT8MRecordDataset(
+                intact,
+                schema=self.schema,
+                features=self.features,
+                num_classes=self.num_classes,
+                verify_crc=self.verify_crc,
+                max_frames=self.max_frames,
+            )
             try:
                 for i, _ in enumerate(ds):
                     if i + 1 >= self.check_records:
@@ -310,9 +335,16 @@ class YT8MDataModule(AvlabDataModule):
 def _scan_table(dataset: YT8MRecordDataset) -> pd.DataFrame:
     """The :meth:`YT8MDataModule.sample_table` of a record stream: one unshuffled single-process pass."""
     reader = YT8MRecordDataset(
-        dataset.paths, schema=dataset.schema, features=dataset.features, num_classes=dataset.num_classes,
-        skip_corrupt=dataset.skip_corrupt, verify_crc=dataset.verify_crc, max_frames=dataset.max_frames,
-        rank=0, world_size=1, source=dataset.source,
+        dataset.paths,
+        schema=dataset.schema,
+        features=dataset.features,
+        num_classes=dataset.num_classes,
+        skip_corrupt=dataset.skip_corrupt,
+        verify_crc=dataset.verify_crc,
+        max_frames=dataset.max_frames,
+        rank=0,
+        world_size=1,
+        source=dataset.source,
     )
     rows = []
     for sample in reader:

@@ -37,8 +37,13 @@ def feature_cache_key(dataset: YT8MRecordDataset) -> str:
     """Identity of a split's decoded features: the shards (path, size, mtime) and the settings."""
     sources = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in dataset.paths]
     ident = {
-        "version": FEATURE_CACHE_VERSION, "sources": sources, "schema": dataset.schema, "features": dataset.features,
-        "num_classes": dataset.num_classes, "max_frames": dataset.max_frames, "skip_corrupt": dataset.skip_corrupt,
+        "version": FEATURE_CACHE_VERSION,
+        "sources": sources,
+        "schema": dataset.schema,
+        "features": dataset.features,
+        "num_classes": dataset.num_classes,
+        "max_frames": dataset.max_frames,
+        "skip_corrupt": dataset.skip_corrupt,
     }
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -58,15 +63,26 @@ def build_feature_cache(dataset: YT8MRecordDataset, out_dir: str | os.PathLike[s
         return out
     # One reader over everything, whatever the DDP/worker context of the caller.
     src = YT8MRecordDataset(
-        dataset.paths, schema=dataset.schema, features=dataset.features, num_classes=dataset.num_classes,
-        skip_corrupt=dataset.skip_corrupt, verify_crc=dataset.verify_crc, max_frames=dataset.max_frames,
-        rank=0, world_size=1, source=dataset.source,
+        dataset.paths,
+        schema=dataset.schema,
+        features=dataset.features,
+        num_classes=dataset.num_classes,
+        skip_corrupt=dataset.skip_corrupt,
+        verify_crc=dataset.verify_crc,
+        max_frames=dataset.max_frames,
+        rank=0,
+        world_size=1,
+        source=dataset.source,
     )
     capacity = sum(cached_count(p) for p in src.paths)  # upper bound: skipped records leave rows unused
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    rgb = np.lib.format.open_memmap(tmp / "rgb.npy", mode="w+", dtype=np.float32, shape=(capacity, src.visual_dim))
-    audio = np.lib.format.open_memmap(tmp / "audio.npy", mode="w+", dtype=np.float32, shape=(capacity, src.audio_dim))
+    rgb = np.lib.format.open_memmap(
+        tmp / "rgb.npy", mode="w+", dtype=np.float32, shape=(capacity, src.visual_dim)
+    )
+    audio = np.lib.format.open_memmap(
+        tmp / "audio.npy", mode="w+", dtype=np.float32, shape=(capacity, src.audio_dim)
+    )
     index = np.zeros(capacity, np.int64)
     ids: list[bytes] = []
     labels: list[np.ndarray] = []
@@ -87,9 +103,15 @@ def build_feature_cache(dataset: YT8MRecordDataset, out_dir: str | os.PathLike[s
     np.save(tmp / "labels.npy", np.concatenate(labels) if labels else np.zeros(0, np.int32))
     np.save(tmp / "label_offsets.npy", offsets)
     meta = {
-        "version": FEATURE_CACHE_VERSION, "count": n, "schema": src.schema, "features": src.features,
-        "num_classes": src.num_classes, "visual_dim": src.visual_dim, "audio_dim": src.audio_dim,
-        "skipped_corrupt": src.skipped_corrupt, "sources": [str(p) for p in src.paths],
+        "version": FEATURE_CACHE_VERSION,
+        "count": n,
+        "schema": src.schema,
+        "features": src.features,
+        "num_classes": src.num_classes,
+        "visual_dim": src.visual_dim,
+        "audio_dim": src.audio_dim,
+        "skipped_corrupt": src.skipped_corrupt,
+        "sources": [str(p) for p in src.paths],
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # last: marks a complete cache
     try:
@@ -189,8 +211,14 @@ class YT8MFeatureCacheDataset(IterableDataset):
         consumers = world * workers
         rows = self._rows(epoch, rank * workers + worker, consumers)
         if self.balance_batch_size and world > 1:
-            quota = equal_batches_quota(lambda r, w: len(self._rows(epoch, r * workers + w, consumers)),
-                                         rank, world, worker, workers, self.balance_batch_size)
+            quota = equal_batches_quota(
+                lambda r, w: len(self._rows(epoch, r * workers + w, consumers)),
+                rank,
+                world,
+                worker,
+                workers,
+                self.balance_batch_size,
+            )
             rows = rows[:quota]
         return self._generate(rows)
 

@@ -151,7 +151,9 @@ class YT8MRecordDataset(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         return self._generate(epoch, rank, world, worker, workers)
 
-    def _plan(self, epoch: int, rank: int, world: int, worker: int, workers: int) -> tuple[list[int], int, int]:
+    def _plan(
+        self, epoch: int, rank: int, world: int, worker: int, workers: int
+    ) -> tuple[list[int], int, int]:
         """``(shards to open, record stride, record phase)`` for consumer ``rank*workers+worker``."""
         consumers = world * workers
         me = rank * workers + worker
@@ -176,7 +178,9 @@ class YT8MRecordDataset(IterableDataset):
 
         return equal_batches_quota(consumer_records, rank, world, worker, workers, bs)
 
-    def _generate(self, epoch: int, rank: int, world: int, worker: int, workers: int) -> Iterator[dict[str, Any]]:
+    def _generate(
+        self, epoch: int, rank: int, world: int, worker: int, workers: int
+    ) -> Iterator[dict[str, Any]]:
         shards, stride, phase = self._plan(epoch, rank, world, worker, workers)
         quota = self._quota(epoch, rank, world, worker, workers)
         samples = self._records(shards, stride, phase, worker)
@@ -199,7 +203,9 @@ class YT8MRecordDataset(IterableDataset):
         for shard in shards:
             path = self.paths[shard]
             for record, (offset, data) in enumerate(
-                iter_records(path, verify_crc=self.verify_crc, skip_corrupt=self.skip_corrupt, on_corrupt=on_corrupt)
+                iter_records(
+                    path, verify_crc=self.verify_crc, skip_corrupt=self.skip_corrupt, on_corrupt=on_corrupt
+                )
             ):
                 mine = position % stride == phase
                 position += 1
@@ -252,10 +258,16 @@ class YT8MRecordDataset(IterableDataset):
         raise DataError(
             f"{self._where(path, record, offset)}: no video id; expected a bytes feature 'id' (2018 data) "
             f"or 'video_id' (2017 data), found keys {sorted(context) or 'none'}"
-            + (" (a frame-level record? set data.schema=frame)" if self.schema == "video" and not context else "")
+            + (
+                " (a frame-level record? set data.schema=frame)"
+                if self.schema == "video" and not context
+                else ""
+            )
         )
 
-    def _labels(self, context: dict[str, Any], path: Path, record: int, offset: int, video_id: str) -> np.ndarray:
+    def _labels(
+        self, context: dict[str, Any], path: Path, record: int, offset: int, video_id: str
+    ) -> np.ndarray:
         raw = context.get("labels")
         y = np.zeros(self.num_classes, np.float32)
         if raw is None or (isinstance(raw, list) and not raw):
@@ -274,7 +286,9 @@ class YT8MRecordDataset(IterableDataset):
             y[raw] = 1.0
         return y
 
-    def _mean_feature(self, feats: dict[str, Any], key: str, width: int, path: Path, record: int, offset: int) -> np.ndarray:
+    def _mean_feature(
+        self, feats: dict[str, Any], key: str, width: int, path: Path, record: int, offset: int
+    ) -> np.ndarray:
         value = feats.get(key)
         if not isinstance(value, np.ndarray) or value.dtype != np.float32:
             found = "missing" if value is None else "not a float list"
@@ -290,7 +304,9 @@ class YT8MRecordDataset(IterableDataset):
             )
         return value.copy()  # own the memory (the parsed view is read-only)
 
-    def _frame_feature(self, lists: dict[str, Any], key: str, path: Path, record: int, offset: int) -> np.ndarray:
+    def _frame_feature(
+        self, lists: dict[str, Any], key: str, path: Path, record: int, offset: int
+    ) -> np.ndarray:
         q = lists.get(key)
         if q is None:
             raise DataError(

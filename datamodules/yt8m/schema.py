@@ -82,7 +82,9 @@ Q_SCALE = (_MAX_Q - _MIN_Q) / 255.0
 Q_BIAS = (_MAX_Q - _MIN_Q) / 512.0 + _MIN_Q
 
 
-def dequantize(q: np.ndarray, max_quantized_value: float = _MAX_Q, min_quantized_value: float = _MIN_Q) -> np.ndarray:
+def dequantize(
+    q: np.ndarray, max_quantized_value: float = _MAX_Q, min_quantized_value: float = _MIN_Q
+) -> np.ndarray:
     """The starter code's dequantisation of uint8 features: ``q * scalar + bias`` (float32)."""
     scalar = (max_quantized_value - min_quantized_value) / 255.0
     bias = (max_quantized_value - min_quantized_value) / 512.0 + min_quantized_value
@@ -161,4 +163,3 @@ def read_vocabulary(path: str | os.PathLike[str]) -> pd.DataFrame:
     if len(dup):
         raise DataError(f"{path}: class index {int(dup.iloc[0])} appears more than once")
     return df.set_index("Index", drop=False).sort_index()
-

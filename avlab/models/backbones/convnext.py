@@ -25,7 +25,7 @@ __all__ = ["CONVNEXT_LAYOUTS", "load_convnext_weights"]
 def _official_rename(key: str) -> str | None:
     k = key
     if k.startswith("downsample_layers.0."):
-        return "stem." + k[len("downsample_layers.0."):]
+        return "stem." + k[len("downsample_layers.0.") :]
     k = re.sub(r"^downsample_layers\.(\d+)\.", r"stages.\1.downsample.", k)
     k = re.sub(r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2.", k)
     k = k.replace(".dwconv.", ".conv_dw.").replace(".pwconv", ".mlp.fc")
@@ -39,16 +39,26 @@ def _reshape_same_size(key: str, value: Tensor, target: Tensor) -> Tensor:
 
 
 CONVNEXT_LAYOUTS = (
-    Layout("timm", "timm.models.convnext (timm's ConvNeXt V2 files)",
-           detect=lambda keys: any(k.startswith("stages.") and ".blocks." in k for k in keys),
-           rename=lambda k: k if k.startswith(("stem.", "stages.")) else None, ignore=(r"head\..*",)),
-    Layout("official", "facebookresearch/ConvNeXt-V2 checkpoints (downsample_layers.*, stages.N.M.*)",
-           detect=lambda keys: any(k.startswith("downsample_layers.") for k in keys),
-           rename=_official_rename, adapt=_reshape_same_size, ignore=(r"head\..*", r"norm\..*")),
+    Layout(
+        "timm",
+        "timm.models.convnext (timm's ConvNeXt V2 files)",
+        detect=lambda keys: any(k.startswith("stages.") and ".blocks." in k for k in keys),
+        rename=lambda k: k if k.startswith(("stem.", "stages.")) else None,
+        ignore=(r"head\..*",),
+    ),
+    Layout(
+        "official",
+        "facebookresearch/ConvNeXt-V2 checkpoints (downsample_layers.*, stages.N.M.*)",
+        detect=lambda keys: any(k.startswith("downsample_layers.") for k in keys),
+        rename=_official_rename,
+        adapt=_reshape_same_size,
+        ignore=(r"head\..*", r"norm\..*"),
+    ),
 )
 
 
-def load_convnext_weights(backbone: nn.Module, path: str, layout: str | None = None,
-                          config_key: str = "model.net.spatial.weights") -> int:
+def load_convnext_weights(
+    backbone: nn.Module, path: str, layout: str | None = None, config_key: str = "model.net.spatial.weights"
+) -> int:
     """Load ConvNeXt V2 weights into a timm ConvNeXt whose ``head`` was removed; tensors loaded."""
     return load_pretrained(backbone, path, CONVNEXT_LAYOUTS, config_key, layout).loaded

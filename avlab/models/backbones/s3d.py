@@ -73,8 +73,13 @@ def build_s3d_features(width_mult: float = 1.0) -> nn.Sequential:
         block, ch = inception(ch, *spec)
         layers.append(block)
     layers.append(nn.MaxPool3d(kernel_size=(3, 3, 3), stride=(2, 2, 2), padding=(1, 1, 1)))
-    for spec in ((192, 96, 208, 16, 48, 64), (160, 112, 224, 24, 64, 64), (128, 128, 256, 24, 64, 64),
-                 (112, 144, 288, 32, 64, 64), (256, 160, 320, 32, 128, 128)):
+    for spec in (
+        (192, 96, 208, 16, 48, 64),
+        (160, 112, 224, 24, 64, 64),
+        (128, 128, 256, 24, 64, 64),
+        (112, 144, 288, 32, 64, 64),
+        (256, 160, 320, 32, 128, 128),
+    ):
         block, ch = inception(ch, *spec)
         layers.append(block)
     layers.append(nn.MaxPool3d(kernel_size=(2, 2, 2), stride=(2, 2, 2), padding=(0, 0, 0)))
@@ -86,12 +91,18 @@ def build_s3d_features(width_mult: float = 1.0) -> nn.Sequential:
 
 # --------------------------------------------------------------------------- layouts
 def _torchvision_rename(key: str) -> str | None:
-    return key[len("features."):] if key.startswith("features.") else None
+    return key[len("features.") :] if key.startswith("features.") else None
 
 
 #: kylemin's module names → torchvision's Conv3dNormActivation / TemporalSeparableConv indices.
-_KYLEMIN_PARTS = (("conv_s.", "0.0."), ("bn_s.", "0.1."), ("conv_t.", "1.0."), ("bn_t.", "1.1."),
-                  ("conv.", "0."), ("bn.", "1."))
+_KYLEMIN_PARTS = (
+    ("conv_s.", "0.0."),
+    ("bn_s.", "0.1."),
+    ("conv_t.", "1.0."),
+    ("bn_t.", "1.1."),
+    ("conv.", "0."),
+    ("bn.", "1."),
+)
 
 
 def _kylemin_rename(key: str) -> str | None:
@@ -115,17 +126,26 @@ def _kylemin_rename(key: str) -> str | None:
 
 
 S3D_LAYOUTS = (
-    Layout("torchvision", "torchvision.models.video.s3d: features.N.*",
-           detect=lambda keys: any(k.startswith("features.") for k in keys),
-           rename=_torchvision_rename, ignore=(r"classifier\..*",)),
-    Layout("kylemin", "kylemin/S3D model.py (S3D_kinetics400.pt): base.N.*, or TASED/ViNet's base1..base4",
-           detect=lambda keys: any(re.match(r"base\d?\.\d+\.", k) for k in keys),
-           rename=_kylemin_rename, ignore=(r"fc\..*",)),
+    Layout(
+        "torchvision",
+        "torchvision.models.video.s3d: features.N.*",
+        detect=lambda keys: any(k.startswith("features.") for k in keys),
+        rename=_torchvision_rename,
+        ignore=(r"classifier\..*",),
+    ),
+    Layout(
+        "kylemin",
+        "kylemin/S3D model.py (S3D_kinetics400.pt): base.N.*, or TASED/ViNet's base1..base4",
+        detect=lambda keys: any(re.match(r"base\d?\.\d+\.", k) for k in keys),
+        rename=_kylemin_rename,
+        ignore=(r"fc\..*",),
+    ),
 )
 
 
-def load_s3d_weights(features: nn.Sequential, path: str, layout: str | None = None,
-                     config_key: str = "model.visual.weights") -> int:
+def load_s3d_weights(
+    features: nn.Sequential, path: str, layout: str | None = None, config_key: str = "model.visual.weights"
+) -> int:
     """Load a Kinetics S3D checkpoint (layout detected or named) into ``features``; tensors loaded."""
     return load_pretrained(features, path, S3D_LAYOUTS, config_key, layout).loaded
 
@@ -145,8 +165,13 @@ class S3DEncoder(nn.Module):
     192×16×56×96, 480×16×28×48, 832×8×14×24 and 1024×4×7×12.
     """
 
-    def __init__(self, weights: str | None = None, width_mult: float = 1.0, freeze: bool = False,
-                 weights_layout: str | None = None) -> None:
+    def __init__(
+        self,
+        weights: str | None = None,
+        width_mult: float = 1.0,
+        freeze: bool = False,
+        weights_layout: str | None = None,
+    ) -> None:
         super().__init__()
         features = build_s3d_features(width_mult)
         if weights:

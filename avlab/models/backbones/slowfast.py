@@ -57,15 +57,17 @@ class _Bottleneck3d(nn.Module):
         super().__init__()
         self.a = nn.Conv3d(c_in, c_inner, (kt, 1, 1), padding=(kt // 2, 0, 0), bias=False)
         self.a_bn = nn.BatchNorm3d(c_inner)
-        self.b = nn.Conv3d(c_inner, c_inner, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1),
-                           bias=False)
+        self.b = nn.Conv3d(
+            c_inner, c_inner, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1), bias=False
+        )
         self.b_bn = nn.BatchNorm3d(c_inner)
         self.c = nn.Conv3d(c_inner, c_out, 1, bias=False)
         self.c_bn = nn.BatchNorm3d(c_out)
         self.shortcut = None
         if c_in != c_out or stride != 1:
-            self.shortcut = nn.Sequential(nn.Conv3d(c_in, c_out, 1, stride=(1, stride, stride), bias=False),
-                                          nn.BatchNorm3d(c_out))
+            self.shortcut = nn.Sequential(
+                nn.Conv3d(c_in, c_out, 1, stride=(1, stride, stride), bias=False), nn.BatchNorm3d(c_out)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.relu(self.a_bn(self.a(x)))
@@ -75,9 +77,12 @@ class _Bottleneck3d(nn.Module):
 
 
 def _stage(c_in: int, c_inner: int, c_out: int, depth: int, kt: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(*[
-        _Bottleneck3d(c_in if i == 0 else c_out, c_inner, c_out, kt, stride if i == 0 else 1) for i in range(depth)
-    ])
+    return nn.Sequential(
+        *[
+            _Bottleneck3d(c_in if i == 0 else c_out, c_inner, c_out, kt, stride if i == 0 else 1)
+            for i in range(depth)
+        ]
+    )
 
 
 class SlowFast(nn.Module):
@@ -87,42 +92,71 @@ class SlowFast(nn.Module):
     which keeps the topology (a reduced variant that no published checkpoint fits).
     """
 
-    def __init__(self, depths: Sequence[int] = (3, 4, 6, 3), width: int = 64, alpha: int = 4,
-                 beta_inv: int = 8, fusion_ratio: int = 2, fusion_kernel: int = 7, slow_kernels: Sequence[int] = (1, 1, 3, 3),
-                 fast_kernels: Sequence[int] = (3, 3, 3, 3), fast_stem_kernel: int = 5,
-                 slow_sampling: str = "linspace") -> None:
+    def __init__(
+        self,
+        depths: Sequence[int] = (3, 4, 6, 3),
+        width: int = 64,
+        alpha: int = 4,
+        beta_inv: int = 8,
+        fusion_ratio: int = 2,
+        fusion_kernel: int = 7,
+        slow_kernels: Sequence[int] = (1, 1, 3, 3),
+        fast_kernels: Sequence[int] = (3, 3, 3, 3),
+        fast_stem_kernel: int = 5,
+        slow_sampling: str = "linspace",
+    ) -> None:
         super().__init__()
         if len(depths) != 4 or len(slow_kernels) != 4 or len(fast_kernels) != 4:
-            raise ConfigError("model.net.motion.depths, slow_kernels and fast_kernels must list 4 values "
-                              f"(res2..res5), got {list(depths)}, {list(slow_kernels)}, {list(fast_kernels)}")
+            raise ConfigError(
+                "model.net.motion.depths, slow_kernels and fast_kernels must list 4 values "
+                f"(res2..res5), got {list(depths)}, {list(slow_kernels)}, {list(fast_kernels)}"
+            )
         if width % beta_inv:
             raise ConfigError(f"model.net.motion.width ({width}) must be divisible by beta_inv ({beta_inv})")
         if slow_sampling not in ("linspace", "stride"):
             raise ConfigError(
-                f"model.net.motion.slow_sampling must be linspace or stride, got {slow_sampling!r}")
+                f"model.net.motion.slow_sampling must be linspace or stride, got {slow_sampling!r}"
+            )
         self.alpha, self.slow_sampling = int(alpha), slow_sampling
         ws, wf = int(width), int(width) // int(beta_inv)
         self.slow_stem = nn.Sequential(
             nn.Conv3d(3, ws, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
-            nn.BatchNorm3d(ws), nn.ReLU(inplace=True))
+            nn.BatchNorm3d(ws),
+            nn.ReLU(inplace=True),
+        )
         kf = int(fast_stem_kernel)
-        self.fast_stem = nn.Sequential(nn.Conv3d(3, wf, (kf, 7, 7), stride=(1, 2, 2), padding=(kf // 2, 3, 3),
-                                                 bias=False),
-                                       nn.BatchNorm3d(wf), nn.ReLU(inplace=True))
+        self.fast_stem = nn.Sequential(
+            nn.Conv3d(3, wf, (kf, 7, 7), stride=(1, 2, 2), padding=(kf // 2, 3, 3), bias=False),
+            nn.BatchNorm3d(wf),
+            nn.ReLU(inplace=True),
+        )
         self.fuse = nn.ModuleList()
         self.slow_stages = nn.ModuleList()
         self.fast_stages = nn.ModuleList()
         slow_c, fast_c = ws, wf
         for i, depth in enumerate(depths):
             # Lateral fusion before res2..res5 (i.e. after the stem and after res2..res4).
-            self.fuse.append(nn.Sequential(
-                nn.Conv3d(fast_c, fusion_ratio * fast_c, (fusion_kernel, 1, 1), stride=(self.alpha, 1, 1),
-                          padding=(fusion_kernel // 2, 0, 0), bias=False),
-                nn.BatchNorm3d(fusion_ratio * fast_c), nn.ReLU(inplace=True)))
+            self.fuse.append(
+                nn.Sequential(
+                    nn.Conv3d(
+                        fast_c,
+                        fusion_ratio * fast_c,
+                        (fusion_kernel, 1, 1),
+                        stride=(self.alpha, 1, 1),
+                        padding=(fusion_kernel // 2, 0, 0),
+                        bias=False,
+                    ),
+                    nn.BatchNorm3d(fusion_ratio * fast_c),
+                    nn.ReLU(inplace=True),
+                )
+            )
             stride = 1 if i == 0 else 2
             inner_s, inner_f = ws * 2**i, wf * 2**i
-            self.slow_stages.append(_stage(slow_c + fusion_ratio * fast_c, inner_s, 4 * inner_s, depth,
-                                           int(slow_kernels[i]), stride))
+            self.slow_stages.append(
+                _stage(
+                    slow_c + fusion_ratio * fast_c, inner_s, 4 * inner_s, depth, int(slow_kernels[i]), stride
+                )
+            )
             self.fast_stages.append(_stage(fast_c, inner_f, 4 * inner_f, depth, int(fast_kernels[i]), stride))
             slow_c, fast_c = 4 * inner_s, 4 * inner_f
         self.slow_dim, self.fast_dim = slow_c, fast_c
@@ -159,8 +193,14 @@ class SlowFast(nn.Module):
 
 
 # --------------------------------------------------------------------------- layouts
-_PTV_BLOCK = {"conv_a": "a", "norm_a": "a_bn", "conv_b": "b", "norm_b": "b_bn", "conv_c": "c",
-              "norm_c": "c_bn"}
+_PTV_BLOCK = {
+    "conv_a": "a",
+    "norm_a": "a_bn",
+    "conv_b": "b",
+    "norm_b": "b_bn",
+    "conv_c": "c",
+    "norm_c": "c_bn",
+}
 
 
 def _pytorchvideo_rename(key: str) -> str | None:
@@ -177,8 +217,8 @@ def _pytorchvideo_rename(key: str) -> str | None:
     prefix = f"{_PATHWAY[int(path)]}_stages.{int(stage) - 1}.{block}"
     if part in ("branch1_conv", "branch1_norm"):
         return f"{prefix}.shortcut.{int(part == 'branch1_norm')}.{param}"
-    if part.startswith("branch2.") and part[len("branch2."):] in _PTV_BLOCK:
-        return f"{prefix}.{_PTV_BLOCK[part[len('branch2.'):]]}.{param}"
+    if part.startswith("branch2.") and part[len("branch2.") :] in _PTV_BLOCK:
+        return f"{prefix}.{_PTV_BLOCK[part[len('branch2.') :]]}.{param}"
     return None
 
 
@@ -190,30 +230,44 @@ def _slowfast_rename(key: str) -> str | None:
     if m:
         return f"fuse.{int(m.group(1)) - 1}.{int(m.group(2) == 'bn')}.{m.group(3)}"
     m = re.fullmatch(
-        r"s([2-5])\.pathway([01])_res(\d+)\.(branch1|branch1_bn|branch2\.(?:a|a_bn|b|b_bn|c|c_bn))\.(\w+)", key)
+        r"s([2-5])\.pathway([01])_res(\d+)\.(branch1|branch1_bn|branch2\.(?:a|a_bn|b|b_bn|c|c_bn))\.(\w+)",
+        key,
+    )
     if m is None:
         return None
     stage, path, block, part, param = m.groups()
     prefix = f"{_PATHWAY[int(path)]}_stages.{int(stage) - 2}.{block}"
     if part.startswith("branch1"):
         return f"{prefix}.shortcut.{int(part == 'branch1_bn')}.{param}"
-    return f"{prefix}.{part[len('branch2.'):]}.{param}"
+    return f"{prefix}.{part[len('branch2.') :]}.{param}"
 
 
 SLOWFAST_LAYOUTS = (
-    Layout("pytorchvideo", "pytorchvideo.models.slowfast.create_slowfast / hub.slowfast_r50",
-           detect=lambda keys: any(".multipathway_blocks." in k for k in keys),
-           rename=_pytorchvideo_rename, ignore=(r"blocks\.\d+\.proj\..*",)),
-    Layout("slowfast", "facebookresearch/SlowFast video_model_builder.SlowFast (model_state)",
-           detect=lambda keys: any(re.match(r"s1\.pathway0_stem\.", k) for k in keys),
-           rename=_slowfast_rename, ignore=(r"head\..*",)),
-    Layout("avlab", "avlab.models.backbones.slowfast.SlowFast",
-           detect=lambda keys: any(k.startswith("slow_stem.") for k in keys),
-           rename=lambda k: k),
+    Layout(
+        "pytorchvideo",
+        "pytorchvideo.models.slowfast.create_slowfast / hub.slowfast_r50",
+        detect=lambda keys: any(".multipathway_blocks." in k for k in keys),
+        rename=_pytorchvideo_rename,
+        ignore=(r"blocks\.\d+\.proj\..*",),
+    ),
+    Layout(
+        "slowfast",
+        "facebookresearch/SlowFast video_model_builder.SlowFast (model_state)",
+        detect=lambda keys: any(re.match(r"s1\.pathway0_stem\.", k) for k in keys),
+        rename=_slowfast_rename,
+        ignore=(r"head\..*",),
+    ),
+    Layout(
+        "avlab",
+        "avlab.models.backbones.slowfast.SlowFast",
+        detect=lambda keys: any(k.startswith("slow_stem.") for k in keys),
+        rename=lambda k: k,
+    ),
 )
 
 
-def load_slowfast_weights(net: SlowFast, path: str, layout: str | None = None,
-                          config_key: str = "model.net.motion.weights") -> int:
+def load_slowfast_weights(
+    net: SlowFast, path: str, layout: str | None = None, config_key: str = "model.net.motion.weights"
+) -> int:
     """Load a SlowFast checkpoint (layout detected or named) into ``net``; tensors loaded."""
     return load_pretrained(net, path, SLOWFAST_LAYOUTS, config_key, layout).loaded

@@ -29,8 +29,15 @@ from avlab.models.pretrained import Layout, load_pretrained
 __all__ = ["SOUNDNET_LAYOUTS", "SoundNet8", "load_soundnet_weights"]
 
 #: SoundNet-8 conv1..conv7: (out channels, kernel, stride, padding, max-pool after).
-SOUNDNET8 = ((16, 64, 2, 32, 8), (32, 32, 2, 16, 8), (64, 16, 2, 8, 0), (128, 8, 2, 4, 0),
-             (256, 4, 2, 2, 4), (512, 4, 2, 2, 0), (1024, 4, 2, 2, 0))
+SOUNDNET8 = (
+    (16, 64, 2, 32, 8),
+    (32, 32, 2, 16, 8),
+    (64, 16, 2, 8, 0),
+    (128, 8, 2, 4, 0),
+    (256, 4, 2, 2, 4),
+    (512, 4, 2, 2, 0),
+    (1024, 4, 2, 2, 0),
+)
 
 
 def _conv_indices() -> list[int]:
@@ -64,20 +71,32 @@ def _vinet_rename(key: str) -> str | None:
 
 
 SOUNDNET_LAYOUTS = (
-    Layout("stavis", "atsiami/STAViS models/resnet.py: soundnet8.N.* with (1, k) kernels",
-           detect=lambda keys: any(k.startswith("soundnet8.") for k in keys),
-           rename=_stavis_rename, adapt=_stavis_adapt),
-    Layout("vinet", "ViNet soundnet8_final.pth: conv1..7, batchnorm1..7 with (k, 1) kernels",
-           detect=lambda keys: any(re.match(r"batchnorm[1-7]\.", k) for k in keys),
-           rename=_vinet_rename, ignore=(r"conv8(_2)?\..*",)),
-    Layout("avlab", "avlab's SoundNet8: net.N.*",
-           detect=lambda keys: any(k.startswith("net.") for k in keys),
-           rename=lambda k: k[len("net."):] if k.startswith("net.") else None),
+    Layout(
+        "stavis",
+        "atsiami/STAViS models/resnet.py: soundnet8.N.* with (1, k) kernels",
+        detect=lambda keys: any(k.startswith("soundnet8.") for k in keys),
+        rename=_stavis_rename,
+        adapt=_stavis_adapt,
+    ),
+    Layout(
+        "vinet",
+        "ViNet soundnet8_final.pth: conv1..7, batchnorm1..7 with (k, 1) kernels",
+        detect=lambda keys: any(re.match(r"batchnorm[1-7]\.", k) for k in keys),
+        rename=_vinet_rename,
+        ignore=(r"conv8(_2)?\..*",),
+    ),
+    Layout(
+        "avlab",
+        "avlab's SoundNet8: net.N.*",
+        detect=lambda keys: any(k.startswith("net.") for k in keys),
+        rename=lambda k: k[len("net.") :] if k.startswith("net.") else None,
+    ),
 )
 
 
-def load_soundnet_weights(net: nn.Sequential, path: str, layout: str | None = None,
-                          config_key: str = "model.audio.weights") -> int:
+def load_soundnet_weights(
+    net: nn.Sequential, path: str, layout: str | None = None, config_key: str = "model.audio.weights"
+) -> int:
     """Load SoundNet-8 conv1–conv7 weights (layout detected or named) into ``net``; tensors loaded."""
     return load_pretrained(net, path, SOUNDNET_LAYOUTS, config_key, layout).loaded
 
@@ -96,8 +115,13 @@ class SoundNet8(nn.Module):
         freeze: keep the branch fixed.
     """
 
-    def __init__(self, weights: str | None = None, width_mult: float = 1.0, freeze: bool = False,
-                 weights_layout: str | None = None) -> None:
+    def __init__(
+        self,
+        weights: str | None = None,
+        width_mult: float = 1.0,
+        freeze: bool = False,
+        weights_layout: str | None = None,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         ch = 1
@@ -112,7 +136,8 @@ class SoundNet8(nn.Module):
         if weights:
             if width_mult != 1.0:
                 raise ConfigError(
-                    "model.audio.weights needs model.audio.width_mult=1.0 (the real SoundNet-8)")
+                    "model.audio.weights needs model.audio.width_mult=1.0 (the real SoundNet-8)"
+                )
             load_soundnet_weights(self.net, weights, weights_layout)
         self.freeze = freeze
         if freeze:

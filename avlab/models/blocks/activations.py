@@ -35,7 +35,9 @@ def make_activation(name: str) -> nn.Module:
         ValueError: for an unknown name; the message lists the valid names and the closest one.
     """
     if not isinstance(name, str):
-        raise ValueError(f"activation must be a string, one of {sorted(ACTIVATIONS)}; found {name!r}")
+        raise ValueError(  # noqa: TRY004 - config errors are ValueErrors throughout
+            f"activation must be a string, one of {sorted(ACTIVATIONS)}; found {name!r}"
+        )
     key = name.strip().lower()
     if key not in ACTIVATIONS:
         raise ValueError(

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "CrossModalAttention",
-    "SelfAttention",
     "BidirectionalCrossAttention",
+    "CrossModalAttention",
     "JointCrossAttention",
+    "SelfAttention",
 ]
 
 

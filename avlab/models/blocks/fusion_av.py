@@ -37,7 +37,9 @@ __all__ = [
 
 def _check(v: Tensor, a: Tensor, dim: int, who: str) -> None:
     if v.dim() != 3 or a.dim() != 3 or v.shape[0] != a.shape[0] or v.shape[-1] != dim or a.shape[-1] != dim:
-        raise ValueError(f"{who}: expected v [B, N_v, {dim}] and a [B, N_a, {dim}], got {list(v.shape)} and {list(a.shape)}")
+        raise ValueError(
+            f"{who}: expected v [B, N_v, {dim}] and a [B, N_a, {dim}], got {list(v.shape)} and {list(a.shape)}"
+        )
 
 
 class _PooledAudio(nn.Module):
@@ -121,8 +123,15 @@ class MBTFusion(nn.Module):
     bottleneck through another, and the bottleneck becomes the mean of its two updated copies.
     """
 
-    def __init__(self, dim: int, num_heads: int = 4, n_layers: int = 2, n_bottleneck: int = 4,
-                 ffn_mult: int = 2, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 4,
+        n_layers: int = 2,
+        n_bottleneck: int = 4,
+        ffn_mult: int = 2,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.dim = dim
         if dim % num_heads:
@@ -130,8 +139,14 @@ class MBTFusion(nn.Module):
         self.bottleneck = nn.Parameter(torch.randn(1, n_bottleneck, dim) * 0.02)
 
         def layer() -> nn.TransformerEncoderLayer:
-            return nn.TransformerEncoderLayer(dim, num_heads, dim_feedforward=ffn_mult * dim, dropout=dropout,
-                                              batch_first=True, norm_first=True)
+            return nn.TransformerEncoderLayer(
+                dim,
+                num_heads,
+                dim_feedforward=ffn_mult * dim,
+                dropout=dropout,
+                batch_first=True,
+                norm_first=True,
+            )
 
         self.visual = nn.ModuleList(layer() for _ in range(n_layers))
         self.audio = nn.ModuleList(layer() for _ in range(n_layers))
@@ -178,9 +193,18 @@ class RelevanceCrossAttention(nn.Module):
     visualisation (Fig. 6).
     """
 
-    def __init__(self, dim: int, num_heads: int = 4, mlp_hidden: int | None = None, dropout: float = 0.0,
-                 retention_sigmoid: bool = True, retention_mean: bool = True, head_scale: bool = True,
-                 out_proj: bool = True, paper_literal: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 4,
+        mlp_hidden: int | None = None,
+        dropout: float = 0.0,
+        retention_sigmoid: bool = True,
+        retention_mean: bool = True,
+        head_scale: bool = True,
+        out_proj: bool = True,
+        paper_literal: bool = False,
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"RAVF: dim {dim} is not divisible by num_heads {num_heads}")
@@ -229,11 +253,15 @@ class RelevanceCrossAttention(nn.Module):
 class RAVFBlock(nn.Module):
     """One RAVF block (Fig. 3): cross-attention → residual + LayerNorm → FFN → residual + LayerNorm."""
 
-    def __init__(self, dim: int, num_heads: int = 4, ffn_mult: int = 2, dropout: float = 0.0, **attn: bool) -> None:
+    def __init__(
+        self, dim: int, num_heads: int = 4, ffn_mult: int = 2, dropout: float = 0.0, **attn: bool
+    ) -> None:
         super().__init__()
         self.attn = RelevanceCrossAttention(dim, num_heads, dropout=dropout, **attn)
         self.norm1 = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_mult * dim, dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_mult * dim, dim)
+        )
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(self, v: Tensor, a: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -252,16 +280,33 @@ class RAVF(nn.Module):
     head weights are kept in :attr:`last_extras` for visualisation.
     """
 
-    def __init__(self, dim: int, num_heads: int = 4, n_blocks: int = 2, ffn_mult: int = 2, dropout: float = 0.0,
-                 retention_sigmoid: bool = True, retention_mean: bool = True, head_scale: bool = True,
-                 out_proj: bool = True, paper_literal: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 4,
+        n_blocks: int = 2,
+        ffn_mult: int = 2,
+        dropout: float = 0.0,
+        retention_sigmoid: bool = True,
+        retention_mean: bool = True,
+        head_scale: bool = True,
+        out_proj: bool = True,
+        paper_literal: bool = False,
+    ) -> None:
         super().__init__()
         if n_blocks < 1:
             raise ValueError(f"RAVF: n_blocks must be ≥ 1, got {n_blocks}")
         self.dim = dim
-        attn = {"retention_sigmoid": retention_sigmoid, "retention_mean": retention_mean, "head_scale": head_scale,
-                "out_proj": out_proj, "paper_literal": paper_literal}
-        self.blocks = nn.ModuleList(RAVFBlock(dim, num_heads, ffn_mult, dropout, **attn) for _ in range(n_blocks))
+        attn = {
+            "retention_sigmoid": retention_sigmoid,
+            "retention_mean": retention_mean,
+            "head_scale": head_scale,
+            "out_proj": out_proj,
+            "paper_literal": paper_literal,
+        }
+        self.blocks = nn.ModuleList(
+            RAVFBlock(dim, num_heads, ffn_mult, dropout, **attn) for _ in range(n_blocks)
+        )
         self.last_extras: dict[str, Tensor] = {}
 
     def forward(self, v: Tensor, a: Tensor) -> Tensor:

@@ -64,5 +64,7 @@ def gated_logits(logits: Tensor, gate_logits: Tensor) -> Tensor:
     evaluated by the usual two-branch ``log1mexp`` so that neither branch loses precision.
     """
     log_p = F.logsigmoid(gate_logits) + F.logsigmoid(logits)
-    log_1mp = torch.where(log_p > -0.6931471805599453, torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p)))
+    log_1mp = torch.where(
+        log_p > -0.6931471805599453, torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p))
+    )
     return log_p - log_1mp

@@ -36,13 +36,23 @@ from typing import Any
 #: checkpoints written earlier name ``avlab.models.yt8m.<Class>`` and keep loading. Frozen: new
 #: models are named by their own module path and never added here.
 _MOVED = {
-    "FCAudio": "fc", "FCVisual": "fc", "FCEarlyFusion": "fc", "FCLateFusion": "fc",
-    "FCResidualEarlyFusion": "fc_residual", "FCResidualLateFusion": "fc_residual",
-    "FCResidualGatedEarlyFusion": "fc_residual", "FCResidualGatedLateFusion": "fc_residual",
-    "FCAttention": "attention_fusion", "ResidualAttentionEarlyFusion": "attention_fusion",
-    "ResidualAttentionLateFusion": "attention_fusion", "AttendFusion": "attend_fusion",
-    "AudioVisualAttention": "cross_modal", "SelfCrossModalAttention": "cross_modal",
-    "SelfAttendedCrossModalFCRN": "cross_modal", "YT8MModel": "base", "AttentionBlock": "base",
+    "FCAudio": "fc",
+    "FCVisual": "fc",
+    "FCEarlyFusion": "fc",
+    "FCLateFusion": "fc",
+    "FCResidualEarlyFusion": "fc_residual",
+    "FCResidualLateFusion": "fc_residual",
+    "FCResidualGatedEarlyFusion": "fc_residual",
+    "FCResidualGatedLateFusion": "fc_residual",
+    "FCAttention": "attention_fusion",
+    "ResidualAttentionEarlyFusion": "attention_fusion",
+    "ResidualAttentionLateFusion": "attention_fusion",
+    "AttendFusion": "attend_fusion",
+    "AudioVisualAttention": "cross_modal",
+    "SelfCrossModalAttention": "cross_modal",
+    "SelfAttendedCrossModalFCRN": "cross_modal",
+    "YT8MModel": "base",
+    "AttentionBlock": "base",
 }
 
 

@@ -40,7 +40,10 @@ class YT8MModel(nn.Module):
 
     def check_inputs(self, rgb: Tensor, audio: Tensor) -> None:
         """Raise an error naming ``model.net.visual_dim``/``audio_dim`` when the inputs do not fit."""
-        inputs = (("visual", rgb, self.visual_dim, "visual_dim"), ("audio", audio, self.audio_dim, "audio_dim"))
+        inputs = (
+            ("visual", rgb, self.visual_dim, "visual_dim"),
+            ("audio", audio, self.audio_dim, "audio_dim"),
+        )
         for name, x, want, key in inputs:
             if x.dim() != 2 or x.shape[1] != want:
                 raise ValueError(

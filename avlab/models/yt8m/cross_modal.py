@@ -42,7 +42,10 @@ class AudioVisualAttention(AttentionModel):
     ) -> None:
         super().__init__(visual_dim, audio_dim, num_classes, hidden, dropout, num_heads, ffn_dim)
         self.self_v, self.self_a = self.attention_block(), self.attention_block()
-        self.cross_v_given_a, self.cross_a_given_v = self.attention_block(cross=True), self.attention_block(cross=True)
+        self.cross_v_given_a, self.cross_a_given_v = (
+            self.attention_block(cross=True),
+            self.attention_block(cross=True),
+        )
         self.head = classifier_head(hidden, num_classes, dropout)
 
     def forward(self, rgb: Tensor, audio: Tensor) -> Tensor:
@@ -72,7 +75,10 @@ class SelfCrossModalAttention(AttentionModel):
     ) -> None:
         super().__init__(visual_dim, audio_dim, num_classes, hidden, dropout, num_heads, ffn_dim)
         self.self_v, self.self_a = self.attention_block(), self.attention_block()
-        self.cross_v_given_a, self.cross_a_given_v = self.attention_block(cross=True), self.attention_block(cross=True)
+        self.cross_v_given_a, self.cross_a_given_v = (
+            self.attention_block(cross=True),
+            self.attention_block(cross=True),
+        )
         self.post_v, self.post_a = self.attention_block(), self.attention_block()
         self.head = classifier_head(2 * hidden, num_classes, dropout)
 
@@ -104,8 +110,13 @@ class SelfAttendedCrossModalFCRN(AttentionModel):
     ) -> None:
         super().__init__(visual_dim, audio_dim, num_classes, hidden, dropout, num_heads, ffn_dim)
         self.self_v, self.self_a = self.attention_block(), self.attention_block()
-        self.cross_v_given_a, self.cross_a_given_v = self.attention_block(cross=True), self.attention_block(cross=True)
-        self.res = nn.Sequential(*(ResidualBlock(2 * hidden, residual_depth, dropout) for _ in range(num_residual)))
+        self.cross_v_given_a, self.cross_a_given_v = (
+            self.attention_block(cross=True),
+            self.attention_block(cross=True),
+        )
+        self.res = nn.Sequential(
+            *(ResidualBlock(2 * hidden, residual_depth, dropout) for _ in range(num_residual))
+        )
         self.head = nn.Linear(2 * hidden, num_classes)
 
     def forward(self, rgb: Tensor, audio: Tensor) -> Tensor:

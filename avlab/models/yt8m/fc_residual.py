@@ -21,7 +21,12 @@ from avlab.models.blocks.gating import GatedResidualBlock, gated_logits
 from avlab.models.blocks.residual import ResidualBlock, fc_layer
 from avlab.models.yt8m.base import YT8MModel
 
-__all__ = ["FCResidualEarlyFusion", "FCResidualGatedEarlyFusion", "FCResidualGatedLateFusion", "FCResidualLateFusion"]
+__all__ = [
+    "FCResidualEarlyFusion",
+    "FCResidualGatedEarlyFusion",
+    "FCResidualGatedLateFusion",
+    "FCResidualLateFusion",
+]
 
 
 class FCResidualEarlyFusion(YT8MModel):
@@ -37,7 +42,9 @@ class FCResidualEarlyFusion(YT8MModel):
         residual_depth: int = 2,
     ) -> None:
         super().__init__(visual_dim, audio_dim, num_classes, dropout)
-        self.body = nn.Sequential(fc_layer(visual_dim + audio_dim, hidden, dropout), ResidualBlock(hidden, residual_depth, dropout))
+        self.body = nn.Sequential(
+            fc_layer(visual_dim + audio_dim, hidden, dropout), ResidualBlock(hidden, residual_depth, dropout)
+        )
         self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, rgb: Tensor, audio: Tensor) -> Tensor:
@@ -60,7 +67,9 @@ class FCResidualLateFusion(YT8MModel):
         super().__init__(visual_dim, audio_dim, num_classes, dropout)
 
         def branch(in_dim: int) -> nn.Module:
-            return nn.Sequential(fc_layer(in_dim, hidden, dropout), ResidualBlock(hidden, residual_depth, dropout))
+            return nn.Sequential(
+                fc_layer(in_dim, hidden, dropout), ResidualBlock(hidden, residual_depth, dropout)
+            )
 
         self.fusion = LateFusion(branch(visual_dim), branch(audio_dim))
         self.head = nn.Linear(2 * hidden, num_classes)
@@ -85,7 +94,9 @@ class FCResidualGatedEarlyFusion(YT8MModel):
         dropout: float = 0.4,
     ) -> None:
         super().__init__(visual_dim, audio_dim, num_classes, dropout)
-        self.body = nn.Sequential(fc_layer(visual_dim + audio_dim, hidden, dropout), GatedResidualBlock(hidden, 1, dropout))
+        self.body = nn.Sequential(
+            fc_layer(visual_dim + audio_dim, hidden, dropout), GatedResidualBlock(hidden, 1, dropout)
+        )
         self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, rgb: Tensor, audio: Tensor) -> Tensor:

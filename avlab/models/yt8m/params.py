@@ -34,7 +34,11 @@ from avlab.models.blocks import count_trainable_parameters
 __all__ = ["PAPER_SETUP", "main", "parameter_table", "yt8m_experiments"]
 
 #: Overrides under which the paper's parameter counts are reproduced (see the module docstring).
-PAPER_SETUP: tuple[str, ...] = ("data.num_classes=4716", "model.net.visual_dim=1024", "model.net.audio_dim=128")
+PAPER_SETUP: tuple[str, ...] = (
+    "data.num_classes=4716",
+    "model.net.visual_dim=1024",
+    "model.net.audio_dim=128",
+)
 
 
 def yt8m_experiments() -> list[str]:
@@ -59,13 +63,15 @@ def parameter_table(
             net = instantiate(cfg.model.net)
         n = count_trainable_parameters(net)
         paper = cfg.paper.params_m
-        rows.append({
-            "name": str(cfg.experiment).removeprefix("yt8m/"),
-            "params": n,
-            "paper_m": paper,
-            "deviation": None if paper is None else n / (paper * 1e6) - 1,
-            "tolerance": cfg.paper.params_tolerance,
-        })
+        rows.append(
+            {
+                "name": str(cfg.experiment).removeprefix("yt8m/"),
+                "params": n,
+                "paper_m": paper,
+                "deviation": None if paper is None else n / (paper * 1e6) - 1,
+                "tolerance": cfg.paper.params_tolerance,
+            }
+        )
     return rows
 
 
