@@ -83,10 +83,16 @@ def _parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser(
         "sweep",
-        help="Run or resume an Optuna study: avlab sweep SWEEP [--trials N] [--storage URL] [--study NAME] [key=value ...].",
+        help=(
+            "Run or resume an Optuna study: "
+            "avlab sweep SWEEP [--trials N] [--storage URL] [--study NAME] [key=value ...]."
+        ),
         description="Run or resume an Optuna hyper-parameter study over an experiment (docs/sweeps.md).",
-        epilog="key=value overrides apply to every trial. Example: avlab sweep avq/table2 --trials 6 cv.folds=3 "
-        "trainer.max_epochs=20 logger.wandb.mode=disabled",
+        epilog=(
+            "key=value overrides apply to every trial. "
+            "Example: avlab sweep avq/table2 --trials 6 cv.folds=3 "
+            "trainer.max_epochs=20 logger.wandb.mode=disabled"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sweep.add_argument("sweep", nargs="?", help="search space under sweeps/ (e.g. avq/table2) or a YAML path")

@@ -39,8 +39,8 @@ def _selected(key: str, patterns: list[str]) -> bool:
 
 
 def compare_runs(run_dirs: list[Path], metrics: str = "test/", config_diff: bool = True) -> str:
-    """One row per run, one column per metric (``metrics``: comma-separated names or prefixes ending in ``/``),
-    then the config keys whose values differ between the runs."""
+    """One row per run, one column per metric (``metrics``: comma-separated names or prefixes ending
+    in ``/``), then the config keys whose values differ between the runs."""
     from rich.console import Console
     from rich.table import Table
 

@@ -453,7 +453,8 @@ def _validate_trainer(trainer: Any) -> list[str]:
     for key in trainer:
         if key in reserved:
             problems.append(
-                f"`trainer.{key}` is set by avlab from the `logger`/`callbacks`/`run` sections; set those instead"
+                f"`trainer.{key}` is set by avlab from the `logger`/`callbacks`/`run` sections; "
+                "set those instead"
             )
         elif key not in params:
             hint = closest(str(key), params)

@@ -443,7 +443,8 @@ def model_from_checkpoint(cfg: DictConfig, ckpt_path: str) -> Any:
     missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
     if unexpected or [m for m in missing if not m.endswith(("_mean", "_std"))]:
         raise ConfigError(
-            f"checkpoint {ckpt_path} does not fit `{model_cfg._target_}`: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"checkpoint {ckpt_path} does not fit `{model_cfg._target_}`: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return model
 

@@ -110,7 +110,9 @@ def main() -> None:
         json.dumps(
             {
                 "benchmark": "avq_vmaf",
-                "what": "VMAF feature extraction (libvmaf vmaf_v0.6.1, 6 features + score), frames per second",
+                "what": (
+                    "VMAF feature extraction (libvmaf vmaf_v0.6.1, 6 features + score), frames per second"
+                ),
                 "pair": {"width": info.width, "height": info.height, "frames": n_frames, "fps": info.fps},
                 "libvmaf_threads": threads,
                 "repeats": args.repeats,

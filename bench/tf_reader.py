@@ -224,7 +224,9 @@ def main() -> None:
         "tensorflow_version": tf.__version__,
         "python": sys.version.split()[0],
         "cpu_affinity": affinity,
-        "threads": "intra_op=1, inter_op=1, tf.data private pool=1, no num_parallel_calls/AUTOTUNE/injected prefetch",
+        "threads": (
+            "intra_op=1, inter_op=1, tf.data private pool=1, no num_parallel_calls/AUTOTUNE/injected prefetch"
+        ),
         "jobs": {job["name"]: run_job(tf, opts, job, args.repeats) for job in jobs},
     }
     print(json.dumps(out))

@@ -180,7 +180,8 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
         "cpu_affinity": affinity,
         "data": {
-            "demo": f"avlab demo '{args.demo_size}' train split: {len(video)} video-level + {len(frame)} frame-level shards, "
+            "demo": f"avlab demo '{args.demo_size}' train split: "
+            f"{len(video)} video-level + {len(frame)} frame-level shards, "
             "{}-{} frames per video".format(*DEMO_SIZES[args.demo_size]["frames"]),
             "long_frames": f"{args.long_videos} frame-level videos x 300 frames (random uint8)",
         },
@@ -356,7 +357,10 @@ def main() -> None:
         reader_keys = ["video_mf", "frame_mf", "frame_mf_std", "frame300_mf", "frame300_mf_std"]
         cache_keys = ["feature_cache_video_mf", "feature_cache_frame300_mf_std"]
         results["vs_tensorflow"] = {
-            "unit": "avlab examples/s / TensorFlow examples/s, both pinned to one CPU, per-example parse unless named",
+            "unit": (
+                "avlab examples/s / TensorFlow examples/s, both pinned to one CPU, "
+                "per-example parse unless named"
+            ),
             **ratios,
             "goal_reader_ge_1x": all(ratios[k] >= 1.0 for k in reader_keys),
             "goal_feature_cache_ge_5x": all(ratios[k] >= 5.0 for k in cache_keys),

@@ -199,9 +199,11 @@ def main() -> None:
     out: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), lightning {lightning.__version__}",
-        "data": f"avlab demo 'small' video-level train split: {n_examples} videos, {len(shards)} shards, MF 1024+128, "
+        "data": f"avlab demo 'small' video-level train split: {n_examples} videos, "
+        f"{len(shards)} shards, MF 1024+128, "
         "3862 classes",
-        "setup": f"YT8MModule + AttendFusion(num_heads=8), AdamW, batch {args.batch_size}, {args.steps} steps per run "
+        "setup": f"YT8MModule + AttendFusion(num_heads=8), AdamW, batch {args.batch_size}, "
+        f"{args.steps} steps per run "
         f"(first {args.warmup} untimed), median of {args.repeats} interleaved repeats",
         "unit": "training examples/s",
         "feature_cache_build_s": cache_build_s,

@@ -10,7 +10,8 @@ Default steps (paper §V-A: 20, 10 and 10 epochs, learning rate 1e-5):
 
 The SlowFast motion extractor is frozen throughout. Each step starts with a **fresh optimiser**.
 
-Design (Lightning's ``BaseFinetuning`` callback has resume bugs, e.g. it re-freezes on resume): the *module* owns the current step (index + spec, saved in every
+Design (Lightning's ``BaseFinetuning`` callback has resume bugs, e.g. it re-freezes on resume): the
+*module* owns the current step (index + spec, saved in every
 checkpoint by :meth:`UNQAModule.on_save_checkpoint`), so on resume Lightning rebuilds the
 optimiser of the right step — with the right trainable parameters — *before* it restores the
 optimiser state. This callback only decides, at each epoch start, which step the epoch belongs
@@ -83,7 +84,8 @@ def normalise_steps(steps: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
         unknown = set(s) - {"name", "epochs", "heads", "loss", "train", "lr", "weight_decay"}
         if unknown:
             raise ConfigError(
-                f"{where}: unknown key(s) {sorted(unknown)}; keys: name, epochs, heads, loss, train, lr, weight_decay"
+                f"{where}: unknown key(s) {sorted(unknown)}; "
+                "keys: name, epochs, heads, loss, train, lr, weight_decay"
             )
         spec = {
             "name": str(s.get("name", f"step{i + 1}")),
@@ -145,14 +147,16 @@ class ThreeStepSchedule(Callback):
 
         if not isinstance(pl_module, UNQAModule):
             raise ConfigError(
-                f"callbacks.extra.schedule: ThreeStepSchedule needs the unqa LightningModule, got {type(pl_module).__name__}"
+                "callbacks.extra.schedule: ThreeStepSchedule needs the unqa LightningModule, "
+                f"got {type(pl_module).__name__}"
             )
         if stage != "fit":
             return
         max_epochs = trainer.max_epochs
         if max_epochs is not None and max_epochs >= 0 and max_epochs != self.total_epochs:
             warnings.warn(
-                f"trainer.max_epochs={max_epochs} but the schedule's steps add up to {self.total_epochs} epochs; "
+                f"trainer.max_epochs={max_epochs} but the schedule's steps add up to "
+                f"{self.total_epochs} epochs; "
                 + (
                     "training stops early, inside a step"
                     if max_epochs < self.total_epochs

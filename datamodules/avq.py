@@ -318,7 +318,8 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
         )
         if au.embedding.shape[-1] != self.audio_extractor.dim:
             raise FeatureError(
-                f"{stimulus or distorted}: audio feature width {au.embedding.shape[-1]}, expected {self.audio_extractor.dim}"
+                f"{stimulus or distorted}: audio feature width {au.embedding.shape[-1]}, "
+                f"expected {self.audio_extractor.dim}"
             )
         return {
             "video": np.asarray(vm.features, dtype=np.float32),
@@ -395,7 +396,8 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
             n = int(self.holdout_sources)
             if not 0 < n < len(sources):
                 raise DataError(
-                    f"data.holdout_sources={n} must be between 1 and {len(sources) - 1} ({len(sources)} sources)"
+                    f"data.holdout_sources={n} must be between 1 and {len(sources) - 1} "
+                    f"({len(sources)} sources)"
                 )
             test = sorted(rng.choice(sources, size=n, replace=False).tolist())
         rest = [s for s in sources if s not in test]

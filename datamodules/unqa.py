@@ -364,7 +364,8 @@ def assign_splits(groups: np.ndarray, ratios: list[float], rng: np.random.Genera
     n_train = g - n_test - n_val
     if n_train < 1:
         raise DataError(
-            f"data.split_ratios {list(ratios)} leave no training group out of {g}; lower the val/test fractions"
+            f"data.split_ratios {list(ratios)} leave no training group out of {g}; "
+            "lower the val/test fractions"
         )
     part_of = {
         grp: ("train" if i < n_train else "val" if i < n_train + n_val else "test")
@@ -475,7 +476,8 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         ratios = [float(r) for r in split_ratios]
         if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1.0) > 1e-6:
             raise DataError(
-                f"data.split_ratios must be three fractions summing to 1 (train, val, test), got {list(split_ratios)}"
+                "data.split_ratios must be three fractions summing to 1 (train, val, test), "
+                f"got {list(split_ratios)}"
             )
         if batch_size < 2:
             raise DataError("data.batch_size must be >= 2: the rank losses compare items within a batch")
@@ -892,7 +894,8 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         out: dict[str, Any] = {"root": str(self.dataset_root())}
         for spec in self.specs:
             out[f"database {spec.name}"] = (
-                f"{spec.format}, {spec.modality}, MOS {spec.mos_range[0]:g}-{spec.mos_range[1]:g}, role {spec.role}"
+                f"{spec.format}, {spec.modality}, MOS {spec.mos_range[0]:g}-{spec.mos_range[1]:g}, "
+                f"role {spec.role}"
             )
         table = self.table if self.table is not None else self._check_table
         if table is not None and len(table):

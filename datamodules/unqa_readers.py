@@ -20,17 +20,28 @@ Formats (``format:`` of a database entry) and what they read:
 =============  ======  ========  ==========================================================================
 format         modal.  MOS       files
 =============  ======  ========  ==========================================================================
-koniq10k       image   1–5       ``koniq10k_scores_and_distributions.csv`` (``image_name``, ``MOS``); images in ``1024x768/``
-spaq           image   0–100     ``Annotations/MOS and Image attribute scores.xlsx`` (``Image name``, ``MOS``); ``TestImage/``
-clive          image   0–100     ``Data/AllImages_release.mat``, ``Data/AllMOS_release.mat``; ``Images/``; first 7 rows (training images) dropped
-bid            image   0–5       ``DatabaseGrades.xlsx`` (col 1 image number → ``DatabaseImage%04d.JPG``, col 2 MOS), images anywhere below
-konvid1k       video   1–5       ``KoNViD_1k_mos.csv`` (``flickr_id``, ``mos``); ``KoNViD_1k_videos/<flickr_id>.mp4``
+koniq10k       image   1–5       ``koniq10k_scores_and_distributions.csv`` (``image_name``, ``MOS``); images
+                                 in ``1024x768/``
+spaq           image   0–100     ``Annotations/MOS and Image attribute scores.xlsx`` (``Image name``,
+                                 ``MOS``); ``TestImage/``
+clive          image   0–100     ``Data/AllImages_release.mat``, ``Data/AllMOS_release.mat``; ``Images/``;
+                                 first 7 rows (training images) dropped
+bid            image   0–5       ``DatabaseGrades.xlsx`` (col 1 image number → ``DatabaseImage%04d.JPG``, col
+                                 2 MOS), images anywhere below
+konvid1k       video   1–5       ``KoNViD_1k_mos.csv`` (``flickr_id``, ``mos``);
+                                 ``KoNViD_1k_videos/<flickr_id>.mp4``
 live_vqc       video   0–100     ``data.mat`` (``video_list``, ``mos``); ``Video/``
-youtube_ugc    video   1–5       ``original_videos_MOS_for_YouTube_UGC_dataset.xlsx`` sheet ``MOS`` (``vid``, ``MOS full``); the video file whose name starts with ``<vid>`` anywhere below
-live_sjtu      av      0–100     ``MOS.mat`` (``MOS``, ``disNames`` video .yuv + audio .wav, ``allNames``, ``frameRate``, ``resolution``); files anywhere below
-sjtu_uav       av      0–100     ``MOS.mat`` (``videoName``, ``MOSz``); video anywhere below, audio ``wav/<stem>.wav`` when present
-tcd_voip       audio   1–5       ``Subjective Test Scores.xlsx`` sheet ``Subjective Test Scores`` (``Filename``, ``sample MOS``); wav anywhere below ``Test Set/``; grouped by reference recording
-manifest       any     declared  ``manifest.csv``: ``media``, optional ``audio``, ``mos``, optional ``group`` (paths relative to the CSV)
+youtube_ugc    video   1–5       ``original_videos_MOS_for_YouTube_UGC_dataset.xlsx`` sheet ``MOS`` (``vid``,
+                                 ``MOS full``); the video file whose name starts with ``<vid>`` anywhere below
+live_sjtu      av      0–100     ``MOS.mat`` (``MOS``, ``disNames`` video .yuv + audio .wav, ``allNames``,
+                                 ``frameRate``, ``resolution``); files anywhere below
+sjtu_uav       av      0–100     ``MOS.mat`` (``videoName``, ``MOSz``); video anywhere below, audio
+                                 ``wav/<stem>.wav`` when present
+tcd_voip       audio   1–5       ``Subjective Test Scores.xlsx`` sheet ``Subjective Test Scores``
+                                 (``Filename``, ``sample MOS``); wav anywhere below ``Test Set/``; grouped by
+                                 reference recording
+manifest       any     declared  ``manifest.csv``: ``media``, optional ``audio``, ``mos``, optional ``group``
+                                 (paths relative to the CSV)
 =============  ======  ========  ==========================================================================
 
 ``manifest`` is the documented generic format for databases without a public loader (ITU-T P.Sup23,
@@ -120,7 +131,8 @@ def parse_databases(databases: Any) -> list[DatabaseSpec]:
             from avlab.errors import did_you_mean
 
             raise ConfigError(
-                f"{where}: unknown key `{unknown[0]}`.{did_you_mean(unknown[0], known)} Keys: {', '.join(sorted(known))}"
+                f"{where}: unknown key `{unknown[0]}`.{did_you_mean(unknown[0], known)} "
+                f"Keys: {', '.join(sorted(known))}"
             )
         specs.append(
             DatabaseSpec(
@@ -336,7 +348,8 @@ def read_tcd_voip(folder: Path, options: ReadOptions) -> pd.DataFrame:
 def _tcd_reference_group(media: Path) -> str | None:
     """Content group of a TCD-VoIP stimulus: the SHA-1 of its clean reference recording.
 
-    Every degraded file ``<cond>/C_<n>_<COND>_<spk>.wav`` has its reference ``<cond>/ref/R_<n>_<COND>_<spk>.wav``.
+    Every degraded file ``<cond>/C_<n>_<COND>_<spk>.wav`` has its reference
+    ``<cond>/ref/R_<n>_<COND>_<spk>.wav``.
     Stimuli degraded from the same clean sentence share that recording's bytes, so grouping by the
     reference's content keeps one sentence on one side of a split. Grouping by speaker instead would
     leave the 4-speaker database with a single test speaker. Without a reference file the stimulus is

@@ -103,7 +103,8 @@ class AVQModule(AvlabModule):
         super().__init__()
         if not importance_alpha > importance_beta:
             raise ValueError(
-                f"model.importance_alpha ({importance_alpha}) must exceed model.importance_beta ({importance_beta}) (eq. 8)"
+                f"model.importance_alpha ({importance_alpha}) must exceed "
+                f"model.importance_beta ({importance_beta}) (eq. 8)"
             )
         self.net = net
         self.loss_fn = CCCRMSELoss(lam=lam)

@@ -342,6 +342,8 @@ class UNQAModule(AvlabModule):
             "modality": modality,
             "regressor": used,
             "score": score,
-            "note": "relative quality score of the unified model (higher = better); steps 2-3 train it with a "
-            "rank (SRCC) loss, so it is not on any database's MOS scale",
+            "note": (
+                "relative quality score of the unified model (higher = better); steps 2-3 train it with a "
+                "rank (SRCC) loss, so it is not on any database's MOS scale"
+            ),
         }

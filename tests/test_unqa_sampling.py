@@ -1,4 +1,5 @@
-"""Adaptive weighted task sampling: Fig. 7 weights, same database on every rank, distinct samples, resumable."""
+"""Adaptive weighted task sampling: Fig. 7 weights, same database on every rank, distinct samples,
+resumable."""
 
 from __future__ import annotations
 

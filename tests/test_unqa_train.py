@@ -22,8 +22,10 @@ HERE = Path(__file__).resolve()
 def _steps(e1: int, e2: int, e3: int, lr: float = 1e-3) -> str:
     return (
         "callbacks.extra.schedule.steps=["
-        f"{{name: database_heads, epochs: {e1}, heads: database, loss: mae_rank, train: [spatial, audio, database_heads], lr: {lr}}},"
-        f"{{name: modality_heads, epochs: {e2}, heads: modality, loss: srcc, train: [spatial, audio, modality_heads], lr: {lr}}},"
+        f"{{name: database_heads, epochs: {e1}, heads: database, loss: mae_rank, "
+        f"train: [spatial, audio, database_heads], lr: {lr}}},"
+        f"{{name: modality_heads, epochs: {e2}, heads: modality, loss: srcc, "
+        f"train: [spatial, audio, modality_heads], lr: {lr}}},"
         f"{{name: finetune, epochs: {e3}, heads: modality, loss: srcc, train: [modality_heads], lr: {lr}}}]"
     )
 

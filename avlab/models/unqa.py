@@ -103,7 +103,8 @@ class SpatialExtractor(nn.Module):
             or list(self.stages) != sorted(self.stages)
         ):
             raise ConfigError(
-                f"model.net.spatial.stages must be increasing indices in 0..{n_stages - 1}, got {list(stages)}"
+                f"model.net.spatial.stages must be increasing indices in 0..{n_stages - 1}, "
+                f"got {list(stages)}"
             )
         widths = [self.backbone.feature_info[s]["num_chs"] for s in self.stages]
         self.channels = int(sum(widths))
@@ -319,7 +320,8 @@ class AudioExtractor(nn.Module):
         x = self.frame_cnn(segs.permute(0, 2, 1, 3).reshape(b * s, 1, n_mels, self.seg_len)).view(b, s, -1)
         if s > self.pos.shape[1]:
             raise ValueError(
-                f"AudioExtractor: {s} segments exceed the positional table ({self.pos.shape[1]}); shorten the audio"
+                f"AudioExtractor: {s} segments exceed the positional table ({self.pos.shape[1]}); "
+                "shorten the audio"
             )
         x = x + self.pos[:, :s]
         mask = None
@@ -422,7 +424,8 @@ class UNQANet(nn.Module):
             modality = databases[name]
             if modality not in FEATURES_OF:
                 raise ConfigError(
-                    f"database `{name}`: unsupported modality {modality!r}; use one of {', '.join(MODALITIES)}"
+                    f"database `{name}`: unsupported modality {modality!r}; "
+                    f"use one of {', '.join(MODALITIES)}"
                 )
             if not self.can_score(modality):
                 continue
@@ -482,7 +485,8 @@ class UNQANet(nn.Module):
             return self._shared(feats, modality)
         if modality not in self.modality_heads:
             raise ConfigError(
-                f"no regressor for {modality} inputs: its eq. 8 features {FEATURES_OF[modality]} are all disabled"
+                f"no regressor for {modality} inputs: "
+                f"its eq. 8 features {FEATURES_OF[modality]} are all disabled"
             )
         return self.modality_heads[modality](self._concat(feats, modality)).squeeze(-1)
 

@@ -38,7 +38,8 @@ __all__ = [
 def _check(v: Tensor, a: Tensor, dim: int, who: str) -> None:
     if v.dim() != 3 or a.dim() != 3 or v.shape[0] != a.shape[0] or v.shape[-1] != dim or a.shape[-1] != dim:
         raise ValueError(
-            f"{who}: expected v [B, N_v, {dim}] and a [B, N_a, {dim}], got {list(v.shape)} and {list(a.shape)}"
+            f"{who}: expected v [B, N_v, {dim}] and a [B, N_a, {dim}], "
+            f"got {list(v.shape)} and {list(a.shape)}"
         )
 
 
