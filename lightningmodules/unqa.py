@@ -310,7 +310,7 @@ class UNQAModule(AvlabModule):
     # ------------------------------------------------------------------ avlab predict
     def predict_media(self, inputs: dict[str, str], datamodule: Any, out_dir: Path) -> dict[str, Any]:
         """Detect the modality of ``input`` and score it with that modality's regressor."""
-        from avlab.datamodules.unqa import detect_modality
+        from avlab.datamodules.unqa_media import detect_modality
 
         if "input" not in inputs:
             raise ConfigError(

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from avlab import cli
-from avlab.datamodules.unqa import UNQADataModule, assign_splits, split_groups
+from avlab.datamodules.unqa import UNQADataModule
+from avlab.datamodules.unqa_splits import assign_splits, split_groups
 from avlab.errors import DataError
 from avlab.paths import cache_dir
 
