@@ -24,7 +24,10 @@ files): the policies ``short_videos``, ``count_mismatch`` and ``missing_audio`` 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,13 +42,14 @@ from avlab.datamodules.saliency_readers import (
     AV_DATASETS,
     RecordPolicy,
     VideoRecord,
+    check_annotations,
     fold_list_path,
     load_fixation,
     load_map,
     parse_fold_list,
     video_records,
 )
-from avlab.errors import ConfigError, DataError, MediaError
+from avlab.errors import ConfigError, DataError
 from avlab.media.clips import (
     VideoFrames,
     audio_buffer_len,
@@ -261,6 +265,38 @@ def collate_saliency(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- datamodule
+#: From this many fixation files on, ``check`` opens them in several processes; below it the
+#: process start-up costs more than the files (the tiny demo has a few hundred).
+CHECK_PARALLEL_MIN_FILES = 2000
+
+
+def _check_videos(videos: list[VideoRecord]) -> list[list[str]]:
+    """:func:`check_annotations` of every video, in order, with a progress bar on a terminal."""
+    from rich.console import Console
+    from rich.progress import track
+
+    show = sys.stderr.isatty()
+    console = Console(stderr=True)
+    workers = min(os.cpu_count() or 1, 8, len(videos))
+    if workers < 2 or sum(len(r.fixations) for r in videos) < CHECK_PARALLEL_MIN_FILES:
+        return [
+            check_annotations(r)
+            for r in track(videos, "checking fixations", console=console, disable=not show, transient=True)
+        ]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(check_annotations, videos)
+        return list(
+            track(
+                results,
+                "checking fixations",
+                total=len(videos),
+                console=console,
+                disable=not show,
+                transient=True,
+            )
+        )
+
+
 class SaliencyDataModule(AvlabDataModule):
     """STAViS AV datasets (``layout=stavis``) or DHF1K (``layout=dhf1k``) → clips for AVRSP.
 
@@ -507,16 +543,18 @@ class SaliencyDataModule(AvlabDataModule):
 
     # ------------------------------------------------------------------ checks
     def check(self) -> list[str]:
+        """Every problem found: layout and fold lists, counts, each fixation file, the audio.
+
+        Every fixation file is opened (variable ``eyeMap``/``I``, shape of its saliency map), as
+        the test stage would, so a bad one is reported here rather than after training. Videos
+        are checked by several processes when there are many fixation files.
+        """
         found, problems = self.index()
-        for rec in found["train"] + found["test"]:
+        videos = found["train"] + found["test"]
+        for rec, lines in zip(videos, _check_videos(videos), strict=True):
             problems.extend(rec.notes)
+            problems.extend(lines)
             where = f"{rec.dataset}/{rec.name}"
-            try:
-                gt = load_map(rec.maps[0])
-                for i in sorted({0, rec.n_frames // 2, rec.n_frames - 1}):
-                    load_fixation(rec.fixations[i], gt.shape)
-            except (DataError, MediaError) as exc:
-                problems.append(f"{where}: {exc}")
             if self.audio and self.layout == "stavis" and rec.wav is not None and rec.wav.is_file():
                 try:
                     import soundfile as sf

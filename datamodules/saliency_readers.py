@@ -50,16 +50,18 @@ import numpy as np
 import pandas as pd
 
 from avlab.datamodules.readers import ReadOptions, register_reader
-from avlab.errors import DataError
+from avlab.errors import DataError, MediaError
 from avlab.media.clips import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoFrames, read_image
 
 __all__ = [
     "AV_DATASETS",
     "RecordPolicy",
     "VideoRecord",
+    "check_annotations",
     "fold_list_path",
     "load_fixation",
     "load_map",
+    "map_shape",
     "parse_fold_list",
     "read_dhf1k",
     "read_stavis",
@@ -166,6 +168,47 @@ def load_fixation(path: Path, shape: tuple[int, int] | None = None) -> np.ndarra
 def load_map(path: Path) -> np.ndarray:
     """A continuous saliency map as float32 [H, W] in [0, 1] (``im2double``)."""
     return read_image(path, gray=True).astype(np.float32) / 255.0
+
+
+def map_shape(path: Path) -> tuple[int, int]:
+    """``(H, W)`` of a saliency map image from its header alone (no pixel decoding)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except FileNotFoundError as exc:
+        raise DataError(f"saliency map {path} does not exist") from exc
+    except OSError as exc:
+        raise MediaError(f"saliency map {path} cannot be read as an image ({exc})") from exc
+    return height, width
+
+
+#: Problems listed per video by :func:`check_annotations` before the rest are only counted: a
+#: video whose every fixation file is wrong would otherwise print thousands of near-equal lines.
+CHECK_LINES_PER_VIDEO = 10
+
+
+def check_annotations(rec: VideoRecord) -> list[str]:
+    """Open every fixation file of ``rec`` the way the test stage does; one line per bad file.
+
+    Each fixation must hold ``eyeMap``/``I`` (or be an image) and match its own saliency map's
+    shape, which is what :func:`load_fixation` enforces when test metrics are computed. Every
+    pair is checked (no early exit); past :data:`CHECK_LINES_PER_VIDEO` lines the rest are
+    counted in one closing line.
+    """
+    where = f"{rec.dataset}/{rec.name}"
+    found: list[str] = []
+    for gt_path, fix_path in zip(rec.maps, rec.fixations, strict=False):
+        try:
+            load_fixation(fix_path, map_shape(gt_path))
+        except (DataError, MediaError) as exc:
+            found.append(f"{where}: {exc}")
+    if len(found) > CHECK_LINES_PER_VIDEO:
+        extra = len(found) - CHECK_LINES_PER_VIDEO
+        found = found[:CHECK_LINES_PER_VIDEO]
+        found.append(f"{where}: {extra} more fixation/map problem(s) in this video")
+    return found
 
 
 def sorted_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:

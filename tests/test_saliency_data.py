@@ -333,3 +333,27 @@ def test_the_voice_says_which_speaker_is_watched(demo: Path) -> None:
     assert np.mean(heard_right) > 0.9
     # most frames' fixations sit on the speaker who speaks (latency: observers follow within a few frames)
     assert np.mean(on_speaker) > 0.75
+
+
+@pytest.mark.parametrize("min_files", [10**9, 1], ids=["one-process", "process-pool"])
+def test_check_opens_every_fixation_file(
+    broken: Path, min_files: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from avlab.datamodules import saliency
+
+    monkeypatch.setattr(saliency, "CHECK_PARALLEL_MIN_FILES", min_files)
+    test_video = _first(broken)
+    train_video = parse_fold_list(broken / "fold_lists" / "AVAD_list_train_1_fps.txt")[0][0]
+    ann = broken / "annotations" / "AVAD"
+    # Frame 2 is none of the first/middle/last frames a sampling check would open.
+    scipy.io.savemat(str(ann / test_video / "fixMap_00002.mat"), {"fixations": np.eye(4), "pts": np.ones(3)})
+    scipy.io.savemat(str(ann / train_video / "fixMap_00002.mat"), {"eyeMap": np.zeros((5, 7))})
+    problems = _dm(broken, datasets=["AVAD"]).check()
+    wrong_key = [p for p in problems if "no variable `eyeMap`" in p]
+    wrong_shape = [p for p in problems if "has shape 5×7" in p]
+    assert len(wrong_key) == 1 and len(wrong_shape) == 1, problems
+    assert f"AVAD/{test_video}:" in wrong_key[0] and "fixMap_00002.mat" in wrong_key[0]
+    assert "it holds fixations, pts" in wrong_key[0]
+    assert f"AVAD/{train_video}:" in wrong_shape[0] and "fixMap_00002.mat" in wrong_shape[0]
+    # Nothing else in the copy is wrong: the check reports exactly the two files.
+    assert len(problems) == 2, problems

@@ -8,6 +8,7 @@ One job per module:
 * :mod:`.sharding` — exactly-once dealing of records over DDP ranks × DataLoader workers;
 * :mod:`.records` — :class:`YT8MRecordDataset`, the decoded record stream;
 * :mod:`.feature_cache` — the memory-mapped feature cache (``data.feature_cache=true``);
+* :mod:`.shard_check` — every record's CRCs for ``avlab data check``, over several processes;
 * :mod:`.datamodule` — :class:`YT8MDataModule`, the LightningDataModule the configs name
   (``avlab.datamodules.yt8m.YT8MDataModule``).
 """
