@@ -9,10 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from avlab.api import experiment_config
 from avlab.errors import AvlabError, ConfigError
-
-#: key=value arguments of `avlab predict` that name media rather than config keys.
-PREDICT_INPUT_KEYS = ("input", "reference", "distorted", "output")
 
 EPILOG = """Overrides use OmegaConf dot-list syntax, e.g. trainer.max_epochs=3 data.root=/data/avq seed=1.
 Public keys: data.root, trainer.{max_epochs,accelerator,devices,strategy,precision}, seed, run.root,
@@ -136,17 +134,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _split_inputs(overrides: list[str], keys: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
-    rest, inputs = [], {}
-    for item in overrides:
-        key = item.split("=", 1)[0]
-        if key in keys and "=" in item:
-            inputs[key] = item.split("=", 1)[1]
-        else:
-            rest.append(item)
-    return rest, inputs
-
-
 def _print_metrics(
     title: str, metrics: dict[str, float], per_split: list[dict[str, float]] | None = None
 ) -> None:
@@ -236,17 +223,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             return 0
         if not args.experiment:
             parser.error(f"{args.command} needs an EXPERIMENT (see `avlab {args.command} --list`)")
-        overrides, inputs = _split_inputs(
-            args.overrides, PREDICT_INPUT_KEYS if args.command == "predict" else ()
-        )
-        if (
-            args.command == "features"
-            and "/" not in args.experiment
-            and not args.experiment.endswith(".yaml")
-        ):
-            args.experiment = f"{args.experiment}/_base"
-        require = ("data",) if args.command == "features" else ("data", "model")
-        cfg = config_mod.load_experiment(args.experiment, overrides, require=require, overlays=args.overlay)
+        cfg, inputs = experiment_config(args.command, args.experiment, args.overrides, args.overlay)
         if args.print_config:
             print(config_mod.to_yaml(cfg))
             return 0

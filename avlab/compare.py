@@ -44,8 +44,23 @@ def compare_runs(run_dirs: list[Path], metrics: str = "test/", config_diff: bool
     from rich.console import Console
     from rich.table import Table
 
+    from avlab.rundir import read_status
+
     patterns = [m.strip() for m in metrics.split(",") if m.strip()]
-    runs = [(d, *load_run(d)) for d in run_dirs]
+    # A failed run has no (or partial) metrics: one line names it instead of a misleading row.
+    skipped, kept = [], []
+    for d in run_dirs:
+        status = read_status(d)
+        if status.get("status") == "failed":
+            skipped.append(f"skipped {d}: the run failed ({status.get('error', 'see error.txt')})")
+        else:
+            kept.append(d)
+    if not kept:
+        raise DataError(
+            "every run given to `avlab compare` failed:\n  " + "\n  ".join(skipped) + "\n"
+            "see each run directory's error.txt"
+        )
+    runs = [(d, *load_run(d)) for d in kept]
     keys: list[str] = []
     for _, m, _ in runs:
         for k in m:
@@ -69,6 +84,8 @@ def compare_runs(run_dirs: list[Path], metrics: str = "test/", config_diff: bool
     )
     console = Console(width=220, record=True)
     with console.capture() as cap:
+        for line in skipped:
+            console.print(line, highlight=False, markup=False)
         console.print(table)
         if diff_keys and config_diff:
             diff = Table(title="config differences")

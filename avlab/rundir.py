@@ -168,3 +168,45 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> dict[str, float]:
     serialisable = {k: (None if math.isnan(v) else v) for k, v in clean.items()}
     atomic_write(run_dir / "metrics.json", json.dumps(serialisable, indent=2) + "\n")
     return clean
+
+
+#: Whether a run directory's run finished or failed; ``avlab compare`` reads it.
+STATUS_FILE = "status.json"
+
+
+def write_status(run_dir: Path, status: str, error: str | None = None) -> None:
+    data: dict[str, Any] = {"status": status}
+    if error is not None:
+        data["error"] = error
+    atomic_write(Path(run_dir) / STATUS_FILE, json.dumps(data, indent=2) + "\n")
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """``status.json`` of a run directory; ``{}`` for runs written before avlab recorded it."""
+    path = Path(run_dir) / STATUS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+
+
+@contextmanager
+def recorded_status(run_dir: Path) -> Iterator[None]:
+    """Mark ``run_dir`` finished, or failed with the error (traceback in ``error.txt``) and re-raise.
+
+    Without the mark, a run that died on bad data leaves a directory that looks like one still
+    running or one whose results were lost; rank zero alone writes it, like ``metrics.json``.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        if is_rank_zero():
+            import traceback
+
+            atomic_write(Path(run_dir) / "error.txt", traceback.format_exc())
+            write_status(run_dir, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    if is_rank_zero():
+        write_status(run_dir, "finished")

@@ -36,7 +36,7 @@ from avlab.datamodules.base import AvlabDataModule, SupportsArrays
 from avlab.errors import ConfigError
 from avlab.instantiate import instantiate, resolve_target
 from avlab.lightningmodules.base import AvlabModule, EvalOutputs
-from avlab.rundir import create_run_dir, is_rank_zero, write_config, write_metrics
+from avlab.rundir import create_run_dir, is_rank_zero, recorded_status, write_config, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -282,9 +282,15 @@ def is_lightning_model(cfg: DictConfig) -> bool:
 # --------------------------------------------------------------------------- train
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> RunResult:
     """Fit and test (once, or per fold/split). ``extra_callbacks`` join every fit's Trainer, after
-    the config's own; ``avlab sweep`` passes its Optuna pruning callback this way."""
+    the config's own; ``avlab sweep`` passes its Optuna pruning callback this way. The run
+    directory's ``status.json`` says whether it finished or failed (and why, see ``error.txt``)."""
     run_dir = create_run_dir(cfg)
     write_config(run_dir, cfg)
+    with recorded_status(run_dir):
+        return _train(cfg, run_dir, extra_callbacks)
+
+
+def _train(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Callback]) -> RunResult:
     splits = protocol(cfg)
     per_split: list[dict[str, float]] = []
     val_metrics: list[dict[str, float]] = []
@@ -430,17 +436,35 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot load checkpoint {path}: {exc}") from exc
 
 
-def model_from_checkpoint(cfg: DictConfig, ckpt_path: str) -> Any:
-    """Rebuild the trained model with the architecture stored in the checkpoint, then load weights."""
+def model_from_checkpoint(cfg: DictConfig | None, ckpt_path: str | Path) -> Any:
+    """Rebuild the trained model with the architecture stored in the checkpoint, then load weights.
+
+    ``cfg`` (the current experiment) supplies the model config only for a checkpoint that holds
+    none; ``None`` requires the stored one. ``AvlabModule.load_from_checkpoint`` calls this too, so
+    ``avlab test``/``predict`` and a notebook rebuild a model the same way.
+    """
     if str(ckpt_path).endswith(".joblib"):
         import joblib
 
         return joblib.load(ckpt_path)  # trusted local file written by avlab train
     ckpt = load_checkpoint(ckpt_path)
     stored = (ckpt.get("avlab") or {}).get("config")
-    model_cfg = OmegaConf.create(stored["model"]) if stored else cfg.model
+    if stored:
+        model_cfg = OmegaConf.create(stored["model"])
+    elif cfg is not None:
+        model_cfg = cfg.model
+    else:
+        raise ConfigError(
+            f"checkpoint {ckpt_path} holds no avlab config (it was not written by `avlab train`): "
+            "build the module yourself and load its state_dict, or test it with "
+            "`avlab test EXPERIMENT ckpt_path=PATH`, which takes the model from the experiment"
+        )
     model = instantiate(model_cfg)
+    if isinstance(model, LightningModule):
+        # Lightning's order: the module's own hook (unqa restores its training step) before the weights.
+        model.on_load_checkpoint(ckpt)
     missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    # Only standardisation buffers may be missing (older checkpoints); anything else is a mismatch.
     if unexpected or [m for m in missing if not m.endswith(("_mean", "_std"))]:
         raise ConfigError(
             f"checkpoint {ckpt_path} does not fit `{model_cfg._target_}`: "
@@ -454,6 +478,11 @@ def test(cfg: DictConfig) -> RunResult:
         raise ConfigError("`avlab test` needs ckpt_path=PATH (a checkpoint from a run directory)")
     run_dir = create_run_dir(cfg, suffix="test")
     write_config(run_dir, cfg)
+    with recorded_status(run_dir):
+        return _test_checkpoint(cfg, run_dir)
+
+
+def _test_checkpoint(cfg: DictConfig, run_dir: Path) -> RunResult:
     seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     model = model_from_checkpoint(cfg, cfg.ckpt_path)

@@ -87,6 +87,40 @@ class AvlabModule(LightningModule):
         self.summary_lines: list[str] = []
         self._collected: dict[str, list[dict[str, torch.Tensor]]] = {}
 
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | Path,
+        map_location: str | torch.device | None = None,
+        **kwargs: Any,
+    ) -> AvlabModule:
+        """The module of an ``avlab train`` checkpoint, rebuilt from the model config it stores.
+
+        avlab modules take ``nn.Module`` arguments (the network), which ``save_hyperparameters``
+        cannot store safely; every avlab checkpoint holds the resolved config instead, so this
+        rebuilds the module from it and loads the weights with ``weights_only=True``, exactly as
+        ``avlab test`` does. ``map_location`` moves the loaded module (e.g. ``"cuda"``).
+        """
+        if kwargs:
+            raise TypeError(
+                f"{cls.__name__}.load_from_checkpoint takes no hyper-parameter overrides "
+                f"({', '.join(kwargs)}): the checkpoint's stored config defines the module; "
+                "change the experiment and train again, or edit the loaded module"
+            )
+        from avlab.runner import model_from_checkpoint
+
+        model = model_from_checkpoint(None, checkpoint_path)
+        if not isinstance(model, cls):
+            from avlab.errors import ConfigError
+
+            raise ConfigError(
+                f"checkpoint {checkpoint_path} holds a {type(model).__name__}, not a {cls.__name__}: "
+                f"load it with {type(model).__name__}.load_from_checkpoint"
+            )
+        if map_location is not None:
+            model = model.to(map_location)
+        return model
+
     #: Key of the dataset index in collected samples (the index of ``sample_table``).
     index_key: str = "index"
     #: Metrics that ``evaluate`` returns and that also go to the progress bar.

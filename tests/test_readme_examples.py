@@ -1,10 +1,12 @@
-"""The README's "Adding a fusion module" example is a test: copied as a student would, it trains
-and tests end to end, from a directory other than the one holding the files."""
+"""The README's examples are tests. "Adding a fusion module", copied as a student would, trains
+and tests end to end from a directory other than the one holding the files; "From Python / a
+notebook" runs as written."""
 
 from __future__ import annotations
 
 import json
 import re
+import runpy
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,13 @@ def test_readme_fusion_module_trains_and_tests_from_another_directory(
     again = json.loads((test_dir / "metrics.json").read_text())
     assert again["test/plcc"] == pytest.approx(metrics["test/plcc"], abs=1e-6)
     assert again["test/rmse"] == pytest.approx(metrics["test/rmse"], abs=1e-6)
+
+
+def test_readme_notebook_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = code_blocks(readme_section("From Python / a notebook"))
+    assert list(blocks) == ["notebook.py"], blocks.keys()
+    script = tmp_path / "notebook.py"
+    script.write_text(blocks["notebook.py"][1])
+    monkeypatch.chdir(tmp_path)  # the example's runs/ (run.root's default) lands here
+    run_dir = runpy.run_path(str(script))["result"].run_dir
+    assert run_dir.is_relative_to(tmp_path.resolve()) and (run_dir / "metrics.json").is_file()
