@@ -134,33 +134,12 @@ def test_splits_are_by_group_and_repeat_differently() -> None:
 
 
 def test_detect_modality(tmp_path: Path) -> None:
-    from avlab.media.ffmpeg import run_ffmpeg
+    from media_helpers import mux_av
 
     root = tiny_demo()
     image = next((root / "KonIQ-10k" / "1024x768").iterdir())
     video = next((root / "KoNViD-1k" / "KoNViD_1k_videos").iterdir())
     wav = next((root / "NOIZEUS" / "wav").iterdir())
     av = tmp_path / "av.mp4"
-    run_ffmpeg(
-        [
-            "-v",
-            "error",
-            "-i",
-            str(video),
-            "-i",
-            str(wav),
-            "-map",
-            "0:v",
-            "-map",
-            "1:a",
-            "-c:v",
-            "copy",
-            "-c:a",
-            "aac",
-            "-shortest",
-            "-y",
-            str(av),
-        ],
-        what="muxing a test AV file",
-    )
+    mux_av(video, wav, av)
     assert [detect_modality(p) for p in (image, video, wav, av)] == ["image", "video", "audio", "av"]

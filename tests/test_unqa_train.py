@@ -204,36 +204,16 @@ def test_cross_database_role_tests_an_unseen_database(capsys, tmp_path: Path) ->
 
 
 def test_predict_each_modality(trained: dict[str, Any], capsys) -> None:
+    from media_helpers import mux_av
+
     from avlab.datamodules.unqa import UNQADataModule
-    from avlab.media.ffmpeg import run_ffmpeg
     from avlab.paths import cache_dir
 
     root = UNQADataModule.build_demo(cache_dir() / "demo" / "unqa" / "tiny", size="tiny")
     video = next((root / "KoNViD-1k" / "KoNViD_1k_videos").iterdir())
     wav = next((root / "NOIZEUS" / "wav").iterdir())
     av = trained["tmp"] / "av.mp4"
-    run_ffmpeg(
-        [
-            "-v",
-            "error",
-            "-i",
-            str(video),
-            "-i",
-            str(wav),
-            "-map",
-            "0:v",
-            "-map",
-            "1:a",
-            "-c:v",
-            "copy",
-            "-c:a",
-            "aac",
-            "-shortest",
-            "-y",
-            str(av),
-        ],
-        what="muxing a test AV file",
-    )
+    mux_av(video, wav, av)
     inputs = {
         "image": next((root / "KonIQ-10k" / "1024x768").iterdir()),
         "video": video,
