@@ -27,6 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     from avlab import __version__
 
     p.add_argument("--version", action="version", version=f"avlab {__version__}")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bars (feature extraction, caches, demo data, checks, sweeps, training)",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def exp_cmd(name: str, help_: str) -> argparse.ArgumentParser:
@@ -131,7 +137,22 @@ def _parser() -> argparse.ArgumentParser:
     from avlab.tables import add_parser as add_table_parser
 
     add_table_parser(sub)  # `avlab table`: a paper table, paper vs avlab (avlab/tables/)
+    _quiet_anywhere(p)
     return p
+
+
+def _quiet_anywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept ``--quiet`` after a subcommand too (``avlab train EXP --quiet``), not only before it.
+
+    SUPPRESS as the subcommand's default keeps a ``--quiet`` given before the subcommand.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                child.add_argument(
+                    "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
+                )
+                _quiet_anywhere(child)
 
 
 def _print_metrics(
@@ -204,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _quiet_known_warnings()
+    if args.quiet:
+        from avlab.progress import set_quiet
+
+        set_quiet(True)  # through the environment, so DDP ranks and sweep trials are quiet too
     try:
         return _dispatch(args, parser)
     except AvlabError as exc:

@@ -197,16 +197,33 @@ def build_callbacks(
         callbacks.append(DataWait())
     if c.lr_monitor and has_logger:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    bar = c.progress_bar
-    if bar == "auto":
-        bar = "rich" if sys.stdout.isatty() else "none"
+    bar = progress_bar_kind(c.progress_bar)
     if bar == "rich":
         from lightning.pytorch.callbacks import RichProgressBar
 
         callbacks.append(RichProgressBar())
+    elif bar == "tqdm":
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
+        callbacks.append(TQDMProgressBar())
     for node in (c.extra or {}).values():
         callbacks.append(instantiate(node))
     return callbacks, bar != "none"
+
+
+def progress_bar_kind(setting: str) -> str:
+    """The Lightning progress bar that ``callbacks.progress_bar`` means here and now.
+
+    ``auto``: Rich on a terminal, tqdm otherwise (a notebook gets its widget, a log file plain
+    lines). Quiet (``avlab --quiet``, ``AVLAB_QUIET=1``) wins over any setting.
+    """
+    from avlab.progress import is_quiet
+
+    if is_quiet():
+        return "none"
+    if setting == "auto":
+        return "rich" if sys.stdout.isatty() else "tqdm"
+    return setting
 
 
 def build_trainer(
