@@ -49,6 +49,7 @@ from avlab.features.audio import AudioFeatureExtractor, SpectralSimilarityExtrac
 from avlab.features.cache import FeatureCache
 from avlab.features.vmaf import VMAF_FEATURES, extract_vmaf
 from avlab.metrics.quality import ibm_rescale
+from avlab.progress import progress as with_progress
 from avlab.rundir import atomic_path
 
 log = logging.getLogger(__name__)
@@ -335,7 +336,15 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
         table = self.read_table(root)
         cache = self.cache(root)
         video, audio, q_video, q_audio = [], [], [], []
-        for i, row in table.iterrows():
+        # One step per stimulus: each runs ffmpeg/libvmaf and the audio extractor (cached ones are instant).
+        rows = with_progress(
+            table.iterrows(),
+            total=len(table),
+            desc="avq features (VMAF + audio)",
+            unit="pair",
+            disable=not progress,
+        )
+        for i, row in rows:
             try:
                 feats = self.pair_features(
                     row["reference"],
