@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -59,6 +58,7 @@ from avlab.media.clips import (
     read_image,
     window_indices,
 )
+from avlab.progress import progress
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -271,30 +271,13 @@ CHECK_PARALLEL_MIN_FILES = 2000
 
 
 def _check_videos(videos: list[VideoRecord]) -> list[list[str]]:
-    """:func:`check_annotations` of every video, in order, with a progress bar on a terminal."""
-    from rich.console import Console
-    from rich.progress import track
-
-    show = sys.stderr.isatty()
-    console = Console(stderr=True)
+    """:func:`check_annotations` of every video, in order, with progress (:mod:`avlab.progress`)."""
     workers = min(os.cpu_count() or 1, 8, len(videos))
     if workers < 2 or sum(len(r.fixations) for r in videos) < CHECK_PARALLEL_MIN_FILES:
-        return [
-            check_annotations(r)
-            for r in track(videos, "checking fixations", console=console, disable=not show, transient=True)
-        ]
+        return [check_annotations(r) for r in progress(videos, desc="checking fixations", unit="video")]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         results = pool.map(check_annotations, videos)
-        return list(
-            track(
-                results,
-                "checking fixations",
-                total=len(videos),
-                console=console,
-                disable=not show,
-                transient=True,
-            )
-        )
+        return list(progress(results, total=len(videos), desc="checking fixations", unit="video"))
 
 
 class SaliencyDataModule(AvlabDataModule):

@@ -43,6 +43,7 @@ from avlab.datamodules.unqa_splits import assign_splits, split_groups
 from avlab.errors import DataError, MediaError
 from avlab.features.cache import cached, dataset_feature_cache
 from avlab.models.unqa import MotionExtractor
+from avlab.progress import progress as with_progress
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +400,8 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         feats = np.zeros((len(table), extractor.out_dim), dtype=np.float32)
         weights = [signature["weights"]] if signature.get("weights") else []
         uids = table.loc[table["modality"].isin(["video", "av"]), "uid"].to_numpy()
-        for n, uid in enumerate(uids):
+        # SlowFast on every clip of a video takes seconds per video on a CPU; cached ones are instant.
+        for uid in with_progress(uids, desc="unqa motion features", unit="video", disable=not progress):
             r = table.iloc[int(uid)]
             yuv = self._yuv(r)
             params = {**signature, "yuv": list(yuv) if yuv else None}
@@ -412,8 +414,6 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
             feats[int(uid)] = cached(
                 cache, "unqa-slowfast", MOTION_CACHE_VERSION, params, [r["media"], *weights], compute
             )["motion"]
-            if progress and (n + 1) % 50 == 0:
-                log.info("unqa motion features: %d/%d", n + 1, len(uids))
         counts["videos"] = len(uids)
         return feats, counts
 
