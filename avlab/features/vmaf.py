@@ -16,6 +16,9 @@ feature extractors, so the per-frame log keys are ``integer_vif_scale0`` etc. :f
 also accepts the float aliases (``vif_scale0``) and the Python framework's names
 (``VMAF_feature_vif_scale0_score``). The clip-level VMAF score (pooled mean, 0–100) is the Q_v of
 the weighted-product and SVR baselines (Eq. (9)).
+
+:func:`extract_vmaf_with_backend` also offers vmaf-torch (``data.vmaf_backend=torch``, module
+:mod:`avlab.features.vmaf_torch`), which computes the same features in PyTorch on a CPU or GPU.
 """
 
 from __future__ import annotations
@@ -30,15 +33,18 @@ from typing import Any
 
 import numpy as np
 
-from avlab.errors import FeatureError, MediaError
+from avlab.errors import ConfigError, FeatureError, MediaError, did_you_mean
 from avlab.features.cache import FeatureCache, cache_key, file_fingerprint
 from avlab.media.ffmpeg import MediaInfo, ffmpeg_version, probe, run_ffmpeg
 
 __all__ = [
+    "VMAF_BACKENDS",
     "VMAF_FEATURES",
     "VMAF_MODEL",
     "VmafResult",
+    "check_vmaf_backend",
     "extract_vmaf",
+    "extract_vmaf_with_backend",
     "length_tolerance",
     "parse_vmaf_log",
     "pool_frames",
@@ -362,3 +368,51 @@ def vmaf_provenance(reference: Path, distorted: Path, params: dict, log_dict: di
         "libvmaf_version": (log_dict or {}).get("version"),
         "feature_order": list(VMAF_FEATURES),
     }
+
+
+#: ``data.vmaf_backend`` values: ffmpeg's libvmaf (the official C code, CPU) or vmaf-torch (any device).
+VMAF_BACKENDS: tuple[str, ...] = ("libvmaf", "torch")
+
+
+def check_vmaf_backend(backend: str, device: str = "auto") -> None:
+    """Fail early, before any decoding, on an unknown backend, a missing vmaf-torch or an absent GPU.
+
+    Raises:
+        ConfigError: unknown ``backend`` or ``device``, or ``device=cuda`` without a GPU.
+        FeatureError: ``backend=torch`` without the vmaf-torch package (the message has the install
+            command).
+    """
+    if backend not in VMAF_BACKENDS:
+        raise ConfigError(
+            f"data.vmaf_backend must be one of {', '.join(VMAF_BACKENDS)}, got {backend!r}"
+            + did_you_mean(str(backend), VMAF_BACKENDS)
+        )
+    if backend == "torch":
+        from avlab.features.vmaf_torch import import_vmaf_torch, resolve_device
+
+        import_vmaf_torch()
+        resolve_device(device)
+    elif str(device) != "auto":
+        log.info("data.vmaf_device=%s is ignored: the libvmaf backend runs on the CPU", device)
+
+
+def extract_vmaf_with_backend(
+    reference: str | Path,
+    distorted: str | Path,
+    *,
+    backend: str = "libvmaf",
+    device: str = "auto",
+    n_units: int = 1,
+    cache: FeatureCache | None = None,
+) -> VmafResult:
+    """:func:`extract_vmaf` (``backend="libvmaf"``) or vmaf-torch on ``device`` (``backend="torch"``).
+
+    Both return the same :class:`VmafResult` layout, and their cache entries have different keys,
+    so a cache never mixes the two backends' features.
+    """
+    check_vmaf_backend(backend, device)
+    if backend == "torch":
+        from avlab.features.vmaf_torch import extract_vmaf_torch
+
+        return extract_vmaf_torch(reference, distorted, n_units=n_units, device=device, cache=cache)
+    return extract_vmaf(reference, distorted, n_units=n_units, cache=cache)
