@@ -47,7 +47,7 @@ from avlab.datamodules.readers import ReadOptions, detect_format, get_reader, mi
 from avlab.errors import DataError, FeatureError, MediaError
 from avlab.features.audio import AudioFeatureExtractor, SpectralSimilarityExtractor
 from avlab.features.cache import FeatureCache
-from avlab.features.vmaf import VMAF_FEATURES, extract_vmaf
+from avlab.features.vmaf import VMAF_FEATURES, check_vmaf_backend, extract_vmaf_with_backend
 from avlab.metrics.quality import ibm_rescale
 from avlab.progress import progress as with_progress
 from avlab.rundir import atomic_path
@@ -222,6 +222,9 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
         logistic: ``None``, ``"4"`` or ``"5"``: also report PLCC/RMSE after a logistic fit.
         dataset_name: name used for per-dataset metric keys in cross-dataset tests.
         feature_cache: folder of the feature cache; default ``<root>/.features``.
+        vmaf_backend: ``libvmaf`` (ffmpeg's libvmaf, CPU) or ``torch`` (vmaf-torch, needs
+            ``pip install avlab[vmaf-torch]``); same six features, cached apart.
+        vmaf_device: ``auto`` | ``cpu`` | ``cuda`` for the torch backend (``auto``: a GPU if visible).
     """
 
     task = "avq"
@@ -241,6 +244,8 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
         logistic: str | None = None,
         dataset_name: str | None = None,
         feature_cache: str | None = None,
+        vmaf_backend: str = "libvmaf",
+        vmaf_device: str = "auto",
         demo_size: str = "small",
         batch_size: int = 32,
         num_workers: int = 0,
@@ -259,6 +264,9 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
         self.logistic = logistic
         self.dataset_name = dataset_name
         self.feature_cache_dir = feature_cache
+        check_vmaf_backend(vmaf_backend, vmaf_device)  # a missing vmaf-torch fails here, not mid-extraction
+        self.vmaf_backend = vmaf_backend
+        self.vmaf_device = vmaf_device
         self.table: pd.DataFrame | None = None
         self.video: np.ndarray | None = None  # [n, N, 6] raw VMAF features
         self.audio: np.ndarray | None = None  # [n, N, d_a] raw audio features
@@ -309,7 +317,14 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
         cache: FeatureCache | None = None,
     ) -> dict[str, Any]:
         """X_v, X_a, Q_v and Q_a (both on ``target_scale``) of one reference/distorted pair."""
-        vm = extract_vmaf(reference, distorted, n_units=self.n_units, cache=cache)
+        vm = extract_vmaf_with_backend(
+            reference,
+            distorted,
+            backend=self.vmaf_backend,
+            device=self.vmaf_device,
+            n_units=self.n_units,
+            cache=cache,
+        )
         au = self.audio_extractor.extract(
             reference_audio or reference,
             distorted_audio or distorted,
