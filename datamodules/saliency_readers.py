@@ -2,11 +2,12 @@
 
 Each layout is one function registered with :func:`avlab.datamodules.readers.register_reader`
 (``data.layout`` names it). It reads a dataset folder into a table with one row per video and the
-columns ``dataset``, ``name``, ``fps``, ``n_listed`` (frame count its list gives, or −1),
-``frames`` (image files, one video file, or None when nothing is found), ``maps``, ``fixations``,
-``wav`` (or None), ``fold1``–``fold3`` (``train``, ``test`` or empty: the video's side in each
-fold) and ``where``. :func:`video_records` then selects the datasets and fold of a run and applies
-the bad-input policies, collecting every problem instead of stopping at the first.
+columns ``dataset``, ``name``, ``fps`` (0: read from the video file), ``n_listed`` (frame count its
+list gives, or −1), ``frames`` (image files, one video file, or None when nothing is found),
+``maps``, ``fixations``, ``wav`` (or None), ``fold1``–``fold3`` (``train``, ``test`` or empty: the
+video's side in each fold) and ``where``. :func:`video_records` then selects the datasets and fold
+of a run and applies the bad-input policies, collecting every problem instead of stopping at the
+first.
 
 ``stavis`` — the STAViS release layout of AVAD, Coutrot_db1/2, DIEM, ETMD_av and SumMe::
 
@@ -22,7 +23,7 @@ the bad-input policies, collecting every problem instead of stopping at the firs
     annotation/<id>/maps/0001.png                      continuous ground truth
     annotation/<id>/fixation/0001.png                  binary fixations (or fixation/maps/0001.mat, `I`)
     frames in video/<id>/0001.png, <id>/images/0001.png, or a video file video/<id>.{mp4,avi,...}
-    (also the official 3-digit names, video/001.avi), decoded with decord
+    (also the official 3-digit names, video/001.avi), decoded by the `data.decoder` backend
 
     ids ≤ 600 are training videos; 601–700 (the official validation set, whose ground truth is
     public) are the test set, as in papers that evaluate DHF1K locally; > 700 have no ground truth.
@@ -97,6 +98,8 @@ class RecordPolicy:
     count_mismatch: str = "truncate"
     audio: bool = True
     missing_audio: str = "error"
+    #: backend that opens video files (``data.decoder``, :mod:`avlab.media.decoders`)
+    decoder: str = "auto"
 
 
 # --------------------------------------------------------------------------- files
@@ -369,9 +372,8 @@ def read_dhf1k(folder: Path, options: ReadOptions) -> pd.DataFrame:
         if not vid.isdigit() or int(vid) > 700:
             continue  # ids above 700 are the withheld test set (no ground truth)
         frames = _dhf1k_frames(root, vid)
-        fps = DHF1K_FPS
-        if isinstance(frames, Path):
-            fps = VideoFrames(frames).fps or fps
+        # 0 for a video file: video_records reads its own rate, opening it with data.decoder.
+        fps = 0.0 if isinstance(frames, Path) else DHF1K_FPS
         fix = sorted_files(vdir / "fixation", IMAGE_SUFFIXES) or sorted_files(
             vdir / "fixation" / "maps", (".mat",)
         )
@@ -410,12 +412,17 @@ def video_records(
                 f"listed in {row.where})"
             )
             continue
-        n_frames = len(row.frames) if isinstance(row.frames, list) else len(VideoFrames(row.frames))
+        fps = float(row.fps)
+        if isinstance(row.frames, list):
+            n_frames = len(row.frames)
+        else:
+            video = VideoFrames(row.frames, decoder=policy.decoder)
+            n_frames, fps = len(video), fps or video.fps or DHF1K_FPS
         rec = VideoRecord(
             row.dataset,
             row.name,
             n_frames,
-            float(row.fps),
+            fps,
             row.frames,
             list(row.maps),
             list(row.fixations),

@@ -2,8 +2,9 @@
 
 Frames
     :func:`read_frames` reads RGB frames from a folder of images (``img_00001.jpg`` ...), and
-    :func:`decode_video` / :class:`VideoFrames` decode them from a video file with decord. Both
-    return ``uint8`` arrays ``[T, H, W, 3]``.
+    :func:`decode_video` / :class:`VideoFrames` decode them from a video file with the backend
+    ``decoder`` names (:mod:`avlab.media.decoders`: decord, torchcodec or PyAV). Both return
+    ``uint8`` arrays ``[T, H, W, 3]``.
 
 Audio (the per-clip SoundNet convention of the STAViS release)
     The waveform is mono at 22,050 Hz, scaled from [-1, 1] to ±256 (SoundNet's original
@@ -28,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from avlab.errors import DataError, MediaError
+from avlab.media.decoders import VideoBackend, open_video, resolve_decoder, take_frames
+from avlab.media.decoders import read_frames as decode_frames
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -83,35 +86,32 @@ def read_frames(files: list[Path], indices: list[int] | np.ndarray) -> np.ndarra
 
 
 class VideoFrames:
-    """Random access to the frames of a video file through decord (opened lazily, once).
+    """Random access to the frames of a video file (opened lazily, once, by :mod:`avlab.media.decoders`).
 
-    Decord seeks to the nearest key frame and decodes forward, so reading a clip of consecutive
-    frames costs one seek; :meth:`get` sorts and de-duplicates the indices it is given.
+    The backends seek to the key frame before a requested frame and decode forward, so reading a
+    clip of consecutive frames costs one seek; :meth:`get` sorts and de-duplicates the indices.
+
+    Args:
+        path: the video file.
+        width, height: resize frames to this size while decoding (``None``/``-1``: native size).
+        decoder: ``auto`` or a backend name of :data:`avlab.media.decoders.DECODERS`; checked here,
+            so a bad ``data.decoder`` fails before any file is opened.
     """
 
-    def __init__(self, path: str | Path, *, width: int = -1, height: int = -1) -> None:
+    def __init__(
+        self, path: str | Path, *, width: int | None = None, height: int | None = None, decoder: str = "auto"
+    ) -> None:
         self.path = Path(path)
-        self.width, self.height = width, height
-        self._reader = None
+        # -1 was decord's "native size"; keep accepting it.
+        self.width = None if width is None or width < 0 else int(width)
+        self.height = None if height is None or height < 0 else int(height)
+        self.decoder = resolve_decoder(decoder)
+        self._reader: VideoBackend | None = None
 
     @property
-    def reader(self):
+    def reader(self) -> VideoBackend:
         if self._reader is None:
-            if not self.path.is_file():
-                raise MediaError(f"{self.path} does not exist; check the path")
-            try:
-                import decord
-            except ImportError as exc:  # pragma: no cover - hard dependency
-                raise MediaError("decord is not installed; `pip install decord`") from exc
-            try:
-                self._reader = decord.VideoReader(
-                    str(self.path), ctx=decord.cpu(0), width=self.width, height=self.height, num_threads=1
-                )
-            except Exception as exc:
-                raise MediaError(
-                    f"{self.path} cannot be decoded by decord ({exc}); re-encode it, e.g. "
-                    "`ffmpeg -i IN -c:v libx264 OUT.mp4`"
-                ) from exc
+            self._reader = open_video(self.path, decoder=self.decoder, width=self.width, height=self.height)
         return self._reader
 
     def __len__(self) -> int:
@@ -119,25 +119,22 @@ class VideoFrames:
 
     @property
     def fps(self) -> float:
-        return float(self.reader.get_avg_fps())
+        return self.reader.fps
 
     def get(self, indices: list[int] | np.ndarray) -> np.ndarray:
         """Frames at ``indices`` as ``uint8 [T, H, W, 3]`` (any order, repeats allowed)."""
-        idx = np.asarray(indices, dtype=np.int64)
-        n = len(self)
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise MediaError(f"{self.path}: frame index out of range [0, {n}): {idx.min()}..{idx.max()}")
-        uniq, inverse = np.unique(idx, return_inverse=True)
-        frames = self.reader.get_batch(uniq.tolist()).asnumpy()
-        return frames[inverse]
+        return take_frames(self.reader, indices)
+
+    def __getstate__(self) -> dict:
+        # An open decoder does not pickle (DataLoader workers get a copy); each copy reopens lazily.
+        return {**self.__dict__, "_reader": None}
 
 
-def decode_video(path: str | Path, indices: list[int] | np.ndarray | None = None) -> np.ndarray:
-    """Decode frames of a video file with decord (all frames when ``indices`` is None)."""
-    video = VideoFrames(path)
-    if indices is None:
-        indices = np.arange(len(video))
-    return video.get(indices)
+def decode_video(
+    path: str | Path, indices: list[int] | np.ndarray | None = None, *, decoder: str = "auto"
+) -> np.ndarray:
+    """Decode frames of a video file (all frames when ``indices`` is None) with ``decoder``."""
+    return decode_frames(path, indices, decoder=decoder)
 
 
 # --------------------------------------------------------------------------- audio
