@@ -43,6 +43,9 @@ class WandbConfig:
     tags: list[str] = field(default_factory=list)
     name: str | None = None
     log_model: bool = False
+    #: Rows of each evaluation CSV also logged as a ``wandb.Table`` (longer files: their first
+    #: rows, with a log line); 0 logs no tables. Figures are always logged as images.
+    max_table_rows: int = 10_000
 
 
 @dataclass

@@ -37,6 +37,7 @@ from avlab.errors import ConfigError
 from avlab.instantiate import instantiate, resolve_target
 from avlab.lightningmodules.base import AvlabModule, EvalOutputs
 from avlab.rundir import create_run_dir, is_rank_zero, recorded_status, write_config, write_metrics
+from avlab.wandb_media import log_split_summary, split_group, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,12 @@ def wandb_mode(cfg: DictConfig) -> str:
     return "offline"
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path, tag: str | None) -> list[Any]:
+def build_loggers(
+    cfg: DictConfig, run_dir: Path, tag: str | None, group: str | None = None, job_type: str = "train"
+) -> list[Any]:
+    """The config's loggers. ``group`` is the W&B group (default: ``logger.wandb.group`` or the
+    experiment); ``train`` passes one per invocation for folds/repeats, with ``job_type`` ``fold``
+    or ``repeat`` (see :func:`avlab.wandb_media.split_group`)."""
     loggers: list[Any] = []
     if cfg.logger.csv.enabled:
         from lightning.pytorch.loggers import CSVLogger
@@ -147,12 +153,12 @@ def build_loggers(cfg: DictConfig, run_dir: Path, tag: str | None) -> list[Any]:
                 save_dir=str(run_dir),
                 project=w.project,
                 entity=w.entity,
-                group=w.group or cfg.experiment,
+                group=group or w.group or cfg.experiment,
                 tags=tags,
                 name=name,
                 mode=mode,
                 log_model=w.log_model,
-                job_type="train",
+                job_type=job_type,
                 config=OmegaConf.to_container(cfg, resolve=True),
             )
         )
@@ -231,9 +237,12 @@ def build_trainer(
     run_dir: Path,
     tag: str | None = None,
     extra_callbacks: Sequence[Callback] = (),
+    *,
+    wandb_group: str | None = None,
+    wandb_job_type: str = "train",
     **overrides: Any,
 ) -> Trainer:
-    loggers = build_loggers(cfg, run_dir, tag)
+    loggers = build_loggers(cfg, run_dir, tag, group=wandb_group, job_type=wandb_job_type)
     callbacks, progress = build_callbacks(cfg, run_dir, tag, bool(loggers))
     callbacks.extend(extra_callbacks)
     kwargs = dict(OmegaConf.to_container(cfg.trainer, resolve=True))
@@ -313,13 +322,23 @@ def _train(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Callback]) 
     val_metrics: list[dict[str, float]] = []
     summary: list[str] = []
     lightning_model = is_lightning_model(cfg)
+    # Every fold/repeat of this invocation (and its summary run) in one W&B group of its own.
+    group = split_group(cfg, run_dir, len(splits))
     for kind, index, count in splits:
         tag = None if kind is None else f"{kind}{index}"
         seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         datamodule.configure_split(kind, index, count)
         if lightning_model:
-            metrics, lines, val = _fit_and_test(cfg, datamodule, run_dir, tag, extra_callbacks)
+            metrics, lines, val = _fit_and_test(
+                cfg,
+                datamodule,
+                run_dir,
+                tag,
+                extra_callbacks,
+                wandb_group=group,
+                wandb_job_type=kind or "train",
+            )
             val_metrics.append(val)
         else:
             metrics, lines = _fit_estimator(cfg, datamodule, run_dir, tag)
@@ -330,32 +349,52 @@ def _train(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Callback]) 
         if len(per_split) > 1:
             _write_splits_csv(run_dir, per_split)
         metrics = write_metrics(run_dir, metrics)
+        if len(per_split) > 1 and lightning_model:  # estimators log no W&B runs to summarise
+            log_split_summary(
+                cfg, run_dir, wandb_mode(cfg), group, splits[0][0] or "split", per_split, metrics
+            )
     return RunResult(run_dir, metrics, per_split, summary, val_metrics)
 
 
-def _attach(module: Any, run_dir: Path) -> None:
+def _attach(module: Any, run_dir: Path, cfg: DictConfig) -> None:
     if isinstance(module, AvlabModule):
         module.run_dir = run_dir if is_rank_zero() else None
+        module.wandb_table_rows = int(cfg.logger.wandb.max_table_rows)
 
 
 def _fit_and_test(
-    cfg: DictConfig, datamodule: Any, run_dir: Path, tag: str | None, extra_callbacks: Sequence[Callback] = ()
+    cfg: DictConfig,
+    datamodule: Any,
+    run_dir: Path,
+    tag: str | None,
+    extra_callbacks: Sequence[Callback] = (),
+    *,
+    wandb_group: str | None = None,
+    wandb_job_type: str = "train",
 ) -> tuple[dict[str, float], list[str], dict[str, float]]:
     model = instantiate(cfg.model)
-    _attach(model, run_dir)
+    _attach(model, run_dir, cfg)
     history = ValidationHistory()
-    trainer = build_trainer(cfg, run_dir, tag, extra_callbacks=[history, *extra_callbacks])
+    trainer = build_trainer(
+        cfg,
+        run_dir,
+        tag,
+        extra_callbacks=[history, *extra_callbacks],
+        wandb_group=wandb_group,
+        wandb_job_type=wandb_job_type,
+    )
     ckpt = cfg.ckpt_path if tag in (None, "fold0", "repeat0") else None
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     results = _test(trainer, model, datamodule, cfg, ckpt_path=best or None)
-    finish_loggers(trainer)
     val = history.selected(cfg.callbacks.checkpoint.monitor, cfg.callbacks.checkpoint.mode)
     lines = list(model.summary_lines) if isinstance(model, AvlabModule) else []
     wait = next((c for c in trainer.callbacks if isinstance(c, DataWait)), None)
     if wait is not None and wait.mean_fraction() is not None:
         results[METRIC] = wait.mean_fraction()
         lines.append(wait.summary_line())
+    write_summary(trainer.loggers, results)
+    finish_loggers(trainer)
     return results, lines, val
 
 
@@ -504,9 +543,10 @@ def _test_checkpoint(cfg: DictConfig, run_dir: Path) -> RunResult:
     datamodule = instantiate(cfg.data)
     model = model_from_checkpoint(cfg, cfg.ckpt_path)
     if isinstance(model, LightningModule):
-        _attach(model, run_dir)
+        _attach(model, run_dir, cfg)
         trainer = build_trainer(cfg, run_dir)
         metrics = _test(trainer, model, datamodule, cfg, ckpt_path=None)
+        write_summary(trainer.loggers, metrics)
         finish_loggers(trainer)
         lines = list(model.summary_lines) if isinstance(model, AvlabModule) else []
     else:
@@ -529,7 +569,7 @@ def predict(cfg: DictConfig, inputs: dict[str, str]) -> tuple[Path, dict[str, An
     model = model_from_checkpoint(cfg, cfg.ckpt_path)
     if isinstance(model, LightningModule):
         model.eval()
-        _attach(model, run_dir)
+        _attach(model, run_dir, cfg)
     if not isinstance(model, AvlabModule):
         raise ConfigError(f"{type(model).__name__} cannot predict on media (only avlab LightningModules can)")
     with torch.no_grad():

@@ -32,6 +32,7 @@ from lightning import LightningModule
 
 from avlab.datamodules.base import AvlabDataModule, DatasetInfo
 from avlab.rundir import atomic_path, atomic_write
+from avlab.wandb_media import DEFAULT_MAX_TABLE_ROWS, WandbMedia
 
 
 class EvalOutputs:
@@ -39,12 +40,15 @@ class EvalOutputs:
 
     Disabled (every method returns ``None`` and writes nothing) when ``run_dir`` is ``None``, i.e.
     on ranks other than zero and outside ``avlab train``/``test``. ``prefix`` (``<dataset>_`` for a
-    cross-dataset test) keeps the files of two test sets of one run apart.
+    cross-dataset test) keeps the files of two test sets of one run apart. With ``media`` (the
+    run's W&B logger(s), see :mod:`avlab.wandb_media`) every figure written is also logged as
+    ``plots/<name>`` and every CSV as ``tables/<name>``.
     """
 
-    def __init__(self, run_dir: Path | str | None, prefix: str = "") -> None:
+    def __init__(self, run_dir: Path | str | None, prefix: str = "", media: WandbMedia | None = None) -> None:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.prefix = prefix
+        self.media = media if self.run_dir is not None else None
 
     @property
     def enabled(self) -> bool:
@@ -64,6 +68,8 @@ class EvalOutputs:
         path = self.path(name)
         if path is not None:
             atomic_write(path, frame.to_csv(index=index))
+            if self.media is not None:
+                self.media.table(path, frame, index=index)
         return path
 
     def plot(self, name: str, draw: Any, *args: Any, **kwargs: Any) -> Path | None:
@@ -73,6 +79,8 @@ class EvalOutputs:
         if path is not None:
             with atomic_path(path) as tmp:
                 draw(*args, tmp, **kwargs)
+            if self.media is not None and path.suffix.lower() == ".png":
+                self.media.image(path)
         return path
 
 
@@ -85,6 +93,8 @@ class AvlabModule(LightningModule):
         self.run_dir: Path | None = None
         #: Lines the runner prints after the metrics table (e.g. a modality-importance summary).
         self.summary_lines: list[str] = []
+        #: Rows of each CSV mirrored to W&B as a table; the runner sets ``logger.wandb.max_table_rows``.
+        self.wandb_table_rows: int = DEFAULT_MAX_TABLE_ROWS
         self._collected: dict[str, list[dict[str, torch.Tensor]]] = {}
 
     @classmethod
@@ -259,7 +269,10 @@ class AvlabModule(LightningModule):
     def eval_outputs(self) -> EvalOutputs:
         """Where :meth:`evaluate` writes: the run directory on rank zero, nothing elsewhere."""
         name = self.dataset_info.name
-        return EvalOutputs(self.run_dir if self.is_main_process else None, prefix=f"{name}_" if name else "")
+        if not self.is_main_process or self.run_dir is None:
+            return EvalOutputs(None)
+        media = WandbMedia.for_trainer(self._trainer, self.wandb_table_rows)
+        return EvalOutputs(self.run_dir, prefix=f"{name}_" if name else "", media=media)
 
     # ------------------------------------------------------------------ inference on media
     def predict_media(self, inputs: dict[str, str], datamodule: Any, out_dir: Path) -> dict[str, Any]:
