@@ -114,6 +114,7 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
             ``None`` reports raw PLCC only.
         cache_decoded: keep decoded stimuli in memory (small databases / demo only).
         dataset_name: prefix for cross-dataset test metrics (``test_data``).
+        decoder: video decoder: ``auto``, ``decord``, ``torchcodec`` or ``pyav`` (avlab.media.decoders).
     """
 
     task = "unqa"
@@ -145,6 +146,7 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         num_workers: int = 0,
         motion: MotionExtractor | None = None,
         motion_batch: int = 4,
+        decoder: str = "auto",
     ) -> None:
         super().__init__(root=root, demo_size=demo_size, batch_size=batch_size, num_workers=num_workers)
         if databases is None:
@@ -174,6 +176,7 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
             spatial_sampling=spatial_sampling,
             fragment_grid=fragment_grid,
             image_crops=image_crops,
+            decoder=decoder,
         )
         self.logistic = logistic
         self.cache_decoded = bool(cache_decoded)

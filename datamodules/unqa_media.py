@@ -14,6 +14,7 @@ from torch import Tensor
 
 from avlab.datamodules.unqa_readers import IMAGE_EXTENSIONS
 from avlab.errors import DataError, MediaError
+from avlab.media.decoders import open_video, resolve_decoder, take_frames
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ class MediaLoader:
         spatial_sampling: str = "resize",
         fragment_grid: int = 4,
         image_crops: int = 1,
+        decoder: str = "auto",
     ) -> None:
+        self.decoder = resolve_decoder(decoder)  # fails here, naming the valid or missing backend
         if spatial_sampling not in self.SAMPLINGS:
             raise DataError(
                 f"data.spatial_sampling must be one of {', '.join(self.SAMPLINGS)}, got {spatial_sampling!r}"
@@ -188,14 +191,11 @@ class MediaLoader:
             if yuv is None:
                 raise MediaError(f"{path}: raw YUV needs its width and height (from the score file)")
             return _read_yuv420(path, yuv[0], yuv[1], indices_fn)
-        import decord
-
+        video = open_video(path, decoder=self.decoder)
         try:
-            vr = decord.VideoReader(str(path), num_threads=1)
-        except Exception as exc:
-            raise MediaError(f"cannot decode video {path}: {exc}") from exc
-        idx = indices_fn(len(vr))
-        return vr.get_batch(list(map(int, idx))).asnumpy()
+            return take_frames(video, indices_fn(len(video)))
+        finally:
+            video.close()
 
     def video_frames(self, path: str, yuv: tuple[int, int] | None = None) -> Tensor:
         """``frames`` frames spread over the video → ``[T, 3, S, S]`` for the spatial extractor."""
