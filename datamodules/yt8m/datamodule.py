@@ -53,7 +53,8 @@ class YT8MDataModule(AvlabDataModule):
         feature_cache: decode every split once into memory-mapped columns under the avlab cache
             folder (:func:`build_feature_cache`) and train/evaluate from those. Worth it for
             frame-level MF+STD, where decoding costs far more than the training step; the cache
-            is keyed by the shards (path, size, mtime) and the feature settings.
+            is keyed by the shards (path, size, mtime) and the feature settings. Batches are read
+            from it whole (:meth:`YT8MFeatureCacheDataset.read_rows`).
     """
 
     task = "yt8m"
@@ -149,7 +150,7 @@ class YT8MDataModule(AvlabDataModule):
             records = self.make_dataset(
                 resolve_split(root, self.pattern(split)), source=str(root / self.pattern(split))
             )
-            cache = build_feature_cache(records, self._cache_path(records))
+            cache = build_feature_cache(records, self._cache_path(records), progress=progress)
             summary[f"{split} cache"] = str(cache)
         return summary
 
@@ -171,6 +172,7 @@ class YT8MDataModule(AvlabDataModule):
                     shuffle=train,
                     seed=self.seed,
                     balance_batch_size=self.batch_size if train else None,
+                    batch_size=self.batch_size,  # whole batches per read: see _loader
                 )
             else:
                 self.datasets[split] = records
@@ -178,9 +180,13 @@ class YT8MDataModule(AvlabDataModule):
     def _loader(self, split: str) -> DataLoader:
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        dataset = self.datasets[split]
+        # The feature cache yields whole batches (one read per column instead of one per example),
+        # the same batches this DataLoader would collate from single examples.
+        batched = isinstance(dataset, YT8MFeatureCacheDataset) and dataset.batch_size is not None
         return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
+            dataset,
+            batch_size=None if batched else self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,  # workers keep their epoch counter (shuffling)
         )

@@ -2,9 +2,14 @@
 
 ``data.feature_cache=true`` converts each split's shards with :func:`build_feature_cache` and then
 trains and evaluates from :class:`YT8MFeatureCacheDataset`. Worth it for frame-level MF+STD, where
-decoding 300 frames per video costs far more than the training step. The cache folder's name is
-its provenance (:func:`feature_cache_key`): the shards' paths, sizes and modification times, the
-feature settings and the format version, so changed shards or settings never read stale rows.
+decoding 300 frames per video costs far more than the training step. With ``batch_size`` the
+dataset reads whole batches (one fancy-indexed read of each column per batch, rows sorted so the
+read walks the file forwards) instead of assembling examples one at a time in Python, and yields
+exactly the batches a ``DataLoader(batch_size=...)`` would collate from its per-example stream.
+
+The cache folder's name is its provenance (:func:`feature_cache_key`): the shards' paths, sizes
+and modification times, the feature settings and the format version, so changed shards or
+settings never read stale rows.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from avlab.datamodules.yt8m.records import YT8MRecordDataset
 from avlab.datamodules.yt8m.schema import RECORD_KEY_SHIFT
 from avlab.datamodules.yt8m.sharding import equal_batches_quota, resolve_dist
 from avlab.errors import DataError
+from avlab.progress import progress_task
 
 __all__ = ["FEATURE_CACHE_VERSION", "YT8MFeatureCacheDataset", "build_feature_cache", "feature_cache_key"]
 
@@ -48,7 +54,9 @@ def feature_cache_key(dataset: YT8MRecordDataset) -> str:
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def build_feature_cache(dataset: YT8MRecordDataset, out_dir: str | os.PathLike[str]) -> Path:
+def build_feature_cache(
+    dataset: YT8MRecordDataset, out_dir: str | os.PathLike[str], *, progress: bool = True
+) -> Path:
     """Decode every record of ``dataset`` once and store the model inputs column-wise.
 
     Writes ``out_dir/`` with ``rgb.npy`` / ``audio.npy`` (float32 ``[N, d]``, memory-mappable),
@@ -56,7 +64,8 @@ def build_feature_cache(dataset: YT8MRecordDataset, out_dir: str | os.PathLike[s
     the vocabulary), ``index.npy`` (record keys), ``video_id.npy`` and ``meta.json``. Frame-level
     MF+STD is the main beneficiary: decoding 300 frames per video happens once instead of every
     epoch. The folder appears atomically (built under a temporary name, then renamed); an
-    existing complete cache is returned as is.
+    existing complete cache is returned as is. ``progress`` shows videos decoded so far
+    (:mod:`avlab.progress`): on the full dataset this takes as long as an epoch of decoding.
     """
     out = Path(out_dir)
     if (out / "meta.json").is_file():
@@ -87,12 +96,20 @@ def build_feature_cache(dataset: YT8MRecordDataset, out_dir: str | os.PathLike[s
     ids: list[bytes] = []
     labels: list[np.ndarray] = []
     n = 0
-    for n, sample in enumerate(src, start=1):
-        rgb[n - 1] = sample["rgb"].numpy()
-        audio[n - 1] = sample["audio"].numpy()
-        index[n - 1] = sample["index"]
-        ids.append(sample["video_id"].encode())
-        labels.append(np.flatnonzero(sample["labels"].numpy()).astype(np.int32))
+    # The total is the record count, an upper bound when skip_corrupt drops damaged records.
+    with progress_task(
+        f"yt8m feature cache ({dataset.source or out.name})",
+        total=capacity,
+        unit="video",
+        disable=not progress,
+    ) as task:
+        for n, sample in enumerate(src, start=1):
+            rgb[n - 1] = sample["rgb"].numpy()
+            audio[n - 1] = sample["audio"].numpy()
+            index[n - 1] = sample["index"]
+            ids.append(sample["video_id"].encode())
+            labels.append(np.flatnonzero(sample["labels"].numpy()).astype(np.int32))
+            task.advance()
     rgb.flush()
     audio.flush()
     del rgb, audio
@@ -128,6 +145,12 @@ class YT8MFeatureCacheDataset(IterableDataset):
     Rows are dealt to consumers in blocks of ``block`` consecutive rows (round-robin), so each
     consumer reads mostly sequential memory; with ``shuffle`` the block order is permuted per
     epoch (same permutation everywhere) and rows are shuffled inside each consumer's share.
+
+    ``batch_size=None`` yields one example at a time. With ``batch_size=B`` it yields batches:
+    consecutive runs of ``B`` rows of each consumer's share (the last one shorter), each read at
+    once by :meth:`read_rows`. They equal, tensor for tensor, what ``DataLoader(per-example
+    dataset, batch_size=B)`` collates from the same share, so use them with
+    ``DataLoader(dataset, batch_size=None)``.
     """
 
     def __init__(
@@ -140,6 +163,7 @@ class YT8MFeatureCacheDataset(IterableDataset):
         world_size: int | None = None,
         balance_batch_size: int | None = None,
         block: int = 256,
+        batch_size: int | None = None,
     ) -> None:
         super().__init__()
         self.cache = Path(cache)
@@ -153,6 +177,9 @@ class YT8MFeatureCacheDataset(IterableDataset):
         self.shuffle, self.seed, self.block = shuffle, int(seed), int(block)
         self.rank, self.world_size, self.balance_batch_size = rank, world_size, balance_batch_size
         self.skipped_corrupt = int(self.meta.get("skipped_corrupt", 0))
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be positive or None; found {batch_size}")
+        self.batch_size = batch_size
         self._epoch = 0
         self._arrays: dict[str, np.ndarray] | None = None
 
@@ -220,7 +247,50 @@ class YT8MFeatureCacheDataset(IterableDataset):
                 self.balance_batch_size,
             )
             rows = rows[:quota]
+        if self.batch_size is not None:
+            return self._generate_batches(rows, self.batch_size)
         return self._generate(rows)
+
+    def _generate_batches(self, rows: np.ndarray, batch_size: int) -> Iterator[dict[str, Any]]:
+        for start in range(0, len(rows), batch_size):
+            yield self.read_rows(rows[start : start + batch_size])
+
+    def read_rows(self, rows: np.ndarray) -> dict[str, Any]:
+        """The examples at cache ``rows`` (in that order) as one batch: what the default collate
+        makes of the per-example samples (``index`` int64, ``video_id`` a list of str, ``rgb`` /
+        ``audio`` / ``labels`` float32 ``[len(rows), d]``).
+
+        Each column is read once: a slice when the rows are consecutive (unshuffled reading), else
+        one fancy-indexed read in ascending row order, put back into the requested order.
+        """
+        a = self._open()
+        rows = np.asarray(rows, np.int64)
+        n = len(rows)
+        if n and rows[-1] - rows[0] == n - 1 and (n == 1 or bool(np.all(np.diff(rows) == 1))):
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+            rgb, audio = np.array(a["rgb"][lo:hi]), np.array(a["audio"][lo:hi])
+        else:
+            order = np.argsort(rows, kind="stable")
+            ascending = rows[order]
+            rgb = np.empty((n, self.visual_dim), np.float32)
+            audio = np.empty((n, self.audio_dim), np.float32)
+            rgb[order] = a["rgb"][ascending]
+            audio[order] = a["audio"][ascending]
+        # Multi-hot labels from the CSR columns without a Python loop: every label position of
+        # every requested row, paired with that row's place in the batch.
+        offsets = a["label_offsets"]
+        starts, counts = offsets[rows], offsets[rows + 1] - offsets[rows]
+        ends = np.cumsum(counts)
+        positions = np.arange(int(ends[-1]) if n else 0) + np.repeat(starts - (ends - counts), counts)
+        y = np.zeros((n, self.num_classes), np.float32)
+        y[np.repeat(np.arange(n), counts), a["labels"][positions]] = 1.0
+        return {
+            "index": torch.from_numpy(a["index"][rows].astype(np.int64)),
+            "video_id": [v.decode() for v in a["video_id"][rows]],
+            "rgb": torch.from_numpy(rgb),
+            "audio": torch.from_numpy(audio),
+            "labels": torch.from_numpy(y),
+        }
 
     def _generate(self, rows: np.ndarray) -> Iterator[dict[str, Any]]:
         a = self._open()

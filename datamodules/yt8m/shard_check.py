@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from avlab.errors import DataError
 from avlab.io.tfrecord import CorruptRecord, iter_records
+from avlab.progress import progress as show_progress
 
 __all__ = ["PARALLEL_MIN_SHARDS", "scan_shard", "scan_shards"]
 
@@ -70,26 +70,21 @@ def scan_shards(
         verify_crc: check both CRCs of every record (framing is checked regardless).
         workers: processes to use; ``None`` picks ``min(cpu count, 8)`` when there are at least
             :data:`PARALLEL_MIN_SHARDS` shards and scans in this process otherwise.
-        progress: show a progress bar on stderr (only when stderr is a terminal).
+        progress: show progress (:mod:`avlab.progress`; also off when quiet).
     """
-    from rich.console import Console
-    from rich.progress import track
-
     if workers is None:
         workers = min(os.cpu_count() or 1, 8) if len(paths) >= PARALLEL_MIN_SHARDS else 1
     workers = max(1, min(workers, len(paths)))
-    show = progress and sys.stderr.isatty()
-    console = Console(stderr=True)
     out: dict[Path, list[str]] = {}
     if workers == 1:
-        for path in track(paths, "checking shards", console=console, disable=not show, transient=True):
+        for path in show_progress(paths, desc="checking shards", unit="shard", disable=not progress):
             out[path] = scan_shard(path, verify_crc)
         return out
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(scan_shard, str(p), verify_crc): p for p in paths}
         done = as_completed(futures)
-        for fut in track(
-            done, "checking shards", total=len(futures), console=console, disable=not show, transient=True
+        for fut in show_progress(
+            done, total=len(futures), desc="checking shards", unit="shard", disable=not progress
         ):
             out[futures[fut]] = fut.result()
     return out
