@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from avlab.datamodules.base import AvlabDataModule
@@ -49,15 +48,24 @@ from avlab.datamodules.saliency_readers import (
     video_records,
 )
 from avlab.errors import ConfigError, DataError
+from avlab.features.frame_cache import (
+    FrameStore,
+    check_jpeg_device,
+    decode_images,
+    frame_cache_root,
+    frame_key,
+    resize_frames,
+    sources_fingerprint,
+)
 from avlab.media.clips import (
     VideoFrames,
     audio_buffer_len,
     clip_audio,
     frame_audio_bounds,
     load_wav,
-    read_image,
     window_indices,
 )
+from avlab.media.decoders import resolve_decoder
 from avlab.progress import progress
 
 if TYPE_CHECKING:
@@ -85,57 +93,158 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # --------------------------------------------------------------------------- torch datasets
-class _FrameSource:
-    """Decoded, resized and normalised frames of the videos, with a small LRU cache.
+#: Frames decoded per step when a video is written into the frame cache (bounds memory use).
+CACHE_CHUNK = 64
 
-    The cache makes sliding test windows (which share all but one frame) decode each frame once.
+
+def normalize_frames(frames: torch.Tensor, normalize: str, channel_dim: int) -> torch.Tensor:
+    """uint8 frames (any layout whose ``channel_dim`` holds RGB) → contiguous float32, normalised."""
+    x = frames.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+    shape = [1] * x.ndim
+    shape[channel_dim] = 3
+    if normalize == "imagenet":
+        return x.sub_(torch.tensor(IMAGENET_MEAN).view(shape)).div_(torch.tensor(IMAGENET_STD).view(shape))
+    if normalize == "pm1":
+        return x.mul_(2).sub_(1)
+    raise ConfigError(f"data.normalize must be imagenet or pm1, got {normalize!r}")
+
+
+def preprocess_frames(frames: torch.Tensor, frame_size: tuple[int, int], normalize: str) -> torch.Tensor:
+    """uint8 ``[N, H, W, 3]`` → float ``[N, 3, h, w]``: bilinear resize (antialiased) to uint8, normalise.
+
+    The resize is :func:`avlab.features.frame_cache.resize_frames`, the one the frame cache stores,
+    so training (cached or not), testing and ``avlab predict`` see the same pixels.
+    """
+    return normalize_frames(resize_frames(frames, frame_size).permute(0, 3, 1, 2), normalize, 1)
+
+
+class _FrameSource:
+    """Frames and continuous maps of the videos decoded from their files and resized to ``frame_size``
+    (uint8), with a small LRU cache: sliding test windows share all but one frame.
+
+    JPEG frames and maps are decoded with PIL (``jpeg_device=cpu``) or torchvision's nvJPEG
+    (``cuda``, resized there too); video files with the ``decoder`` backend. The frame cache is
+    filled by :meth:`resized`/:meth:`maps` of this class, so cached and uncached clips are equal.
     """
 
     def __init__(
-        self, videos: list[VideoRecord], frame_size: tuple[int, int], normalize: str, cache: int = 96
+        self,
+        videos: list[VideoRecord],
+        frame_size: tuple[int, int],
+        jpeg_device: str = "cpu",
+        cache: int = 96,
+        decoder: str = "auto",
     ) -> None:
-        self.videos, self.frame_size, self.normalize = videos, tuple(frame_size), normalize
+        self.videos, self.frame_size, self.jpeg_device = videos, tuple(frame_size), jpeg_device
+        self.decoder = decoder
         self.cache: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
         self.capacity = cache
         self.readers: dict[int, VideoFrames] = {}
 
-    def raw(self, vid: int, indices: list[int]) -> np.ndarray:
+    def decoding(self, vid: int) -> dict[str, str]:
+        """How video ``vid`` is decoded and resized (the part of the frame-cache key that says so)."""
+        if isinstance(self.videos[vid].frames, Path):
+            video = resolve_decoder(self.decoder)  # `auto` is keyed by the backend it picks here
+            return {"frames": video, "maps": self._image_decoder(), "resize": self.jpeg_device}
+        return {"frames": self._image_decoder(), "maps": self._image_decoder(), "resize": self.jpeg_device}
+
+    def _image_decoder(self) -> str:
+        return "pil" if self.jpeg_device == "cpu" else "torchvision-nvjpeg"
+
+    def _images(self, files: list[Path], gray: bool) -> torch.Tensor:
+        backend = "pil" if self.jpeg_device == "cpu" else "torchvision"
+        return decode_images(files, self.jpeg_device, backend=backend, gray=gray)
+
+    def raw(self, vid: int, indices: list[int]) -> torch.Tensor:
+        """Native-size uint8 ``[N, H, W, 3]`` frames ``indices`` of video ``vid``."""
         rec = self.videos[vid]
         if isinstance(rec.frames, Path):
             reader = self.readers.get(vid)
             if reader is None:
-                reader = self.readers[vid] = VideoFrames(rec.frames)
-            return reader.get(indices)
-        return np.stack([read_image(rec.frames[i]) for i in indices])
+                reader = self.readers[vid] = VideoFrames(rec.frames, decoder=self.decoder)
+            return torch.from_numpy(reader.get(indices))
+        return self._images([rec.frames[i] for i in indices], gray=False)
 
-    def get(self, vid: int, indices: list[int] | tuple[int, ...]) -> torch.Tensor:
-        """``[3, T, H, W]`` float clip of the frames ``indices`` (in that order)."""
+    def resized(self, vid: int, indices: list[int]) -> torch.Tensor:
+        """uint8 ``[N, h, w, 3]`` frames ``indices`` at ``frame_size``, on the CPU (no LRU cache)."""
+        return resize_frames(self.raw(vid, indices).to(self.jpeg_device), self.frame_size).cpu()
+
+    def frames(self, vid: int, indices: list[int] | tuple[int, ...]) -> torch.Tensor:
+        """uint8 ``[T, h, w, 3]`` frames ``indices`` (in that order) at ``frame_size``, on the CPU."""
         missing = sorted({i for i in indices if (vid, i) not in self.cache})
         if missing:
-            raw = torch.from_numpy(self.raw(vid, missing))
-            frames = preprocess_frames(raw, self.frame_size, self.normalize)
-            for i, f in zip(missing, frames):
+            for i, f in zip(missing, self.resized(vid, missing)):
                 self.cache[(vid, i)] = f
         for i in indices:
             self.cache.move_to_end((vid, i))
-        out = torch.stack([self.cache[(vid, i)] for i in indices], dim=1)
+        out = torch.stack([self.cache[(vid, i)] for i in indices])
         while len(self.cache) > max(self.capacity, len(indices)):
             self.cache.popitem(last=False)
         return out
 
+    def maps(self, vid: int, indices: list[int] | tuple[int, ...]) -> torch.Tensor:
+        """uint8 ``[T, h, w]`` continuous saliency maps ``indices`` at ``frame_size``, on the CPU."""
+        maps = self._images([self.videos[vid].maps[i] for i in indices], gray=True)
+        return resize_frames(maps, self.frame_size).cpu()
 
-def preprocess_frames(frames: torch.Tensor, frame_size: tuple[int, int], normalize: str) -> torch.Tensor:
-    """uint8 ``[N, H, W, 3]`` → float ``[N, 3, h, w]``: bilinear resize (antialiased), normalise."""
-    x = frames.permute(0, 3, 1, 2).float() / 255.0
-    if tuple(x.shape[-2:]) != tuple(frame_size):
-        x = F.interpolate(x, size=tuple(frame_size), mode="bilinear", align_corners=False, antialias=True)
-    if normalize == "imagenet":
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        return (x - mean) / std
-    if normalize == "pm1":
-        return x * 2 - 1
-    raise ConfigError(f"data.normalize must be imagenet or pm1, got {normalize!r}")
+
+class _CachedFrames:
+    """The same frames and maps as :class:`_FrameSource`, read from the frame cache.
+
+    Each video's entry (``frames`` ``T×h×w×3`` and ``maps`` ``T×h×w``, uint8) is keyed by the stat
+    fingerprint of its frame and map files, ``frame_size`` and the decoder; it is opened as a
+    memory map on first use in each process and built there if missing (``avlab features`` or
+    ``prepare_data`` normally built it already).
+    """
+
+    def __init__(self, source: _FrameSource, store: FrameStore) -> None:
+        self.source, self.store = source, store
+        self.opened: dict[int, dict[str, np.ndarray]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers reopen the memory maps themselves instead of receiving copies of them.
+        return {**self.__dict__, "opened": {}}
+
+    def key(self, vid: int) -> str:
+        rec = self.source.videos[vid]
+        files = [rec.frames] if isinstance(rec.frames, Path) else list(rec.frames)
+        params = {"frame_size": list(self.source.frame_size), "decoder": self.source.decoding(vid)}
+        return frame_key("saliency-frames", params, sources_fingerprint(files + list(rec.maps)))
+
+    def arrays(self, vid: int, on_frames: Any = None) -> tuple[dict[str, np.ndarray], bool]:
+        """``(arrays, built)`` of video ``vid``; ``on_frames(n)`` is told of each decoded chunk."""
+        if vid in self.opened:
+            return self.opened[vid], False
+        rec, (h, w) = self.source.videos[vid], self.source.frame_size
+        n = rec.n_frames
+
+        def fill(out: dict[str, np.ndarray]) -> None:
+            for s in range(0, n, CACHE_CHUNK):
+                idx = list(range(s, min(n, s + CACHE_CHUNK)))
+                out["frames"][s : idx[-1] + 1] = self.source.resized(vid, idx).numpy()
+                out["maps"][s : idx[-1] + 1] = self.source.maps(vid, idx).numpy()
+                if on_frames is not None:
+                    on_frames(len(idx))
+
+        spec = {"frames": ((n, h, w, 3), "uint8"), "maps": ((n, h, w), "uint8")}
+        prov = {
+            "kind": "saliency-frames",
+            "video": f"{rec.dataset}/{rec.name}",
+            "decoder": self.source.decoding(vid),
+        }
+        arrays, built = self.store.open_or_build(self.key(vid), spec, fill, prov)
+        self.opened[vid] = arrays
+        return arrays, built
+
+    def frames(self, vid: int, indices: list[int] | tuple[int, ...]) -> torch.Tensor:
+        arr = self.arrays(vid)[0]["frames"]
+        lo = indices[0]
+        if list(indices) == list(range(lo, lo + len(indices))):
+            return torch.from_numpy(np.array(arr[lo : lo + len(indices)]))  # one contiguous read
+        return torch.from_numpy(arr[np.asarray(indices)])
+
+    def maps(self, vid: int, indices: list[int] | tuple[int, ...]) -> torch.Tensor:
+        return torch.from_numpy(self.arrays(vid)[0]["maps"][np.asarray(indices)])
 
 
 class _AudioSource:
@@ -165,7 +274,12 @@ class _AudioSource:
 
 
 class SaliencyClips(Dataset):
-    """Clips of a list of videos: random training clips, fixed validation clips, or test windows."""
+    """Clips of a list of videos: random training clips, fixed validation clips, or test windows.
+
+    Frames come from the frame cache when ``frame_store`` is given, else from the files; both give
+    equal clips. :meth:`__getitems__` serves a whole batch at once (one normalisation over the
+    batch), already collated, and equals :func:`collate_saliency` of the per-item outputs.
+    """
 
     def __init__(
         self,
@@ -182,10 +296,17 @@ class SaliencyClips(Dataset):
         test_stride: int = 1,
         dataset_ids: dict[str, int] | None = None,
         video_offset: int = 0,
+        frame_store: FrameStore | None = None,
+        jpeg_device: str = "cpu",
+        decoder: str = "auto",
     ) -> None:
         self.videos, self.mode, self.clip_len = videos, mode, clip_len
         self.frame_size = tuple(frame_size)
-        self.frames = _FrameSource(videos, self.frame_size, normalize, cache=3 * clip_len)
+        self.normalize = normalize
+        source = _FrameSource(videos, self.frame_size, jpeg_device, cache=3 * clip_len, decoder=decoder)
+        self.frames: _FrameSource | _CachedFrames = (
+            source if frame_store is None else _CachedFrames(source, frame_store)
+        )
         self.audio = _AudioSource(videos, clip_len, missing_audio) if audio else None
         self.clips_per_video = clips_per_video
         self.dataset_ids = dataset_ids or {}
@@ -208,55 +329,73 @@ class SaliencyClips(Dataset):
         return len(self.videos) * self.clips_per_video if self.mode == "train" else len(self.items)
 
     def _target(self, vid: int, t: int) -> torch.Tensor:
-        gt = torch.from_numpy(load_map(self.videos[vid].maps[t]))[None, None]
-        if tuple(gt.shape[-2:]) != self.frame_size:
-            gt = F.interpolate(gt, size=self.frame_size, mode="bilinear", align_corners=False, antialias=True)
-        return gt[0, 0].clamp_min(0)
+        return self.frames.maps(vid, [t])[0].float().div_(255.0)
 
-    def _clip(self, vid: int, frames: tuple[int, ...], reverse: bool) -> dict[str, torch.Tensor]:
-        out = {"clip": self.frames.get(vid, frames)}
-        if self.audio is not None:
-            out["audio"] = self.audio.get(vid, frames, reverse)
-        return out
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def _plan(self, i: int) -> tuple[int, tuple[int, ...], bool, torch.Tensor]:
+        """(video, frame indices in model order, reversed, target) of item ``i``; draws the
+        training clip's start from torch's global generator (seeded by seed_everything and per
+        worker, so runs repeat)."""
         if self.mode == "train":
             vid = i // self.clips_per_video
-            rec = self.videos[vid]
-            # torch's global generator: seeded by seed_everything (and per worker), so runs repeat.
+            n_frames = self.videos[vid].n_frames
             for _ in range(10):
-                start = int(torch.randint(0, rec.n_frames - self.clip_len + 1, (1,)))
+                start = int(torch.randint(0, n_frames - self.clip_len + 1, (1,)))
                 target = self._target(vid, start + self.clip_len - 1)
                 if float(target.max()) > 0:  # a target with no fixation teaches nothing: re-draw
                     break
-            out = self._clip(vid, tuple(range(start, start + self.clip_len)), False)
-            out.update(target=target, index=torch.tensor(i))
-            return out
+            return vid, tuple(range(start, start + self.clip_len)), False, target
         vid, pos = self.items[i]
-        rec = self.videos[vid]
         if self.mode == "val":
-            out = self._clip(vid, tuple(range(pos, pos + self.clip_len)), False)
-            out.update(target=self._target(vid, pos + self.clip_len - 1), index=torch.tensor(i))
-            return out
+            frames = tuple(range(pos, pos + self.clip_len))
+            return vid, frames, False, self._target(vid, pos + self.clip_len - 1)
         if vid not in self._windows:
-            self._windows[vid] = window_indices(rec.n_frames, self.clip_len)
+            self._windows[vid] = window_indices(self.videos[vid].n_frames, self.clip_len)
         w = self._windows[vid][pos]
-        out = self._clip(vid, w.frames, w.reversed)
-        gt = load_map(rec.maps[pos])
-        out.update(
-            target=self._target(vid, pos),
-            gt=torch.from_numpy(gt),
-            fix=torch.from_numpy(load_fixation(rec.fixations[pos], gt.shape)),
-            index=torch.tensor(i),
-            video=torch.tensor(self.video_offset + vid),
-            dataset=torch.tensor(self.dataset_ids.get(rec.dataset, 0)),
-            frame=torch.tensor(pos),
-        )
+        return vid, w.frames, w.reversed, self._target(vid, pos)
+
+    def _extras(self, i: int, plan: tuple[int, tuple[int, ...], bool, torch.Tensor]) -> dict[str, Any]:
+        vid, frames, reverse, target = plan
+        out: dict[str, Any] = {}
+        if self.audio is not None:
+            out["audio"] = self.audio.get(vid, frames, reverse)
+        out.update(target=target, index=torch.tensor(i))
+        if self.mode == "test":
+            # Evaluation reads native-resolution ground truth and fixations from the files, always.
+            rec, pos = self.videos[vid], self.items[i][1]
+            gt = load_map(rec.maps[pos])
+            out.update(
+                gt=torch.from_numpy(gt),
+                fix=torch.from_numpy(load_fixation(rec.fixations[pos], gt.shape)),
+                video=torch.tensor(self.video_offset + vid),
+                dataset=torch.tensor(self.dataset_ids.get(rec.dataset, 0)),
+                frame=torch.tensor(pos),
+            )
         return out
 
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        plan = self._plan(i)
+        clip = normalize_frames(self.frames.frames(plan[0], plan[1]).permute(3, 0, 1, 2), self.normalize, 0)
+        return {"clip": clip, **self._extras(i, plan)}
 
-def collate_saliency(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack same-shaped tensors; native-resolution ``gt``/``fix`` (sizes differ per video) stay lists."""
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        """A collated batch of ``indices``: equal to ``collate_saliency([self[i] for i in indices])``
+        (the same draws in the same order), with the frames normalised in one operation."""
+        plans = [self._plan(i) for i in indices]
+        raw = torch.stack([self.frames.frames(vid, frames) for vid, frames, _, _ in plans])
+        items = [self._extras(i, plan) for i, plan in zip(indices, plans, strict=True)]
+        return {
+            "clip": normalize_frames(raw.permute(0, 4, 1, 2, 3), self.normalize, 1),
+            **collate_saliency(items),
+        }
+
+
+def collate_saliency(items: list[dict[str, Any]] | dict[str, Any]) -> dict[str, Any]:
+    """Stack same-shaped tensors; native-resolution ``gt``/``fix`` (sizes differ per video) stay lists.
+
+    A batch that :meth:`SaliencyClips.__getitems__` already collated is returned as it is.
+    """
+    if isinstance(items, dict):
+        return items
     out: dict[str, Any] = {}
     for key in items[0]:
         values = [it[key] for it in items]
@@ -299,6 +438,15 @@ class SaliencyDataModule(AvlabDataModule):
         test_stride: evaluate every k-th frame (1 = every frame, the paper's protocol).
         short_videos, count_mismatch, missing_audio: policies for bad input (module docstring).
         split_seed: seed of the validation hold-out.
+        decoder: video decoder for video files, ``auto``, ``decord``, ``torchcodec`` or ``pyav``
+            (:mod:`avlab.media.decoders`); frame folders are read as images either way.
+        frame_cache: ``auto``: frames and continuous maps are decoded once at ``frame_size`` into
+            the frame cache (:mod:`avlab.features.frame_cache`; ``avlab features`` or the first
+            run builds it) and clips are sliced from it; ``off``: every clip is decoded from the
+            files. Clips are equal either way; test ground truth and fixations are always read
+            at native resolution from the files.
+        jpeg_device: ``cpu`` (PIL) or ``cuda`` (torchvision's nvJPEG) for decoding JPEG frames
+            and maps, when building the cache or with ``frame_cache=off``.
     """
 
     task = "saliency"
@@ -322,11 +470,16 @@ class SaliencyDataModule(AvlabDataModule):
         count_mismatch: str = "truncate",
         missing_audio: str = "error",
         split_seed: int = 0,
+        frame_cache: str = "auto",
+        jpeg_device: str = "cpu",
         demo_size: str = "small",
         batch_size: int = 8,
         num_workers: int = 0,
+        decoder: str = "auto",
     ) -> None:
         super().__init__(root=root, demo_size=demo_size, batch_size=batch_size, num_workers=num_workers)
+        resolve_decoder(decoder)  # an unknown or missing decoder fails here, before any data is read
+        self.decoder = decoder
         get_reader(layout, where="data.layout", allowed=LAYOUTS)  # an unknown layout fails here
         self.layout = layout
         self.datasets = list(datasets) if datasets else list(AV_DATASETS)
@@ -345,6 +498,7 @@ class SaliencyDataModule(AvlabDataModule):
             ("count_mismatch", count_mismatch, ("truncate", "error")),
             ("missing_audio", missing_audio, ("error", "silence")),
             ("normalize", normalize, ("imagenet", "pm1")),
+            ("frame_cache", frame_cache, ("auto", "off")),
         ):
             if value not in allowed:
                 raise ConfigError(f"data.{name} must be one of {', '.join(allowed)}, got {value!r}")
@@ -358,6 +512,13 @@ class SaliencyDataModule(AvlabDataModule):
         self.short_videos, self.count_mismatch = short_videos, count_mismatch
         self.missing_audio = missing_audio
         self.split_seed = split_seed
+        self.frame_cache, self.jpeg_device = frame_cache, check_jpeg_device(jpeg_device)
+        if jpeg_device == "cuda" and frame_cache == "off" and num_workers > 0:
+            raise ConfigError(
+                "data.jpeg_device=cuda with data.frame_cache=off decodes in the DataLoader workers, "
+                "which cannot use CUDA once the trainer has; set data.num_workers=0, or "
+                "data.frame_cache=auto (the cache is built on the GPU once, then read on the CPU)"
+            )
         self.splits: dict[str, list[VideoRecord]] = {}
         self.dataset_names: list[str] = list(self.datasets) if layout == "stavis" else ["DHF1K"]
 
@@ -390,6 +551,7 @@ class SaliencyDataModule(AvlabDataModule):
             self.count_mismatch,
             self.audio and self.layout == "stavis",
             self.missing_audio,
+            self.decoder,
         )
 
     def index(self) -> tuple[dict[str, list[VideoRecord]], list[str]]:
@@ -466,7 +628,54 @@ class SaliencyDataModule(AvlabDataModule):
             val_clips_per_video=self.val_clips_per_video,
             test_stride=self.test_stride,
             dataset_ids={d: i for i, d in enumerate(self.dataset_names)},
+            decoder=self.decoder,
+            frame_store=self.frame_store(),
+            jpeg_device=self.jpeg_device,
         )
+
+    # ------------------------------------------------------------------ frame cache
+    def frame_store(self) -> FrameStore | None:
+        """The frame cache of this dataset (None with ``frame_cache=off``)."""
+        return None if self.frame_cache == "off" else FrameStore(frame_cache_root(self.dataset_root()))
+
+    def extract_features(self, progress: bool = True) -> dict[str, Any]:
+        """Decode every video of the run (train, validation and test) into the frame cache.
+
+        Videos already cached (same files, ``frame_size`` and decoder) are not decoded again.
+        With ``frame_cache=off`` nothing is extracted.
+        """
+        import time
+
+        from avlab.progress import progress_task
+
+        root = self.dataset_root(build=True)
+        store = self.frame_store()
+        if store is None:
+            return {"root": str(root), "features": "none: data.frame_cache=off decodes every clip"}
+        self.setup()
+        videos = list({id(r): r for split in ("train", "val", "test") for r in self.splits[split]}.values())
+        cache = _CachedFrames(
+            _FrameSource(videos, self.frame_size, self.jpeg_device, decoder=self.decoder), store
+        )
+        total, built, t0 = sum(r.n_frames for r in videos), 0, time.perf_counter()
+        with progress_task("frame cache", total=total, unit="frame", disable=not progress) as task:
+            for vid, rec in enumerate(videos):
+                if cache.arrays(vid, on_frames=task.advance)[1]:
+                    built += 1
+                else:
+                    task.advance(rec.n_frames)
+        folders = [store.path(cache.key(v)) for v in range(len(videos))]
+        return {
+            "root": str(root),
+            "frame_cache": str(store.root),
+            "videos": len(videos),
+            "frames": total,
+            "built": built,
+            "frame_size": list(self.frame_size),
+            "jpeg_device": self.jpeg_device,
+            "bytes": sum(f.stat().st_size for d in folders for f in d.glob("*.npy")),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -230,8 +230,10 @@ def check_jpeg_device(device: str, where: str = "data.jpeg_device") -> str:
     return device
 
 
-def decode_images(files: Sequence[str | Path], device: str = "cpu", *, backend: str = "pil") -> torch.Tensor:
-    """Image files as uint8 ``[N, H, W, 3]`` RGB on ``device``.
+def decode_images(
+    files: Sequence[str | Path], device: str = "cpu", *, backend: str = "pil", gray: bool = False
+) -> torch.Tensor:
+    """Image files as uint8 ``[N, H, W, 3]`` RGB (``[N, H, W]`` luma with ``gray``) on ``device``.
 
     ``backend="pil"`` decodes with PIL on the CPU (avlab's reference decoder); ``"torchvision"``
     decodes JPEGs with :func:`torchvision.io.decode_jpeg` on ``device`` (nvJPEG on ``cuda``, all
@@ -244,7 +246,7 @@ def decode_images(files: Sequence[str | Path], device: str = "cpu", *, backend: 
 
     paths = [Path(f) for f in files]
     if backend == "pil":
-        out = torch.from_numpy(np.stack([read_image(p) for p in paths]))
+        out = torch.from_numpy(np.stack([read_image(p, gray=gray) for p in paths]))
         return out.to(device) if device != "cpu" else out
     if backend != "torchvision":
         raise ValueError(f"decode_images: backend must be pil or torchvision, got {backend!r}")
@@ -262,7 +264,7 @@ def decode_images(files: Sequence[str | Path], device: str = "cpu", *, backend: 
 
                 raise DataError(f"{paths[i]} does not exist") from exc
         try:
-            chw = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+            chw = decode_jpeg(data, mode=ImageReadMode.GRAY if gray else ImageReadMode.RGB, device=device)
         except RuntimeError as exc:
             from avlab.errors import MediaError
 
@@ -270,10 +272,10 @@ def decode_images(files: Sequence[str | Path], device: str = "cpu", *, backend: 
                 f"torchvision cannot decode the JPEGs {paths[jpeg[0]]} .. {paths[jpeg[-1]]} on {device} "
                 f"({exc}); re-extract them, or set data.jpeg_device=cpu"
             ) from exc
-        decoded = {i: img.permute(1, 2, 0) for i, img in zip(jpeg, chw, strict=True)}
+        decoded = {i: img[0] if gray else img.permute(1, 2, 0) for i, img in zip(jpeg, chw, strict=True)}
     for i, p in enumerate(paths):
         if i not in decoded:
-            decoded[i] = torch.from_numpy(read_image(p)).to(device)
+            decoded[i] = torch.from_numpy(read_image(p, gray=gray)).to(device)
     return torch.stack([decoded[i] for i in range(len(paths))])
 
 
