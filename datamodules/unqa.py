@@ -21,11 +21,18 @@ short side is ``resize_short`` and centre-cropped to ``image_size`` (paper 520 â
 ``frames`` frames to the spatial extractor and ``motion_chunks`` clips of ``motion_frames`` frames at
 ``motion_size`` (paper 224) to the frozen SlowFast; audio is mono at ``audio_sr`` Hz, the first
 ``audio_seconds`` seconds (zero-padded).
+
+Decoded stimuli (``data.frame_cache: auto``) are kept on disk once, as the uint8 frames the spatial
+extractor reads and the float32 audio, in the memory-mapped store of
+:mod:`avlab.features.frame_cache` (one entry per stimulus and view, keyed by the source file's
+content, the preprocessing and the decoder); training and testing then read batches from it. Random
+training crops are still drawn per step, from the whole native image kept for that purpose.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,9 +47,11 @@ from avlab.datamodules.base import AvlabDataModule, DatasetInfo, SupportsTaskSam
 from avlab.datamodules.unqa_media import MediaLoader, detect_modality
 from avlab.datamodules.unqa_readers import DatabaseSpec, parse_databases, read_database
 from avlab.datamodules.unqa_splits import assign_splits, split_groups
-from avlab.errors import DataError, MediaError
-from avlab.features.cache import cached, dataset_feature_cache
+from avlab.errors import ConfigError, DataError, MediaError
+from avlab.features.cache import cached, dataset_feature_cache, file_fingerprint
+from avlab.features.frame_cache import FrameStore, frame_cache_root, frame_key
 from avlab.models.unqa import MotionExtractor
+from avlab.progress import progress as progress_iter
 from avlab.progress import progress as with_progress
 
 log = logging.getLogger(__name__)
@@ -51,6 +60,14 @@ __all__ = ["MediaLoader", "UNQADataModule", "detect_modality"]
 
 #: Version of the cached SlowFast features (bump when the extraction changes).
 MOTION_CACHE_VERSION = "1"
+#: ``data.frame_cache``: ``auto`` stores decoded stimuli on first use (or ``avlab features``) and
+#: reads them from the store; ``off`` decodes every stimulus every time.
+FRAME_CACHE_MODES = ("auto", "off")
+
+
+def _to_uint8(x: Tensor) -> np.ndarray:
+    """Float pixels in [0, 1] â†’ uint8 ``round(255 x)`` (exact for pixels that were decoded as uint8)."""
+    return (x * 255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
 # --------------------------------------------------------------------------- datasets
@@ -65,6 +82,11 @@ class _Items(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.dm.load_item(int(self.uids[i]))
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        # The DataLoader hands a batch's indices here and passes the result to its collate_fn
+        # (UNQADataModule._collate_list), which lets a ready batch through: one batched read.
+        return self.dm.load_batch(self.uids[np.asarray(indices, dtype=int)])
 
 
 class _PlannedBatches(IterableDataset):
@@ -85,7 +107,7 @@ class _PlannedBatches(IterableDataset):
         for step in range(wid, len(plan), nw):
             _, uids = plan[step]
             epoch = self.dm.trainer.current_epoch if self.dm.trainer is not None else 0
-            yield self.dm.collate([self.dm.load_item(int(u), augment=(epoch, step)) for u in uids])
+            yield self.dm.load_batch(uids, augment=(epoch, step))
 
 
 # --------------------------------------------------------------------------- datamodule
@@ -112,7 +134,10 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
             draws the same crops; validation and test keep the fixed crops).
         logistic: ``"4"``/``"5"`` also reports PLCC after a logistic fit (``plcc_logistic``);
             ``None`` reports raw PLCC only.
-        cache_decoded: keep decoded stimuli in memory (small databases / demo only).
+        frame_cache: ``auto`` (decoded frames and audio are stored once on disk, built by ``avlab
+            features`` or on first use, and read memory-mapped) or ``off`` (decode every time).
+        cache_decoded: deprecated, replaced by ``frame_cache`` (``true`` reads as ``auto``,
+            ``false`` as ``off``).
         dataset_name: prefix for cross-dataset test metrics (``test_data``).
         decoder: video decoder: ``auto``, ``decord``, ``torchcodec`` or ``pyav`` (avlab.media.decoders).
     """
@@ -139,7 +164,8 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         image_crops: int = 1,
         train_crops: str = "centre",
         logistic: str | None = "4",
-        cache_decoded: bool = False,
+        frame_cache: str = "auto",
+        cache_decoded: bool | None = None,
         dataset_name: str | None = None,
         demo_size: str = "small",
         batch_size: int = 8,
@@ -179,7 +205,25 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
             decoder=decoder,
         )
         self.logistic = logistic
-        self.cache_decoded = bool(cache_decoded)
+        if cache_decoded is not None:
+            frame_cache = "auto" if cache_decoded else "off"
+            warnings.warn(
+                f"data.cache_decoded is replaced by data.frame_cache (auto|off), which keeps decoded "
+                f"stimuli on disk; reading cache_decoded: {cache_decoded} as frame_cache: {frame_cache}. "
+                "Remove data.cache_decoded from the config.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        if frame_cache not in FRAME_CACHE_MODES:
+            raise ConfigError(
+                f"data.frame_cache must be one of {', '.join(FRAME_CACHE_MODES)}, got {frame_cache!r}"
+            )
+        self.frame_cache = frame_cache
+        self._store: FrameStore | None = None
+        # Entry arrays seen complete in this process (key -> .npy path): a hit then costs one
+        # memory map, without re-reading the entry's meta.json.
+        self._complete: dict[str, Path] = {}
+        self._labels: dict[str, Any] | None = None
         if train_crops not in ("centre", "random") or (
             train_crops == "random" and spatial_sampling != "native"
         ):
@@ -188,7 +232,6 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
                 f"native), got {train_crops!r} with {spatial_sampling!r}"
             )
         self.train_crops = train_crops
-        self._pixels: dict[int, Tensor] = {}
         self.dataset_name = dataset_name
         self.table: pd.DataFrame | None = None
         self.parts: dict[str, dict[int, np.ndarray]] = {}
@@ -202,7 +245,6 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         self.motion: np.ndarray | None = None
         self.task_sampler: Any = None
         self._plan: list[tuple[int, np.ndarray]] | None = None
-        self._memo: dict[int, dict[str, Any]] = {}
 
     @staticmethod
     def build_demo(out_dir: Path, size: str = "small") -> Path:
@@ -284,19 +326,12 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
     def load_item(self, uid: int, augment: tuple[int, int] | None = None) -> dict[str, Any]:
         """One stimulus ready for batching; ``augment`` = (epoch, step) of a training draw, which
         takes random image crops with ``train_crops: random``."""
+        if self.frame_cache == "auto":
+            return self._stored_item(uid, augment)
         if augment is not None and self.train_crops == "random" and self.row(uid)["modality"] == "image":
             return self._random_crops(uid, augment)
-        if uid in self._memo:
-            return self._memo[uid]
         r = self.row(uid)
-        item: dict[str, Any] = {
-            "index": uid,
-            "db": int(r["db"]),
-            "database": r["db_name"],
-            "mos": float(r["mos"]),
-            "mos_norm": float(r["mos_norm"]),
-            "modality": r["modality"],
-        }
+        item = self._label_item(uid)
         try:
             if r["modality"] == "image":
                 item["frames"] = self.media.image(r["media"])
@@ -307,27 +342,57 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
                 item["wave"], item["wave_len"], item["has_audio"] = self.media.audio(src)
         except MediaError as exc:
             raise MediaError(f"database `{r['db_name']}` ({r['where']}): {exc}") from exc
-        if self.cache_decoded:
-            self._memo[uid] = item
         return item
 
     def _random_crops(self, uid: int, augment: tuple[int, int]) -> dict[str, Any]:
-        item = dict(self.load_item(uid))  # labels (and the fixed crops, memoised with cache_decoded)
-        full = self._pixels.get(uid)
-        if full is None:
-            full = self.media.decode_image(self.row(uid)["media"])
-            if self.cache_decoded:
-                self._pixels[uid] = full
+        item = self.load_item(uid)
+        full = self.media.decode_image(self.row(uid)["media"])
         rng = np.random.default_rng([self.split_seed, uid, *augment])
         item["frames"] = torch.cat([self.media.random_crop(full, rng) for _ in range(self.media.image_crops)])
         return item
 
-    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        """Stack items of one database into a batch; adds cached motion features when available."""
-        if len({it["database"] for it in items}) != 1:
+    def load_batch(self, uids: Any, augment: tuple[int, int] | None = None) -> dict[str, Any]:
+        """The collated batch of ``uids`` (one database); equal to ``collate`` of their items.
+
+        With ``frame_cache: auto`` the batch is read from the store at once: labels from arrays,
+        the stored uint8 frames stacked and converted to float in one step."""
+        uids = [int(u) for u in uids]
+        if self.frame_cache == "off":
+            return self.collate([self.load_item(u, augment) for u in uids])
+        lab = self._label_arrays()
+        self._check_one_database(lab["database"][uids].tolist())
+        modality = lab["modality"][uids[0]]
+        out: dict[str, Any] = {
+            "index": torch.tensor(uids),
+            "db": torch.from_numpy(lab["db"][uids]),
+            "database": lab["database"][uids[0]],
+            "mos": torch.from_numpy(lab["mos"][uids].astype(np.float32)),
+            "mos_norm": torch.from_numpy(lab["mos_norm"][uids].astype(np.float32)),
+            "modality": modality,
+        }
+        if modality in ("image", "video", "av"):
+            frames = np.stack([self._stored_frames(u, augment) for u in uids])
+            out["frames"] = torch.from_numpy(frames).float().div_(255.0)
+        if modality in ("audio", "av"):
+            waves = [self._stored(u, "wave")[0] for u in uids]
+            wave = np.zeros((len(uids), self.media.audio_len), dtype=np.float32)
+            for i, w in enumerate(waves):
+                wave[i, : len(w)] = w
+            out["wave"] = torch.from_numpy(wave)
+            out["wave_len"] = torch.tensor([len(w) for w in waves])
+            out["has_audio"] = torch.tensor([len(w) > 0 for w in waves])
+        return self._add_motion(out)
+
+    @staticmethod
+    def _check_one_database(names: list[str]) -> None:
+        if len(set(names)) != 1:
             raise DataError(
                 "a unqa batch must hold stimuli of one database (the heads and losses are per database)"
             )
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Stack items of one database into a batch; adds cached motion features when available."""
+        self._check_one_database([it["database"] for it in items])
         out: dict[str, Any] = {
             "index": torch.tensor([it["index"] for it in items]),
             "db": torch.tensor([it["db"] for it in items]),
@@ -342,12 +407,196 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
             out["wave"] = torch.stack([it["wave"] for it in items])
             out["wave_len"] = torch.tensor([it["wave_len"] for it in items])
             out["has_audio"] = torch.tensor([bool(it["has_audio"]) for it in items])
+        return self._add_motion(out)
+
+    def _add_motion(self, out: dict[str, Any]) -> dict[str, Any]:
         if self.motion is not None and out["modality"] in ("video", "av"):
             out["motion"] = torch.from_numpy(self.motion[out["index"].numpy()])
         return out
 
-    def _collate_list(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return self.collate(items)
+    def _collate_list(self, items: list[dict[str, Any]] | dict[str, Any]) -> dict[str, Any]:
+        # _Items.__getitems__ already returns the collated batch.
+        return items if isinstance(items, dict) else self.collate(items)
+
+    # ------------------------------------------------------------------ the decoded-stimulus store
+    def _label_arrays(self) -> dict[str, Any]:
+        """Per-stimulus labels and sources as arrays, so reading a cached batch touches no pandas row."""
+        if self._labels is None:
+            t = self._read_table()
+            media = t["media"].astype(str)
+            audio = t["audio"] if "audio" in t else pd.Series([None] * len(t))
+            yuv = [
+                (int(w), int(h)) if m.lower().endswith(".yuv") else None
+                for m, w, h in zip(media, t["width"], t["height"], strict=True)
+            ]
+            self._labels = {
+                "db": t["db"].to_numpy(dtype=np.int64),
+                "database": t["db_name"].to_numpy(dtype=object),
+                "mos": t["mos"].to_numpy(dtype=np.float64),
+                "mos_norm": t["mos_norm"].to_numpy(dtype=np.float64),
+                "modality": t["modality"].to_numpy(dtype=object),
+                "where": t["where"].astype(str).to_numpy(dtype=object),
+                "media": media.to_numpy(dtype=object),
+                "audio_src": np.array(
+                    [a if isinstance(a, str) and a else m for a, m in zip(audio, media, strict=True)],
+                    dtype=object,
+                ),
+                "yuv": yuv,
+            }
+        return self._labels
+
+    def _label_item(self, uid: int) -> dict[str, Any]:
+        lab = self._label_arrays()
+        return {
+            "index": uid,
+            "db": int(lab["db"][uid]),
+            "database": lab["database"][uid],
+            "mos": float(lab["mos"][uid]),
+            "mos_norm": float(lab["mos_norm"][uid]),
+            "modality": lab["modality"][uid],
+        }
+
+    def _frame_store(self) -> FrameStore:
+        if self._store is None:
+            self._store = FrameStore(frame_cache_root(self.dataset_root()))
+        return self._store
+
+    def _views(self, uid: int) -> list[str]:
+        """What the store keeps of a stimulus: ``frames`` (the spatial extractor's input), ``pixels``
+        (the whole image, for random training crops) and ``wave`` (audio, unpadded)."""
+        modality = self._label_arrays()["modality"][uid]
+        views = [] if modality == "audio" else ["frames"]
+        if modality == "image" and self.train_crops == "random":
+            views.append("pixels")
+        if modality in ("audio", "av"):
+            views.append("wave")
+        return views
+
+    def _stored(self, uid: int, view: str) -> tuple[np.ndarray, bool]:
+        """``(array, built)`` of one view of one stimulus, decoding and storing it when missing.
+
+        Pixels are stored as uint8, i.e. ``round(255 x)`` of the float frames: exact for native crops
+        (no resampling), within 0.5/255 per pixel after resizing (``resize`` and ``fragments`` on
+        images smaller than the crop)."""
+        lab, m = self._label_arrays(), self.media
+        media = lab["media"][uid]
+        source = lab["audio_src"][uid] if view == "wave" else media
+        params: dict[str, Any]
+        compute: Any
+        if view == "wave":
+            params = {"sr": m.audio_sr, "samples": m.audio_len, "decoder": "soundfile+librosa|ffmpeg"}
+
+            def compute() -> np.ndarray:
+                wave, n, _ = m.audio(source)
+                return wave[:n].numpy()
+
+        elif view == "pixels":
+            params = {"decoder": "pil-rgb"}
+
+            def compute() -> np.ndarray:
+                return _to_uint8(m.decode_image(media))
+
+        else:
+            params = {
+                "sampling": m.spatial_sampling,
+                "size": m.image_size,
+                "resize_short": m.resize_short,
+                "grid": m.fragment_grid,
+                "crops": m.image_crops,
+            }
+            if lab["modality"][uid] == "image":
+                params["decoder"] = "pil-rgb"
+
+                def compute() -> np.ndarray:
+                    return _to_uint8(m.image(media))
+
+            else:
+                yuv = lab["yuv"][uid]
+                params.update(
+                    frames=m.frames,
+                    decoder="yuv420p-bt601" if yuv else m.decoder,
+                    yuv=list(yuv) if yuv else None,
+                )
+
+                def compute() -> np.ndarray:
+                    return _to_uint8(m.video_frames(media, yuv))
+
+        # Keyed by the source's content (size + SHA-1, re-hashed only when its stat changes), like
+        # the motion features of the same files: a rewritten source is decoded again, never stale.
+        fp = file_fingerprint(source)
+        key = frame_key(f"unqa-{view}", params, {"size": fp["size"], "sha1": fp["sha1"]})
+        path = self._complete.get(key)
+        if path is not None:
+            try:
+                return np.load(path, mmap_mode="r", allow_pickle=False), False
+            except (OSError, ValueError):  # removed or damaged since: back to the checked path
+                del self._complete[key]
+        store = self._frame_store()
+        entry, built = store.open(key), False
+        if entry is None:
+            try:
+                array = compute()
+            except MediaError as exc:
+                raise MediaError(f"database `{lab['database'][uid]}` ({lab['where'][uid]}): {exc}") from exc
+
+            def fill(out: dict[str, np.ndarray]) -> None:
+                out[view][...] = array
+
+            entry = store.build(
+                key,
+                {view: (array.shape, array.dtype.str)},
+                fill,
+                {"kind": f"unqa-{view}", "params": params, "sources": [fp]},
+            )
+            built = True
+        self._complete[key] = store.path(key) / f"{view}.npy"
+        return entry[view], built
+
+    def _stored_frames(self, uid: int, augment: tuple[int, int] | None) -> np.ndarray:
+        """``[K, 3, S, S]`` uint8 of one stimulus; a training draw of an image with ``train_crops:
+        random`` crops the stored whole image here, with the same seeded draws as without the store."""
+        m = self.media
+        if (
+            augment is not None
+            and self.train_crops == "random"
+            and self._label_arrays()["modality"][uid] == "image"
+        ):
+            full = self._stored(uid, "pixels")[0]
+            rng = np.random.default_rng([self.split_seed, uid, *augment])
+            s, crops = m.image_size, []
+            for _ in range(m.image_crops):
+                origin = m.random_crop_origin(full.shape[-2], full.shape[-1], rng)
+                if origin is None:  # smaller than a crop: every crop is the upscaled centre crop
+                    return np.asarray(self._stored(uid, "frames")[0])
+                top, left = origin
+                crops.append(full[0, :, top : top + s, left : left + s])
+            return np.stack(crops)
+        return np.asarray(self._stored(uid, "frames")[0])
+
+    def _stored_item(self, uid: int, augment: tuple[int, int] | None) -> dict[str, Any]:
+        batch = self.load_batch([uid], augment)
+        item = self._label_item(uid)
+        for key in ("frames", "wave"):
+            if key in batch:
+                item[key] = batch[key][0]
+        if "wave" in batch:
+            item["wave_len"], item["has_audio"] = int(batch["wave_len"][0]), bool(batch["has_audio"][0])
+        return item
+
+    def _build_frame_cache(self, progress: bool) -> dict[str, Any]:
+        """Store every stimulus' views (what ``auto`` would otherwise build on first use)."""
+        n = len(self._read_table())
+        built, start = 0, time.perf_counter()
+        for uid in progress_iter(
+            range(n), total=n, desc="unqa frame cache", unit="stimulus", disable=not progress
+        ):
+            built += sum(self._stored(uid, view)[1] for view in self._views(uid))
+        return {
+            "root": str(self._frame_store().root),
+            "stimuli": n,
+            "built": built,
+            "seconds": round(time.perf_counter() - start, 3),
+        }
 
     # ------------------------------------------------------------------ motion features (eq. 7)
     def _read_table(self) -> pd.DataFrame:
@@ -421,11 +670,17 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         return feats, counts
 
     def extract_features(self, progress: bool = True) -> dict[str, Any]:
-        """Compute and cache the SlowFast motion features (eq. 7) of every video/AV stimulus."""
+        """Compute and cache the SlowFast motion features (eq. 7) of every video/AV stimulus and, with
+        ``frame_cache: auto``, store every decoded stimulus."""
         root = self.dataset_root(build=True)
+        frames = self._build_frame_cache(progress) if self.frame_cache == "auto" else "off"
         feats, counts = self._motion_features(progress)
         if feats is None:
-            return {"root": str(root), "features": "none: no motion extractor (model.net.motion is null)"}
+            return {
+                "root": str(root),
+                "features": "none: no motion extractor (model.net.motion is null)",
+                "frame_cache": frames,
+            }
         self.motion = feats
         return {
             "root": str(root),
@@ -434,6 +689,7 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
             "dim": int(feats.shape[1]),
             **counts,
             "signature": self.motion_signature(),
+            "frame_cache": frames,
         }
 
     # ------------------------------------------------------------------ task-sampled training

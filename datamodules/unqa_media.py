@@ -169,13 +169,21 @@ class MediaLoader:
             raise MediaError(f"cannot read image {path}: {exc}") from exc
         return torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0
 
-    def random_crop(self, x: Tensor, rng: np.random.Generator) -> Tensor:
-        """One native-resolution ``image_size`` crop at a random position (training augmentation)."""
-        h, w = x.shape[-2:]
+    def random_crop_origin(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int] | None:
+        """Top-left corner of a random ``image_size`` crop of an ``h``×``w`` image; None (and no
+        draw) when the image is smaller, whose crop is then the upscaled centre crop."""
         s = self.image_size
         if min(h, w) < s:
+            return None
+        return int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+
+    def random_crop(self, x: Tensor, rng: np.random.Generator) -> Tensor:
+        """One native-resolution ``image_size`` crop at a random position (training augmentation)."""
+        s = self.image_size
+        origin = self.random_crop_origin(x.shape[-2], x.shape[-1], rng)
+        if origin is None:
             return self._native_crop(x, s)
-        top, left = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+        top, left = origin
         return x[..., top : top + s, left : left + s].clamp(0, 1)
 
     def image(self, path: str) -> Tensor:
