@@ -28,7 +28,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from avlab.errors import ConfigError, closest
-from avlab.instantiate import is_target_node, signature_params, validate_target_node
+from avlab.instantiate import is_target_node, resolve_target, signature_params, validate_target_node
 
 
 # --------------------------------------------------------------------------- schema
@@ -109,10 +109,21 @@ class PaperConfig:
     params_tolerance: float | None = None
 
 
+#: The cross-validation protocols ``cv.protocol`` may name (see :class:`CVConfig`).
+CV_PROTOCOLS = ("rotate", "holdout_cv")
+
+
 @dataclass
 class CVConfig:
     #: K > 1 runs K-fold cross-validation grouped by source; each fold is reported, then mean ± std.
     folds: int = 0
+    #: ``rotate``: the K folds take turns as the test set (every source is tested once), and each
+    #: fold validates on a few sources of the others. ``holdout_cv`` (the Attentive AV-FusionNet
+    #: protocol): the DataModule's fixed hold-out (avq: ``data.holdout_sources``) is the test set
+    #: of every fold and is never trained or validated on; the other sources form the K folds,
+    #: each fold validating on one of them and training on the rest. The K test results on the
+    #: one held-out set are reported as mean ± std, like ``rotate``'s.
+    protocol: str = "rotate"
 
 
 @dataclass
@@ -390,7 +401,39 @@ def validate(
         )
     if cfg.cv.folds > 1 and cfg.splits.repeats > 1:
         problems.append("`cv.folds` and `splits.repeats` cannot both be > 1; pick one protocol")
+    problems.extend(_validate_cv(cfg, validate_targets))
     return problems
+
+
+def _validate_cv(cfg: DictConfig, validate_targets: bool) -> list[str]:
+    protocol = cfg.cv.protocol
+    if protocol not in CV_PROTOCOLS:
+        hint = closest(str(protocol), list(CV_PROTOCOLS))
+        did = f" Did you mean `{hint[0]}`?" if hint else ""
+        return [f"`cv.protocol` must be one of {', '.join(CV_PROTOCOLS)}, got {protocol!r}.{did}"]
+    if protocol != "holdout_cv":
+        return []
+    if cfg.cv.folds <= 1:
+        message = (
+            "`cv.protocol=holdout_cv` cross-validates on the non-held-out sources and needs "
+            f"`cv.folds` > 1 (the paper uses 5), got cv.folds={cfg.cv.folds}"
+        )
+        return [message]
+    data = cfg.get("data")
+    if not (validate_targets and is_target_node(data)):
+        return []
+    try:
+        target = resolve_target(data._target_, where="data._target_")
+    except ConfigError:
+        return []  # the unresolvable target is reported with the `data` node's own problems
+    supported = getattr(target, "supported_protocols", ())
+    if "holdout_fold" in supported:
+        return []
+    message = (
+        f"`cv.protocol=holdout_cv` needs a DataModule with a fixed hold-out set; {data._target_} does not "
+        f"have one (its protocols: {', '.join(supported) or 'none'}). Use cv.protocol=rotate."
+    )
+    return [message]
 
 
 _FREE_FORM = {"data", "model", "test_data", "trainer", "extra"}

@@ -281,8 +281,14 @@ def finish_loggers(trainer: Trainer) -> None:
 
 # --------------------------------------------------------------------------- protocols
 def protocol(cfg: DictConfig) -> list[tuple[str | None, int, int]]:
+    """The fits of a run as ``(kind, index, count)`` for ``DataModule.configure_split``.
+
+    ``cv.protocol=rotate`` gives kind ``fold`` (the test fold rotates), ``holdout_cv`` gives
+    ``holdout_fold`` (the test set stays the DataModule's hold-out; the validation fold rotates).
+    """
     if cfg.cv.folds and cfg.cv.folds > 1:
-        return [("fold", i, int(cfg.cv.folds)) for i in range(int(cfg.cv.folds))]
+        kind = "holdout_fold" if cfg.cv.get("protocol", "rotate") == "holdout_cv" else "fold"
+        return [(kind, i, int(cfg.cv.folds)) for i in range(int(cfg.cv.folds))]
     if cfg.splits.repeats and cfg.splits.repeats > 1:
         return [("repeat", i, int(cfg.splits.repeats)) for i in range(int(cfg.splits.repeats))]
     return [(None, 0, 1)]

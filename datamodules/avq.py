@@ -228,7 +228,7 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
     """
 
     task = "avq"
-    supported_protocols = ("fold",)
+    supported_protocols = ("fold", "holdout_fold")
 
     def __init__(
         self,
@@ -398,7 +398,18 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
 
     # ------------------------------------------------------------------ splits
     def sources_by_split(self) -> dict[str, list[str]]:
-        """Source names of train/val/test for the current split (fold or hold-out)."""
+        """Source names of train/val/test for the current split.
+
+        * no protocol: ``holdout_sources`` are the test set, ``val_sources`` of the rest validate;
+        * ``fold`` (``cv.protocol=rotate``): the sources are cut into K folds that take turns as
+          the test set; ``val_sources`` of the other folds validate;
+        * ``holdout_fold`` (``cv.protocol=holdout_cv``, the paper's protocol): ``holdout_sources``
+          stay the test set of every fold, and the other sources are cut into K folds that take
+          turns as the validation set; the remaining K - 1 folds train.
+
+        The hold-out is the same draw (``split_seed``) with and without ``holdout_cv``, so a
+        single-split run and a cross-validated run test on the same sources.
+        """
         assert self.table is not None
         sources = sorted(self.table["source"].unique())
         rng = np.random.default_rng(self.split_seed)
@@ -409,26 +420,41 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
             order = [sources[i] for i in rng.permutation(len(sources))]
             folds = np.array_split(np.array(order, dtype=object), k)
             test = sorted(folds[self.split_index].tolist())
-        elif isinstance(self.holdout_sources, (list, tuple)):
+        else:
+            test = self._holdout(sources, rng)
+        rest = [s for s in sources if s not in test]
+        if self.split_kind == "holdout_fold":
+            k = self.split_count
+            if k > len(rest):
+                raise DataError(
+                    f"cv.folds={k} with cv.protocol=holdout_cv needs at least {k} sources besides the "
+                    f"{len(test)} of data.holdout_sources, the dataset has {len(rest)}; lower cv.folds "
+                    "or data.holdout_sources"
+                )
+            order = [rest[i] for i in rng.permutation(len(rest))]
+            val = sorted(np.array_split(np.array(order, dtype=object), k)[self.split_index].tolist())
+            return {"train": [s for s in rest if s not in val], "val": val, "test": test}
+        n_val = min(self.val_sources, len(rest) - 1)
+        val = sorted(rng.choice(rest, size=n_val, replace=False).tolist()) if n_val > 0 else []
+        train = [s for s in rest if s not in val]
+        return {"train": train, "val": val or train, "test": test}
+
+    def _holdout(self, sources: list[str], rng: np.random.Generator) -> list[str]:
+        """The fixed test sources: ``holdout_sources`` by name, or that many drawn with ``rng``."""
+        if isinstance(self.holdout_sources, (list, tuple)):
             test = sorted(str(s) for s in self.holdout_sources)
             unknown = [s for s in test if s not in sources]
             if unknown:
                 raise DataError(
                     f"data.holdout_sources names unknown source(s) {unknown}; sources are {sources}"
                 )
-        else:
-            n = int(self.holdout_sources)
-            if not 0 < n < len(sources):
-                raise DataError(
-                    f"data.holdout_sources={n} must be between 1 and {len(sources) - 1} "
-                    f"({len(sources)} sources)"
-                )
-            test = sorted(rng.choice(sources, size=n, replace=False).tolist())
-        rest = [s for s in sources if s not in test]
-        n_val = min(self.val_sources, len(rest) - 1)
-        val = sorted(rng.choice(rest, size=n_val, replace=False).tolist()) if n_val > 0 else []
-        train = [s for s in rest if s not in val]
-        return {"train": train, "val": val or train, "test": test}
+            return test
+        n = int(self.holdout_sources)
+        if not 0 < n < len(sources):
+            raise DataError(
+                f"data.holdout_sources={n} must be between 1 and {len(sources) - 1} ({len(sources)} sources)"
+            )
+        return sorted(rng.choice(sources, size=n, replace=False).tolist())
 
     def setup(self, stage: str | None = None) -> None:
         if self.table is None:
@@ -483,11 +509,15 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
     def arrays(self, split: str) -> ArraySplit:
         """Features of the baselines (Q_a, Q_v, pooled VMAF, audio bitrate) and MOS of a split.
 
-        Closed-form baselines fit on train+val: they need no validation set for checkpointing.
+        Closed-form baselines fit on train+val, since they select no checkpoint, except under
+        ``holdout_cv``: there val is a fifth of the data and, if it joined, every fold would fit
+        the same sources; fitting the fold's train part keeps each fold's baseline on exactly the
+        sources its deep counterpart trains on, so the fold spread (``_std``) compares.
         """
+        with_val = split == "train" and self.split_kind != "holdout_fold"
         idx = (
             np.concatenate([self.split_indices["train"], self.split_indices["val"]])
-            if split == "train"
+            if with_val
             else self.split_indices[split]
         )
         idx = np.unique(idx)
