@@ -103,6 +103,7 @@ from avlab.features.audio import SpectralSimilarityExtractor
 from avlab.features.cache import dataset_feature_cache
 from avlab.features.vmaf import VMAF_FEATURES, extract_vmaf, vmaf_arrays, vmaf_cache_key, vmaf_provenance
 from avlab.media.ffmpeg import probe, run_ffmpeg
+from avlab.progress import progress
 from avlab.rundir import atomic_write
 
 __all__ = [
@@ -504,13 +505,13 @@ def _mux(video: Path, audio: Path, out: Path) -> None:
     )
 
 
-def _parallel(fn: Callable[..., Any], jobs: Iterable[tuple], workers: int) -> list[Any]:
+def _parallel(fn: Callable[..., Any], jobs: Iterable[tuple], workers: int, desc: str) -> list[Any]:
     # Threads are enough: the work happens in ffmpeg subprocesses.
     jobs = list(jobs)
     if workers <= 1:
-        return [fn(*j) for j in jobs]
+        return [fn(*j) for j in progress(jobs, desc=desc)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda j: fn(*j), jobs))
+        return list(progress(pool.map(lambda j: fn(*j), jobs), total=len(jobs), desc=desc))
 
 
 def build_avq_demo(out_dir: str | Path, *, size: str = "small", seed: int = 0) -> Path:
@@ -550,13 +551,14 @@ def build_avq_demo(out_dir: str | Path, *, size: str = "small", seed: int = 0) -
         _make_reference,
         [(s, fps[s.clip], w, data, ref_paths[s.name]) for s, w in zip(sources, wavs)],
         workers,
+        "avq demo: references",
     )
 
     # 2. one encode per (source, video rate) and per (source, audio rate), then 25 muxes per source
     vjobs = [(ref_paths[s.name], v, work / f"{s.name}_v{v}.mp4") for s in sources for v in vladder]
     ajobs = [(ref_paths[s.name], a, work / f"{s.name}_a{a}.m4a") for s in sources for a in aladder]
-    _parallel(_encode_video, vjobs, workers)
-    _parallel(_encode_audio, ajobs, workers)
+    _parallel(_encode_video, vjobs, workers, "avq demo: video encodes")
+    _parallel(_encode_audio, ajobs, workers, "avq demo: audio encodes")
     stim = {
         (s.name, v, a): stim_dir / f"{stimulus_name(s.name, v, a)}.mp4"
         for s in sources
@@ -567,6 +569,7 @@ def build_avq_demo(out_dir: str | Path, *, size: str = "small", seed: int = 0) -
         _mux,
         [(work / f"{k[0]}_v{k[1]}.mp4", work / f"{k[0]}_a{k[2]}.m4a", p) for k, p in stim.items()],
         workers,
+        "avq demo: muxing stimuli",
     )
 
     # 3. objective measures. A stimulus's video stream is bit-identical for all its audio rates (and
@@ -579,6 +582,7 @@ def build_avq_demo(out_dir: str | Path, *, size: str = "small", seed: int = 0) -
                 lambda s, v: extract_vmaf(ref_paths[s], stim[(s, v, aladder[0])], n_threads=1, cache=cache),
                 [(s.name, v) for s in sources for v in vladder],
                 workers,
+                "avq demo: VMAF",
             ),
         )
     )
@@ -600,6 +604,7 @@ def build_avq_demo(out_dir: str | Path, *, size: str = "small", seed: int = 0) -
                 lambda s, a: extractor.extract(ref_paths[s], stim[(s, vladder[0], a)], cache=cache),
                 [(s.name, a) for s in sources for a in aladder],
                 workers,
+                "avq demo: audio features",
             ),
         )
     )
@@ -625,6 +630,7 @@ def build_avq_demo(out_dir: str | Path, *, size: str = "small", seed: int = 0) -
                 ),
                 [(s.name,) for s in sources],
                 workers,
+                "avq demo: reference motion",
             ),
         )
     )

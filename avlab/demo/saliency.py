@@ -87,6 +87,7 @@ from avlab.demo.saliency_gaze import (
     two_speaker_gaze,
 )
 from avlab.errors import ConfigError, MediaError
+from avlab.progress import progress
 from avlab.rundir import atomic_write
 
 __all__ = [
@@ -318,7 +319,7 @@ def build_saliency_demo(out_dir: str | Path, *, size: str = "small", seed: int =
     folds = stavis / "fold_lists"
     folds.mkdir(parents=True, exist_ok=True)
     k = 0
-    for db in AV_DATASETS:
+    for db in progress(AV_DATASETS, desc="saliency demo: AV datasets", unit="dataset"):
         names, info = [], {}
         for j in range(3):
             seg, audio, clip = segment(k, _SIZES[size][db])
@@ -369,7 +370,8 @@ def build_saliency_demo(out_dir: str | Path, *, size: str = "small", seed: int =
             (folds / f"{db}_list_test_{f + 1}_fps.txt").write_text(test_text)
 
     dhf = out_dir / "DHF1K"
-    for vid in ("0001", "0002", "0003", "0004", "0601", "0602"):
+    dhf1k_videos = ("0001", "0002", "0003", "0004", "0601", "0602")
+    for vid in progress(dhf1k_videos, desc="saliency demo: DHF1K", unit="video"):
         seg, audio, clip = segment(k, _SIZES[size]["DHF1K"])
         k = (k + 1) % len(plan)
         fix, cont = synthetic_gaze(seg, n_observers=n_obs, seed=_seed(seed, "DHF1K", vid))

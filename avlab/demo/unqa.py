@@ -57,6 +57,7 @@ import numpy as np
 from avlab.errors import ConfigError
 from avlab.media.decoders import open_video, read_frames, take_frames
 from avlab.media.ffmpeg import run_ffmpeg
+from avlab.progress import progress
 
 __all__ = ["BUILDER_VERSION", "DEMO_DATABASES", "build_unqa_demo"]
 
@@ -690,9 +691,9 @@ def build_unqa_demo(
             "noizeus": lambda: _build_noizeus(stage / "NOIZEUS", cfg, comps),
             "live_sjtu": lambda: _build_live_sjtu(stage / "LIVE-SJTU", cfg, comps, work),
         }
-        for name in DEMO_DATABASES:
-            if name in wanted:
-                builders[name]()
+        todo = [name for name in DEMO_DATABASES if name in wanted]
+        for name in progress(todo, desc="unqa demo", unit="database"):
+            builders[name]()
         _write_csv(stage / "pseudo_mos_components.csv", comps)
         info = {
             "task": "unqa",

@@ -48,6 +48,7 @@ import pandas as pd
 from avlab.errors import DataError
 from avlab.io.tf_example import encode_example, encode_sequence_example
 from avlab.io.tfrecord import TFRecordWriter
+from avlab.progress import progress
 from avlab.rundir import atomic_write
 
 __all__ = ["DEMO_SIZES", "VERSIONS", "build_yt8m_demo"]
@@ -181,7 +182,7 @@ def build_yt8m_demo(
             for schema in ("video", "frame")
         }
         try:
-            for v in range(n_videos):
+            for v in progress(range(n_videos), desc=f"yt8m demo: {split}", unit="video"):
                 n_labels = min(1 + rng.poisson(0.9), 4)
                 active = np.sort(rng.choice(n_active, size=n_labels, replace=False, p=prior))
                 if split == "train":
