@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from avlab.errors import AvlabError, ConfigError, did_you_mean
+from avlab.progress import progress_task
 from avlab.sweep.callbacks import finish_stray_wandb_run, pruning_callback_class, trial_wandb_callback
 from avlab.sweep.ddp import CHANNEL_ENV, DDP_STATUS_WAIT_S, Channel, follow, is_follower
 from avlab.sweep.space import check_space, param_overrides, yaml_value
@@ -134,6 +135,9 @@ def run_sweep(
     os.environ[CHANNEL_ENV] = str(channel.path)
     seq = 0
     announced: dict[int, int] = {}  # trial number -> its message number for the other ranks
+    # One line per finished trial (count, elapsed, time left), not a live bar: every trial runs
+    # Lightning's own progress bar, and two live displays on one terminal overwrite each other.
+    trials_done = progress_task(f"sweep {name}", total=n_trials, unit="trial(s) done", lines=True)
 
     def objective(trial: optuna.Trial) -> float:
         nonlocal seq
@@ -215,6 +219,7 @@ def run_sweep(
         finally:
             if trial.number in announced:
                 channel.report(announced[trial.number], 0, "done")
+            trials_done.advance()
 
     def _check_ranks_in_step(trial: optuna.Trial, message: str) -> None:
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -239,6 +244,7 @@ def run_sweep(
         # Lightning ignores SIGINT after its own Ctrl-C handling; the rest of this process should not.
         signal.signal(signal.SIGINT, signal.default_int_handler)
     finally:
+        trials_done.close()
         # Other ranks waiting for a next trial see the end marker, or the folder gone, and exit 0.
         channel.close()
         channel.remove()
