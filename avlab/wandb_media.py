@@ -89,8 +89,9 @@ class WandbMedia:
         def build() -> Any:
             import wandb
 
-            # W&B wants string column names; a CSV's header is text anyway.
-            return wandb.Table(dataframe=frame.rename(columns=str))
+            # W&B wants string column names (a CSV's header is text anyway) and by default rejects
+            # a column holding numbers and text, which a CSV column may (ids, names, missing values).
+            return wandb.Table(dataframe=frame.rename(columns=str), allow_mixed_types=True)
 
         self._log(key, build)
 
@@ -164,7 +165,7 @@ def log_split_summary(
         try:
             run.summary.update({k: v for k, v in metrics.items() if not _is_nan(v)})
             run.summary["splits"] = len(per_split)
-            run.log({"tables/folds": wandb.Table(dataframe=frame)})
+            run.log({"tables/folds": wandb.Table(dataframe=frame, allow_mixed_types=True)})
             return Path(run.dir).parent
         finally:
             run.finish()

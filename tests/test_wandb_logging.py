@@ -170,14 +170,19 @@ def test_large_csvs_log_their_first_rows_and_say_how_many_were_dropped(
 
     logger = _RecordingLogger()
     out = EvalOutputs(tmp_path, prefix="db_", media=WandbMedia([logger], step=7, max_table_rows=3))
-    frame = pd.DataFrame({"score": [0.1, 0.2, 0.3, 0.4, 0.5]}, index=pd.Index(range(5), name="video"))
+    # A column of numbers and text (ids, names) is a valid CSV column, so it must be a valid table.
+    frame = pd.DataFrame(
+        {"score": [0.1, 0.2, 0.3, 0.4, 0.5], "name": [1, "b", None, "d", 5.0]},
+        index=pd.Index(range(5), name="video"),
+    )
     with caplog.at_level(logging.WARNING, logger="avlab.wandb_media"):
         path = out.write_csv("predictions_test.csv", frame, index=True)
     assert path is not None and len(pd.read_csv(path)) == 5, "the file on disk keeps every row"
     ((metrics, step),) = logger.logged
     table = metrics["tables/db_predictions_test"]
     assert isinstance(table, wandb.Table) and step == 7
-    assert table.columns == ["video", "score"] and len(table.data) == 3
+    assert table.columns == ["video", "score", "name"] and len(table.data) == 3
+    assert [row[2] for row in table.data] == [1, "b", None]
     assert "first 3 of 5 rows" in caplog.text and "2 dropped" in caplog.text
 
     no_tables = EvalOutputs(tmp_path, media=WandbMedia([logger := _RecordingLogger()], max_table_rows=0))
