@@ -86,7 +86,7 @@ class CallbacksConfig:
     #: (``train/data_wait_fraction`` in the loggers and metrics.json); off by default because a
     #: timing would make otherwise identical runs' metrics differ.
     data_wait: bool = False
-    #: ``rich`` | ``tqdm`` | ``none`` | ``auto`` (rich on a terminal, none otherwise).
+    #: ``rich`` | ``tqdm`` | ``none`` | ``auto`` (rich on a terminal, tqdm otherwise); quiet makes it none.
     progress_bar: str = "auto"
     #: Extra Lightning callbacks by name: ``{name: {_target_: ..., ...}}``.
     extra: dict[str, Any] = field(default_factory=dict)
