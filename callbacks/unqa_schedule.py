@@ -150,6 +150,12 @@ class ThreeStepSchedule(Callback):
                 "callbacks.extra.schedule: ThreeStepSchedule needs the unqa LightningModule, "
                 f"got {type(pl_module).__name__}"
             )
+        if pl_module.strategy != "unqa":
+            # LRS and MDT train one loss throughout (Table V); steps would silently replace it.
+            raise ConfigError(
+                f"callbacks.extra.schedule: model.strategy={pl_module.strategy} has no training steps; "
+                "drop the schedule with callbacks.extra.schedule=null"
+            )
         if stage != "fit":
             return
         max_epochs = trainer.max_epochs

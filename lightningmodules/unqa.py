@@ -14,6 +14,27 @@ after the 4/5-parameter logistic fit. Keys: ``val/<db>/srcc``, ``test/<db>/srcc`
 ``test/<db>/plcc``, ``test/srcc_mean``. ``val/select`` = mean validation SRCC during the last step
 and −1 before it, so the best checkpoint is a model of the final step (the paper tests "the top
 models of the regressor refinement step").
+
+``strategy`` selects how the network is trained (Table V):
+
+* ``unqa`` — the paper's multi-modality strategy, steps switched by
+  :class:`avlab.callbacks.unqa_schedule.ThreeStepSchedule`.
+* ``lrs`` — linear rescaling (§V-C): "a standard regression model": the modality regressors and
+  the extractors train together from the start with the MSE between the prediction and the score
+  rescaled linearly to [0, 1]. The rescaling uses each database's *documented* score range
+  (``mos_range``, the DataModule's ``mos_norm``) rather than the minimum and maximum of its training
+  scores: it needs nothing fitted (so nothing leaks from validation or test scores), it is the same
+  map on every split, and the paper's "linearly rescale the subjective scores of each QA database to
+  [0, 1]" is a statement about the database's scale.
+* ``mdt`` — mixed database training (Li et al. 2021, UNQA's ref. [17]): the modality regressors are
+  the relative quality assessor, followed by a shared nonlinear mapping and a per-database linear
+  scale alignment (:class:`avlab.models.unqa.MixedDatabaseMapping`); the loss is the sum of the
+  monotonicity-, linearity- and error-induced losses (:func:`avlab.losses.mdt_loss`). Predictions
+  (metrics, ``avlab predict``) are the mapped perceptual quality, the one score that needs no
+  database name.
+
+``lrs`` and ``mdt`` have no steps: every epoch trains the same parts with the same loss, no
+step-one regressors are built, and ``val/select`` is the mean validation SRCC of every epoch.
 """
 
 from __future__ import annotations
@@ -25,13 +46,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from avlab.errors import ConfigError
 from avlab.lightningmodules.base import AvlabModule
+from avlab.losses import mdt_loss
 from avlab.metrics.quality import quality_metrics
 from avlab.metrics.rank import mae_rank_loss, srcc_loss
-from avlab.models.unqa import UNQANet
+from avlab.models.unqa import MixedDatabaseMapping, UNQANet
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +68,21 @@ _DEFAULT_STEP = {
     "train": ["spatial", "audio", "modality_heads"],
     "lr": 1.0e-5,
     "weight_decay": 0.0,
+}
+#: Training strategies (Table V); see the module docstring.
+STRATEGIES = ("unqa", "lrs", "mdt")
+
+
+_PREDICT_NOTES = {
+    "unqa": (
+        "relative quality score of the unified model (higher = better); steps 2-3 train it with a "
+        "rank (SRCC) loss, so it is not on any database's MOS scale"
+    ),
+    "lrs": (
+        "quality on the [0, 1] scale to which LRS rescaled every database's documented score range "
+        "(higher = better)"
+    ),
+    "mdt": ("MDT perceptual quality in (0, 1), before any database's scale alignment (higher = better)"),
 }
 
 
@@ -66,6 +104,8 @@ class UNQAModule(AvlabModule):
             extractor in conflicting directions, and fresh random modality heads undo step one.
         extractor_lr_scale: the spatial and audio extractors train at ``lr × extractor_lr_scale``
             (1 = the paper's single learning rate).
+        strategy: ``unqa`` (three steps, set by the schedule callback), ``lrs`` or ``mdt`` (Table V;
+            one loss throughout at ``lr``, no schedule callback), see the module docstring.
     """
 
     def __init__(
@@ -77,6 +117,7 @@ class UNQAModule(AvlabModule):
         rank_weight: float = 1.0,
         head_init: str = "shared",
         extractor_lr_scale: float = 1.0,
+        strategy: str = "unqa",
     ) -> None:
         super().__init__()
         from avlab.datamodules.unqa_readers import parse_databases
@@ -92,9 +133,18 @@ class UNQAModule(AvlabModule):
                     f"database `{spec.name}` ({spec.modality}) cannot be scored with the enabled extractors "
                     f"(eq. 8); drop it with data.databases.{spec.name}=null"
                 )
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"model.strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+        self.strategy = strategy
         self.net = net
         self.database_names = [s.name for s in specs]
-        self.net.add_database_heads({s.name: s.modality for s in specs if s.role == "train"})
+        train_specs = [s for s in specs if s.role == "train"]
+        if strategy == "unqa":
+            # Step one's database-specific regressors; LRS and MDT never use them.
+            self.net.add_database_heads({s.name: s.modality for s in train_specs})
+        self.score_mapping = (
+            MixedDatabaseMapping({s.name: s.mos_range for s in train_specs}) if strategy == "mdt" else None
+        )
         if head_init not in ("shared", "random"):
             raise ConfigError(f"model.head_init must be shared or random, got {head_init!r}")
         self.head_init = head_init
@@ -108,6 +158,8 @@ class UNQAModule(AvlabModule):
         )
         self.step_index = -1
         self.step_spec: dict[str, Any] = {**_DEFAULT_STEP, "lr": self.lr}
+        if strategy != "unqa":
+            self.step_spec |= {"name": strategy, "loss": "mse" if strategy == "lrs" else "mdt"}
         self.is_final_step = True
         # 1 = modality regressors, 0 = database regressors; a buffer so `avlab test` (which loads
         # only the state dict) scores with the heads the checkpoint was trained with.
@@ -180,6 +232,8 @@ class UNQAModule(AvlabModule):
         groups = self.net.parameter_groups()
         extractors = {id(p) for part in ("spatial", "audio") for p in groups[part]}
         params = [p for p in self.net.parameters() if p.requires_grad]
+        if self.score_mapping is not None:
+            params += list(self.score_mapping.parameters())  # MDT's mapping trains with the regressors
         if not params:
             raise ConfigError(f"training step {self.step_spec['name']!r} has no trainable parameters")
         lr = self.step_spec["lr"]
@@ -203,22 +257,41 @@ class UNQAModule(AvlabModule):
         )
 
     def score(self, batch: dict[str, Any], feats: dict[str, Tensor] | None = None) -> Tensor:
-        """Scores with the heads of the current step (database heads in step one)."""
+        """Scores with the heads of the current step (database heads in step one); MDT's are the
+        mapped perceptual quality."""
         feats = self.features(batch) if feats is None else feats
         db = batch.get("database")
         if int(self.heads_mode) == 0 and db in self.net.database_heads:
             return self.net.database_score(feats, db)
-        return self.net.modality_score(feats, batch["modality"], batch.get("has_audio"))
+        raw = self.net.modality_score(feats, batch["modality"], batch.get("has_audio"))
+        return raw if self.score_mapping is None else self.score_mapping(raw)[1]
 
     # ------------------------------------------------------------------ loops
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        if self.strategy == "mdt":
+            loss = self._mdt_loss(batch)
+            self.log(
+                "train/loss", loss, prog_bar=True, batch_size=len(batch["mos"]), add_dataloader_idx=False
+            )
+            return loss
         pred = self.score(batch)
-        if self.step_spec["loss"] == "mae_rank":
+        if self.strategy == "lrs":
+            # LRS: MSE against the score linearly rescaled to [0, 1] by the database's documented range.
+            loss = F.mse_loss(pred, batch["mos_norm"].to(pred.dtype))
+        elif self.step_spec["loss"] == "mae_rank":
             loss = mae_rank_loss(pred, batch["mos_norm"], self.rank_weight)  # eq. 9–13 (step one)
         else:
             loss = srcc_loss(pred, batch["mos"], self.srcc_temperature)  # eq. 14–15 (steps two and three)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(pred), add_dataloader_idx=False)
         return loss
+
+    def _mdt_loss(self, batch: dict[str, Any]) -> Tensor:
+        """MDT on one database's batch: relative, mapped and aligned scores, summed losses."""
+        db = batch["database"]
+        raw = self.net.modality_score(self.features(batch), batch["modality"], batch.get("has_audio"))
+        relative, mapped = self.score_mapping(raw)
+        aligned = self.score_mapping.align(mapped, db)
+        return mdt_loss(relative, mapped, aligned, batch["mos"].to(raw.dtype), self.score_mapping.width(db))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.collect("val", index=batch["index"], pred=self.score(batch).float(), mos=batch["mos"])
@@ -335,15 +408,13 @@ class UNQAModule(AvlabModule):
             )
         self.heads_mode.fill_(1)  # predict always uses the modality regressors (the unified model)
         feats = self.features(batch)
-        score = float(self.net.modality_score(feats, modality, batch.get("has_audio"))[0])
+        raw = self.net.modality_score(feats, modality, batch.get("has_audio"))
+        score = float((raw if self.score_mapping is None else self.score_mapping(raw)[1])[0])
         used = "video" if modality == "av" and not bool(batch["has_audio"][0]) else modality
         return {
             "input": path,
             "modality": modality,
             "regressor": used,
             "score": score,
-            "note": (
-                "relative quality score of the unified model (higher = better); steps 2-3 train it with a "
-                "rank (SRCC) loss, so it is not on any database's MOS scale"
-            ),
+            "note": _PREDICT_NOTES[self.strategy],
         }

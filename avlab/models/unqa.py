@@ -2,7 +2,8 @@
 
 * :class:`SpatialExtractor` — eq. 1–6: a ConvNeXt V2 backbone (timm, random init unless a local
   ``weights`` file is given), the feature maps of three stages average-pooled to the last stage's
-  size and concatenated, ``F̃ + Conv(MHSA(Conv(F̃)))``, then global mean and std pooling.
+  size and concatenated, ``F̃ + Conv(MHSA(Conv(F̃)))``, then global mean and std pooling. A
+  torchvision ResNet (``backbone: resnet50``) is the Table VIII baseline.
 * :class:`MotionExtractor` — eq. 7: SlowFast (:mod:`avlab.models.backbones.slowfast`, R50 8x8 by
   default, every architectural constant configurable), frozen; it loads pytorchvideo's and
   facebookresearch/SlowFast's Kinetics checkpoints. CPU demos use a reduced variant with the same
@@ -11,6 +12,8 @@
   self-attention over segments → attention pooling (NISQA-style, as the paper describes).
 * :class:`UNQANet` — eq. 8 feature sets and four modality regressors of two FC layers; step one
   adds one regressor per database. Ablation regressors (Table IX): a single MLP or a Transformer.
+* :class:`MixedDatabaseMapping` — the nonlinear mapping and per-database perceptual scale alignment
+  of the MDT strategy (Li et al. 2021) that Table V compares with.
 """
 
 from __future__ import annotations
@@ -25,6 +28,14 @@ from torch import Tensor, nn
 
 from avlab.errors import ConfigError
 from avlab.models.backbones.convnext import load_convnext_weights
+from avlab.models.backbones.resnet import (
+    RESNETS,
+    build_resnet,
+    load_resnet_weights,
+    resnet_stages,
+    resnet_stem,
+    resnet_widths,
+)
 from avlab.models.backbones.slowfast import SlowFast, load_slowfast_weights
 from avlab.models.blocks.heads import MLPHead
 from avlab.models.pretrained import file_sha256
@@ -33,6 +44,7 @@ __all__ = [
     "FEATURES_OF",
     "MODALITIES",
     "AudioExtractor",
+    "MixedDatabaseMapping",
     "MotionExtractor",
     "SlowFast",
     "SpatialExtractor",
@@ -62,13 +74,16 @@ class SpatialExtractor(nn.Module):
 
     Args:
         backbone: timm ConvNeXt V2 name (``convnextv2_atto`` for CPU demos; the paper's 1120-d
-            μ and σ match ``convnextv2_nano``'s last three stages, 160 + 320 + 640).
+            μ and σ match ``convnextv2_nano``'s last three stages, 160 + 320 + 640), or a torchvision
+            ResNet (``resnet50``: Table VIII's baseline; its four stages are 256, 512, 1024 and 2048
+            wide, so stages ``[1, 2, 3]`` give a 3584-d μ and σ).
         stages: backbone stages whose maps are used (0-based; the paper takes 3 of 4).
         attn_dim: width of the 1×1 conv before the MHSA; default = the concatenated width.
         num_heads: MHSA heads.
         use_mhsa: False gives the "w/o MHSA" ablation of Table VIII (F_s = F̃).
-        weights: local ConvNeXt V2 checkpoint (``timm`` or ``official`` layout, see
-            :mod:`avlab.models.backbones.convnext`); None = random initialisation.
+        weights: local checkpoint: ConvNeXt V2 (``timm`` or ``official`` layout, see
+            :mod:`avlab.models.backbones.convnext`) or ResNet (``torchvision`` layout, see
+            :mod:`avlab.models.backbones.resnet`); None = random initialisation.
         weights_layout: the checkpoint's layout; None detects it from the key names.
     """
 
@@ -83,20 +98,30 @@ class SpatialExtractor(nn.Module):
         weights_layout: str | None = None,
     ) -> None:
         super().__init__()
-        import timm
+        if backbone.startswith("convnext"):
+            import timm
 
-        if not backbone.startswith("convnext"):
+            self.family = "convnext"
+            self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0)
+            # UNQA reads the stage maps (eq. 1); the classification head (final norm) is never used,
+            # so it is removed: it would hold untrained parameters that no loss reaches.
+            self.backbone.head = nn.Identity()
+            if weights:
+                load_convnext_weights(self.backbone, weights, weights_layout)
+            all_widths = [int(info["num_chs"]) for info in self.backbone.feature_info]
+        elif backbone in RESNETS:
+            self.family = "resnet"
+            self.backbone = build_resnet(backbone)
+            if weights:
+                load_resnet_weights(self.backbone, weights, weights_layout)
+            all_widths = resnet_widths(self.backbone)
+        else:
             raise ConfigError(
-                f"model.net.spatial.backbone must be a timm ConvNeXt (V2) model, got {backbone!r}"
+                "model.net.spatial.backbone must be a timm ConvNeXt (V2) model (e.g. convnextv2_atto) "
+                f"or a torchvision ResNet ({', '.join(RESNETS)}), got {backbone!r}"
             )
-        self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0)
-        # UNQA reads the stage maps (eq. 1); the classification head (final norm) is never used, so
-        # it is removed: it would hold untrained parameters that no loss reaches.
-        self.backbone.head = nn.Identity()
-        if weights:
-            load_convnext_weights(self.backbone, weights, weights_layout)
         self.stages = tuple(int(s) for s in stages)
-        n_stages = len(self.backbone.stages)
+        n_stages = len(all_widths)
         if (
             not self.stages
             or any(s < 0 or s >= n_stages for s in self.stages)
@@ -106,7 +131,7 @@ class SpatialExtractor(nn.Module):
                 f"model.net.spatial.stages must be increasing indices in 0..{n_stages - 1}, "
                 f"got {list(stages)}"
             )
-        widths = [self.backbone.feature_info[s]["num_chs"] for s in self.stages]
+        widths = [all_widths[s] for s in self.stages]
         self.channels = int(sum(widths))
         self.use_mhsa = bool(use_mhsa)
         d = int(attn_dim or self.channels)
@@ -126,9 +151,12 @@ class SpatialExtractor(nn.Module):
     def frame_features(self, x: Tensor) -> Tensor:
         """``[N, 3, H, W]`` in [0, 1] → ``[N, 2·ΣC_i]`` (eq. 1–6) for single frames."""
         x = (x - self.mean) / self.std
-        x = self.backbone.stem(x)
+        if self.family == "resnet":
+            x, stage_modules = resnet_stem(self.backbone, x), resnet_stages(self.backbone)
+        else:
+            x, stage_modules = self.backbone.stem(x), list(self.backbone.stages)
         maps = []
-        for i, stage in enumerate(self.backbone.stages):
+        for i, stage in enumerate(stage_modules):
             x = stage(x)
             if i in self.stages:
                 maps.append(x)
@@ -517,6 +545,64 @@ class UNQANet(nn.Module):
             else list(self.shared_head.parameters())
         )
         return groups
+
+
+# =========================================================================== MDT (Table V)
+class MixedDatabaseMapping(nn.Module):
+    """Stages two and three of mixed database training (MDT; Li, Jiang and Jiang, "Unified quality
+    assessment of in-the-wild videos with mixed datasets training", IJCV 2021, §3), the strategy that
+    UNQA's Table V compares with. Stage one, the relative quality assessor, is the UNQA network with
+    its modality regressors; this module turns its raw output ``x`` into the three scores that the
+    MDT losses (:func:`avlab.losses.mdt_loss`) read:
+
+    * relative quality ``q = σ(x)``: Li et al. bound the assessor's output to (0, 1);
+    * perceptual quality ``p = σ(a·q + b)`` — the nonlinear mapping, shared by every database. Li et
+      al. call it a 4-parameter logistic ``β₁ + (β₂ − β₁)·σ(a·q + b)``; its output scale and offset
+      (β₂ − β₁, β₁) are redundant with every database's linear alignment below, so, as in the
+      authors' release, they are fixed at 1 and 0 and only ``a`` and ``b`` train. ``a = 2√3`` and
+      ``b = −√3`` at the start map q ∈ (0, 1) onto [−√3, √3], the unit-variance span of a uniform
+      variable, where the logistic is close to linear (the release's initialisation);
+    * subjective quality of database d, ``Q_d = s_d·p + m_d`` — the database-specific perceptual
+      scale alignment, a linear map per training database, initialised to the database's declared
+      score range ``[lo, hi]`` (``s_d = hi − lo``, ``m_d = lo``), the release's initialisation with the
+      documented range in place of the observed one (see :mod:`avlab.lightningmodules.unqa`).
+
+    Args:
+        ranges: ``{database: (lo, hi)}`` of the training databases (``data.databases``' ``mos_range``).
+    """
+
+    def __init__(self, ranges: Mapping[str, Sequence[float]]) -> None:
+        super().__init__()
+        if not ranges:
+            raise ConfigError("MDT needs at least one training database (data.databases, role: train)")
+        bad = {name: list(r) for name, r in ranges.items() if len(r) != 2 or not float(r[1]) > float(r[0])}
+        if bad:
+            raise ConfigError(
+                f"MDT: every database needs a score range [low, high] with high > low, got {bad}"
+            )
+        root3 = float(np.sqrt(3.0))
+        self.slope = nn.Parameter(torch.tensor(2.0 * root3))
+        self.offset = nn.Parameter(torch.tensor(-root3))
+        self.widths = {name: float(r[1]) - float(r[0]) for name, r in ranges.items()}
+        self.scale = nn.ParameterDict({n: nn.Parameter(torch.tensor(w)) for n, w in self.widths.items()})
+        self.shift = nn.ParameterDict({n: nn.Parameter(torch.tensor(float(r[0]))) for n, r in ranges.items()})
+
+    def forward(self, raw: Tensor) -> tuple[Tensor, Tensor]:
+        """Raw assessor output → (relative quality q, perceptual quality p), both in (0, 1)."""
+        relative = torch.sigmoid(raw)
+        return relative, torch.sigmoid(self.slope * relative + self.offset)
+
+    def align(self, mapped: Tensor, database: str) -> Tensor:
+        """Perceptual quality → the subjective scale of ``database`` (``Q_d = s_d·p + m_d``)."""
+        if database not in self.scale:
+            raise ConfigError(
+                f"MDT has no scale alignment for database `{database}` (only training databases get one)"
+            )
+        return self.scale[database] * mapped + self.shift[database]
+
+    def width(self, database: str) -> float:
+        """Width of ``database``'s declared score range (the error-induced loss divides by it)."""
+        return self.widths[database]
 
 
 def count_parameters(module: nn.Module) -> int:
