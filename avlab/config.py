@@ -325,6 +325,11 @@ def load_experiment(
         overlay_path, _ = find_experiment(overlay, relative_to=path.parent)
         cfg = _merge(cfg, _compose(overlay_path))
     cfg = _merge(cfg, parse_overrides(list(overrides)))
+    # `callbacks.extra.NAME: null` (or the override callbacks.extra.NAME=null) switches off a callback
+    # that a parent config adds, e.g. unqa/strategy_lrs drops the three-step schedule.
+    extra = cfg.callbacks.get("extra")
+    for key in [k for k, v in (extra or {}).items() if v is None]:
+        del extra[key]
     cfg.experiment = display
     try:
         OmegaConf.resolve(cfg)
