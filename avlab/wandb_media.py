@@ -61,9 +61,13 @@ class WandbMedia:
 
     def image(self, path: Path) -> None:
         """Log the figure at ``path`` as ``plots/<file stem>``."""
-        import wandb
 
-        self._log(f"plots/{path.stem}", lambda: wandb.Image(str(path)))
+        def build() -> Any:
+            import wandb
+
+            return wandb.Image(str(path))
+
+        self._log(f"plots/{path.stem}", build)
 
     def table(self, path: Path, frame: pd.DataFrame, *, index: bool = False) -> None:
         """Log ``frame`` (the CSV written to ``path``) as ``tables/<file stem>``, at most
