@@ -6,6 +6,7 @@ backbone               module                                  layouts (``*_layo
 S3D (AVRSP visual)     :mod:`avlab.models.backbones.s3d`       ``torchvision``, ``kylemin``
 SoundNet-8 (AVRSP)     :mod:`avlab.models.backbones.soundnet`  ``stavis``, ``vinet``, ``avlab``
 ConvNeXt V2 (UNQA)     :mod:`avlab.models.backbones.convnext`  ``timm``, ``official``
+ResNet-50 (UNQA T.8)   :mod:`avlab.models.backbones.resnet`    ``torchvision``
 SlowFast R50 (UNQA)    :mod:`avlab.models.backbones.slowfast`  ``pytorchvideo``, ``slowfast``, ``avlab``
 =====================  ======================================  =========================================
 
