@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -205,13 +206,19 @@ class _CachedFrames:
         # DataLoader workers reopen the memory maps themselves instead of receiving copies of them.
         return {**self.__dict__, "opened": {}}
 
-    def key(self, vid: int) -> str:
+    def identity(self, vid: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(params, source fingerprint) of video ``vid``'s entry: what its key is made of."""
         rec = self.source.videos[vid]
         files = [rec.frames] if isinstance(rec.frames, Path) else list(rec.frames)
         params = {"frame_size": list(self.source.frame_size), "decoder": self.source.decoding(vid)}
-        return frame_key("saliency-frames", params, sources_fingerprint(files + list(rec.maps)))
+        return params, sources_fingerprint(files + list(rec.maps))
 
-    def arrays(self, vid: int, on_frames: Any = None) -> tuple[dict[str, np.ndarray], bool]:
+    def key(self, vid: int) -> str:
+        return frame_key("saliency-frames", *self.identity(vid))
+
+    def arrays(
+        self, vid: int, on_frames: Callable[[int], None] | None = None
+    ) -> tuple[dict[str, np.ndarray], bool]:
         """``(arrays, built)`` of video ``vid``; ``on_frames(n)`` is told of each decoded chunk."""
         if vid in self.opened:
             return self.opened[vid], False
@@ -227,12 +234,15 @@ class _CachedFrames:
                     on_frames(len(idx))
 
         spec = {"frames": ((n, h, w, 3), "uint8"), "maps": ((n, h, w), "uint8")}
+        params, sources = self.identity(vid)
         prov = {
             "kind": "saliency-frames",
             "video": f"{rec.dataset}/{rec.name}",
-            "decoder": self.source.decoding(vid),
+            "params": params,
+            "sources": sources,
         }
-        arrays, built = self.store.open_or_build(self.key(vid), spec, fill, prov)
+        key = frame_key("saliency-frames", params, sources)
+        arrays, built = self.store.open_or_build(key, spec, fill, prov)
         self.opened[vid] = arrays
         return arrays, built
 
@@ -470,7 +480,7 @@ class SaliencyDataModule(AvlabDataModule):
         count_mismatch: str = "truncate",
         missing_audio: str = "error",
         split_seed: int = 0,
-        frame_cache: str = "auto",
+        frame_cache: str | bool = "auto",
         jpeg_device: str = "cpu",
         demo_size: str = "small",
         batch_size: int = 8,
@@ -478,6 +488,8 @@ class SaliencyDataModule(AvlabDataModule):
         decoder: str = "auto",
     ) -> None:
         super().__init__(root=root, demo_size=demo_size, batch_size=batch_size, num_workers=num_workers)
+        if isinstance(frame_cache, bool):  # YAML reads a bare `off` (data.frame_cache=off) as false
+            frame_cache = "auto" if frame_cache else "off"
         resolve_decoder(decoder)  # an unknown or missing decoder fails here, before any data is read
         self.decoder = decoder
         get_reader(layout, where="data.layout", allowed=LAYOUTS)  # an unknown layout fails here
