@@ -164,7 +164,7 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         image_crops: int = 1,
         train_crops: str = "centre",
         logistic: str | None = "4",
-        frame_cache: str = "auto",
+        frame_cache: str | bool = "auto",
         cache_decoded: bool | None = None,
         dataset_name: str | None = None,
         demo_size: str = "small",
@@ -214,6 +214,8 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
                 DeprecationWarning,
                 stacklevel=2,
             )
+        if isinstance(frame_cache, bool):  # YAML 1.1 reads an unquoted `off` as false
+            frame_cache = "auto" if frame_cache else "off"
         if frame_cache not in FRAME_CACHE_MODES:
             raise ConfigError(
                 f"data.frame_cache must be one of {', '.join(FRAME_CACHE_MODES)}, got {frame_cache!r}"
