@@ -32,6 +32,7 @@ training crops are still drawn per step, from the whole native image kept for th
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -222,9 +223,9 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
             )
         self.frame_cache = frame_cache
         self._store: FrameStore | None = None
-        # Entry arrays seen complete in this process (key -> .npy path): a hit then costs one
-        # memory map, without re-reading the entry's meta.json.
-        self._complete: dict[str, Path] = {}
+        # (uid, view) -> ((size, mtime_ns) of its source, .npy path) of entries seen complete in this
+        # process: a hit then costs a stat and a memory map, no hashing and no meta.json.
+        self._complete: dict[tuple[int, str], tuple[tuple[int, int], Path]] = {}
         self._labels: dict[str, Any] | None = None
         if train_crops not in ("centre", "random") or (
             train_crops == "random" and spatial_sampling != "native"
@@ -483,6 +484,16 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         lab, m = self._label_arrays(), self.media
         media = lab["media"][uid]
         source = lab["audio_src"][uid] if view == "wave" else media
+        seen = self._complete.get((uid, view))
+        if seen is not None:
+            try:
+                st = os.stat(source)
+                # The same unchanged-file test file_fingerprint uses before trusting its memo.
+                if seen[0] == (st.st_size, st.st_mtime_ns):
+                    return np.load(seen[1], mmap_mode="r", allow_pickle=False), False
+            except (OSError, ValueError):  # source or entry gone or damaged: the checked path below
+                pass
+            del self._complete[(uid, view)]
         params: dict[str, Any]
         compute: Any
         if view == "wave":
@@ -527,12 +538,6 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         # the motion features of the same files: a rewritten source is decoded again, never stale.
         fp = file_fingerprint(source)
         key = frame_key(f"unqa-{view}", params, {"size": fp["size"], "sha1": fp["sha1"]})
-        path = self._complete.get(key)
-        if path is not None:
-            try:
-                return np.load(path, mmap_mode="r", allow_pickle=False), False
-            except (OSError, ValueError):  # removed or damaged since: back to the checked path
-                del self._complete[key]
         store = self._frame_store()
         entry, built = store.open(key), False
         if entry is None:
@@ -551,7 +556,7 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
                 {"kind": f"unqa-{view}", "params": params, "sources": [fp]},
             )
             built = True
-        self._complete[key] = store.path(key) / f"{view}.npy"
+        self._complete[(uid, view)] = ((fp["size"], fp["mtime_ns"]), store.path(key) / f"{view}.npy")
         return entry[view], built
 
     def _stored_frames(self, uid: int, augment: tuple[int, int] | None) -> np.ndarray:
