@@ -92,6 +92,29 @@ def test_dataloader_batches_through_getitems(root: Path) -> None:
     assert len(batch["gt"]) == 3 and batch["index"].tolist() == [0, 1, 2]
 
 
+def test_normalize_on_device_gives_the_model_the_same_clips(root: Path) -> None:
+    loader = next(iter(_dm(root, batch_size=3).test_dataloader()))
+    dm = _dm(root, batch_size=3, normalize_on="device")
+    raw = next(iter(dm.test_dataloader()))
+    assert raw["clip"].dtype == torch.uint8 and raw["clip"].shape == (3, 8, 32, 56, 3)
+    _assert_batches_equal(dm.on_after_batch_transfer(raw, 0), loader)
+
+
+def test_normalisation_matches_the_whole_tensor_formula() -> None:
+    from avlab.datamodules.saliency import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
+
+    x = torch.randint(0, 256, (2, 4, 8, 10, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    ref = x.movedim(-1, 1).float() / 255.0
+    ref = (ref - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+        1, 3, 1, 1, 1
+    )
+    torch.testing.assert_close(normalize_frames(x, "imagenet", 1), ref, rtol=0, atol=0)
+    torch.testing.assert_close(
+        normalize_frames(x, "pm1", 1), x.movedim(-1, 1).float() / 255.0 * 2 - 1, rtol=0, atol=0
+    )
+    assert normalize_frames(x[0], "imagenet", 0).is_contiguous()
+
+
 # --------------------------------------------------------------------------- building, staleness
 def test_extract_features_builds_once_with_provenance(root: Path) -> None:
     dm = _dm(root)
