@@ -223,15 +223,30 @@ def _fit(module: UNQAModule, data: dict[str, dict[str, Any]], steps: int) -> tup
 
 
 @pytest.mark.parametrize("strategy", ["lrs", "mdt"])
+def test_strategy_learns_two_databases_on_different_scales(
+    strategy: str, two_databases: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From random weights, 30 steps at lr 1e-3 (~10 s on 2 cores): the loss falls well below its
+    start (measured: to 0.29x for LRS, 0.47x for MDT) and the training SRCC of both databases is far
+    above a constant predictor's 0 (measured: 0.78/0.64 and 0.88/0.62)."""
+    losses, srcc = _fit(_module(strategy, monkeypatch), two_databases, steps=30)
+    first, last = float(np.mean(losses[:10])), float(np.mean(losses[-10:]))
+    assert last < 0.6 * first, (first, last)
+    assert min(srcc.values()) > 0.45 and float(np.mean(list(srcc.values()))) > 0.6, srcc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["lrs", "mdt"])
 def test_strategy_fits_two_databases_on_different_scales(
     strategy: str, two_databases: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """From random weights, 60 steps at lr 1e-3 (~10-15 s on 2 cores): the loss falls to well under
-    half its start and both databases' training SRCC is far above a constant predictor's 0."""
+    """60 steps (~20 s each on 2 cores): the loss falls to a fraction of its start (measured:
+    ~0.2x) and the training SRCC is high on both databases (measured: 0.87/0.70 LRS, 0.88/0.66
+    MDT)."""
     losses, srcc = _fit(_module(strategy, monkeypatch), two_databases, steps=60)
     first, last = float(np.mean(losses[:10])), float(np.mean(losses[-10:]))
-    assert last < 0.5 * first, (first, last)
-    assert min(srcc.values()) > 0.5 and float(np.mean(list(srcc.values()))) > 0.7, srcc
+    assert last < 0.4 * first, (first, last)
+    assert min(srcc.values()) > 0.55 and float(np.mean(list(srcc.values()))) > 0.7, srcc
 
 
 # =========================================================================== ResNet-50 (Table VIII)
