@@ -13,6 +13,7 @@ from avlab.datamodules.yt8m import (
     YT8MDataModule,
     YT8MFeatureCacheDataset,
     YT8MRecordDataset,
+    batch_as_is,
     build_feature_cache,
 )
 from avlab.io.tf_example import encode_example
@@ -67,7 +68,9 @@ def _epochs(loader: DataLoader, n: int = 2) -> list[dict]:
 def test_batched_reads_equal_per_example_reads(cache, shuffle):
     opts = {"shuffle": shuffle, "seed": 5, "block": 16}
     per_item = DataLoader(YT8MFeatureCacheDataset(cache, **opts), batch_size=8)
-    batched = DataLoader(YT8MFeatureCacheDataset(cache, batch_size=8, **opts), batch_size=None)
+    batched = DataLoader(
+        YT8MFeatureCacheDataset(cache, batch_size=8, **opts), batch_size=None, collate_fn=batch_as_is
+    )
     want, got = _epochs(per_item), _epochs(batched)  # 2 epochs: the shuffle advances alike
     _assert_same_batches(want, got)
     assert [len(b["video_id"]) for b in got[:7]] == [8] * 6 + [5]  # the last, partial batch
@@ -83,6 +86,7 @@ def test_batched_reads_equal_per_example_reads_with_workers(cache):
     batched = DataLoader(
         YT8MFeatureCacheDataset(cache, batch_size=6, **opts),
         batch_size=None,
+        collate_fn=batch_as_is,
         num_workers=2,
         persistent_workers=True,
     )
@@ -99,6 +103,12 @@ def test_batched_reads_equal_per_example_reads_on_ddp_ranks(cache):
         opts = {"rank": rank, "world_size": 2, "shuffle": True, "block": 8, "balance_batch_size": 4}
         want = list(DataLoader(YT8MFeatureCacheDataset(cache, **opts), batch_size=4))
         got = list(DataLoader(YT8MFeatureCacheDataset(cache, batch_size=4, **opts), batch_size=None))
+        _assert_same_batches(want, got)  # DataLoader's default conversion leaves the batches alike
+        got = list(
+            DataLoader(
+                YT8MFeatureCacheDataset(cache, batch_size=4, **opts), batch_size=None, collate_fn=batch_as_is
+            )
+        )
         _assert_same_batches(want, got)
         seen.append(got)
     assert len(seen[0]) == len(seen[1])  # equal steps per rank, as DDP training needs
@@ -129,7 +139,7 @@ def test_datamodule_train_loader_serves_whole_batches(tmp_path, monkeypatch):
     )
     dm.extract_features(progress=False)
     loader = dm.train_dataloader()
-    assert loader.batch_size is None  # the dataset batches
+    assert loader.batch_size is None and loader.collate_fn is batch_as_is  # the dataset batches
     train = dm.datasets["train"]
     assert isinstance(train, YT8MFeatureCacheDataset) and train.batch_size == 8
     reference = YT8MFeatureCacheDataset(train.cache, shuffle=True, seed=3, balance_batch_size=8)

@@ -16,6 +16,7 @@ One job per module:
 from avlab.datamodules.yt8m.datamodule import YT8MDataModule
 from avlab.datamodules.yt8m.feature_cache import (
     YT8MFeatureCacheDataset,
+    batch_as_is,
     build_feature_cache,
     feature_cache_key,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "YT8MDataModule",
     "YT8MFeatureCacheDataset",
     "YT8MRecordDataset",
+    "batch_as_is",
     "build_feature_cache",
     "check_schema",
     "dequantize",

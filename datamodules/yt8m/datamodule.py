@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from avlab.datamodules.base import AvlabDataModule, DatasetInfo
 from avlab.datamodules.yt8m.feature_cache import (
     YT8MFeatureCacheDataset,
+    batch_as_is,
     build_feature_cache,
     feature_cache_key,
 )
@@ -187,6 +188,7 @@ class YT8MDataModule(AvlabDataModule):
         return DataLoader(
             dataset,
             batch_size=None if batched else self.batch_size,
+            collate_fn=batch_as_is if batched else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,  # workers keep their epoch counter (shuffling)
         )
