@@ -252,6 +252,14 @@ def test_uint8_resize_is_within_one_level_of_the_float_resize() -> None:
     assert int((out.int() - ref.int()).abs().max()) <= 1
 
 
+def test_gray_frames_resize_like_one_channel_images() -> None:
+    g = torch.randint(0, 256, (7, 45, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    out = resize_frames(g, (16, 28))  # 7 frames: packed four at a time, one group padded
+    ref = torch.nn.functional.interpolate(g[:, None], size=(16, 28), mode="bilinear", antialias=True)[:, 0]
+    assert out.shape == (7, 16, 28) and out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_jpeg_device_cuda_without_cuda_is_a_clear_error(root: Path) -> None:
     with pytest.raises(ConfigError, match=r"data.jpeg_device=cuda, but PyTorch sees no CUDA device"):
