@@ -52,6 +52,8 @@ __all__ = [
     "open_video",
     "read_frames",
     "resolve_decoder",
+    "take_frames",
+    "unavailable_decoders",
 ]
 
 log = logging.getLogger(__name__)
@@ -356,6 +358,11 @@ def _why_unavailable(name: str) -> str | None:
 def available_decoders() -> tuple[str, ...]:
     """The backends that can be used here, in the order ``auto`` tries them."""
     return tuple(n for n in DECODERS if _why_unavailable(n) is None)
+
+
+def unavailable_decoders() -> dict[str, str]:
+    """Why each backend that cannot be used here cannot (the import or library-loading error)."""
+    return {n: why for n in DECODERS if (why := _why_unavailable(n)) is not None}
 
 
 def backend_version(name: str) -> str:
