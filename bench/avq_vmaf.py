@@ -1,11 +1,14 @@
-"""Benchmark: VMAF feature extraction by avlab's ``extract_vmaf`` vs the bare ffmpeg libvmaf command line.
+"""Benchmark: VMAF feature extraction by avlab's ``extract_vmaf`` vs the bare ffmpeg libvmaf command line,
+and by the torch backend (vmaf-torch) on the CPU and, when PyTorch sees one, on a GPU.
 
-Both run on the same (reference, distorted) pair in the same process run, alternating, so the
+All run on the same (reference, distorted) pair in the same process run, alternating, so the
 comparison is side by side (absolute times on shared machines are noise). ``extract_vmaf`` runs
 with the cache disabled; its overhead over the bare command is probing both files (frame counts,
-sizes), building the filtergraph and parsing the JSON log. Prints one JSON object.
+sizes), building the filtergraph and parsing the JSON log. The torch backend's time includes
+decoding both videos' luma with ffmpeg; its agreement with libvmaf (largest per-frame and pooled
+difference per feature) is reported next to its speed. Prints one JSON object.
 
-Usage: ``python bench/avq_vmaf.py [--frames 250] [--repeats 3] [--threads 0]``
+Usage: ``python bench/avq_vmaf.py [--frames 250] [--repeats 3] [--threads 0] [--torch-devices auto]``
 """
 
 from __future__ import annotations
@@ -57,11 +60,73 @@ def _make_pair(folder: Path, frames: int) -> tuple[Path, Path]:
     return ref, dist
 
 
+def _torch_devices(spec: str) -> list[str]:
+    if spec == "none":
+        return []
+    if spec != "auto":
+        return [d.strip() for d in spec.split(",") if d.strip()]
+    import torch
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _bench_torch(
+    ref: Path, dist: Path, libvmaf_result, devices: list[str], repeats: int, threads: int
+) -> dict:
+    """Frames/s of the torch backend per device and its largest differences from libvmaf.
+
+    PyTorch gets as many CPU threads as libvmaf, so the CPU comparison is like for like.
+    """
+    if not devices:
+        return {"skipped": "--torch-devices none"}
+    try:
+        import vmaf_torch  # noqa: F401
+    except ImportError:
+        return {"skipped": "vmaf-torch is not installed (pip install 'avlab[vmaf-torch]')"}
+    import numpy as np
+    import torch
+
+    from avlab.features.vmaf import VMAF_FEATURES
+    from avlab.features.vmaf_torch import extract_vmaf_torch, vmaf_torch_version
+
+    torch.set_num_threads(threads)
+    out: dict = {"vmaf_torch": vmaf_torch_version(), "torch": torch.__version__, "devices": {}}
+    for device in devices:
+        extract_vmaf_torch(ref, dist, device=device)  # warm-up: CUDA context, kernels, page cache
+        times = []
+        for _ in range(repeats):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            res = extract_vmaf_torch(ref, dist, device=device, cache=None)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
+        frame_diff = np.abs(res.per_frame.astype(np.float64) - libvmaf_result.per_frame).max(axis=0)
+        pooled_diff = np.abs(res.features[0].astype(np.float64) - libvmaf_result.features[0])
+        out["devices"][device] = {
+            "fps": round(res.n_frames / med, 1),
+            "seconds_median": round(med, 4),
+            "name": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+            "cpu_threads": torch.get_num_threads(),
+            "max_abs_diff_per_frame": {f: float(f"{v:.3g}") for f, v in zip(VMAF_FEATURES, frame_diff)},
+            "max_abs_diff_pooled": {f: float(f"{v:.3g}") for f, v in zip(VMAF_FEATURES, pooled_diff)},
+            "vmaf_pooled_diff": round(abs(res.vmaf - libvmaf_result.vmaf), 4),
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=250)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="libvmaf threads (0 = all cores)")
+    ap.add_argument(
+        "--torch-devices",
+        default="auto",
+        help="comma-separated torch-backend devices; auto = cpu, plus cuda when available; none = skip",
+    )
     args = ap.parse_args()
 
     from avlab.features.vmaf import extract_vmaf
@@ -104,6 +169,9 @@ def main() -> None:
             bare_s.append(time.perf_counter() - t0)
         bare_log = json.loads((tmp_path / "bare.json").read_text())
         same = abs(bare_log["pooled_metrics"]["vmaf"]["mean"] - res.vmaf) < 1e-6
+        torch_results = _bench_torch(
+            ref, dist, res, _torch_devices(args.torch_devices), args.repeats, threads
+        )
 
     a, b = statistics.median(avlab_s), statistics.median(bare_s)
     print(
@@ -122,6 +190,7 @@ def main() -> None:
                 "avlab_seconds_median": round(a, 4),
                 "bare_seconds_median": round(b, 4),
                 "same_vmaf": same,
+                "torch_backend": torch_results,
                 "machine": {
                     "cpu_count": os.cpu_count(),
                     "platform": platform.platform(),
