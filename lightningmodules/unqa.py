@@ -332,7 +332,8 @@ class UNQAModule(AvlabModule):
             return metrics
         metrics["plcc_mean"] = float(np.mean([m["plcc"] for m in per_db.values()])) if per_db else 0.0
         heads = "database" if int(self.heads_mode) == 0 else "modality"
-        self.summary_lines = [f"UNQA per-database test results ({heads} regressors):"] + [
+        how = {"unqa": "", "lrs": ", LRS", "mdt": ", MDT mapped score"}[self.strategy]
+        self.summary_lines = [f"UNQA per-database test results ({heads} regressors{how}):"] + [
             f"  {name:<14} n={int(m['n']):<4d} SRCC {m['srcc']:.4f}  PLCC {m['plcc']:.4f}"
             + (f"  PLCC(logistic) {m['plcc_logistic']:.4f}" if "plcc_logistic" in m else "")
             for name, m in per_db.items()
