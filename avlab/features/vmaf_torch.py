@@ -26,12 +26,13 @@ features differ slightly; ``tests/test_vmaf_torch.py`` states the measured bound
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -264,7 +265,7 @@ def _luma_batches(
     dist_scale: bool,
     dist_pix_fmt: str,
     batch_frames: int,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+) -> Generator[tuple[np.ndarray, np.ndarray], None, None]:
     """Pairs of luma batches ``([k, h, w], [k, h, w])`` over the common prefix of both videos."""
     work = _work_pix_fmt(ref_pix_fmt)
     ref = _open_luma(
@@ -301,8 +302,11 @@ def _luma_batches(
 
 def _to_tensor(luma: np.ndarray, device: torch.device, depth: int) -> torch.Tensor:
     # [k, h, w] integers -> [k, 1, h, w] float32 on the 8-bit scale that vmaf-torch's constants assume.
-    t = torch.from_numpy(np.ascontiguousarray(luma).astype(np.float32)).to(device).unsqueeze(1)
-    return t / float(1 << (depth - 8)) if depth > 8 else t
+    if depth <= 8:
+        # uint8 goes to the device as is (a quarter of the float32 bytes) and is converted there.
+        return torch.from_numpy(luma.copy()).to(device).unsqueeze(1).float()
+    t = torch.from_numpy(luma.astype(np.float32)).to(device).unsqueeze(1)
+    return t / float(1 << (depth - 8))
 
 
 def _motion2(motion: np.ndarray) -> np.ndarray:
@@ -333,7 +337,7 @@ def _compute(
     batch_frames = max(1, batch_pixels // max(1, size[0] * size[1]))
     vif, adm, motion = [], [], []
     prev: torch.Tensor | None = None  # last reference frame of the previous batch, for motion
-    for r_np, d_np in _luma_batches(
+    batches = _luma_batches(
         reference,
         distorted,
         size=size,
@@ -341,16 +345,19 @@ def _compute(
         dist_scale=(dist_info.width, dist_info.height) != size,
         dist_pix_fmt=dist_info.pix_fmt,
         batch_frames=batch_frames,
-    ):
-        r, d = _to_tensor(r_np, device, depth), _to_tensor(d_np, device, depth)
-        vif.append(model.compute_vif_features(r, d).double().cpu())
-        adm.append(model.compute_adm_score(r, d).double().cpu())
-        # Motion is the SAD of each frame with the one before, so the batch gets the previous
-        # batch's last frame prepended; vmaf-torch sets the first entry of its input to 0.
-        with_prev = r if prev is None else torch.cat([prev, r])
-        m = model.compute_motion(with_prev).double().cpu()
-        motion.append(m if prev is None else m[1:])
-        prev = r[-1:]
+    )
+    # closing(): an error while scoring (e.g. GPU out of memory) stops both ffmpeg processes at once.
+    with contextlib.closing(batches):
+        for r_np, d_np in batches:
+            r, d = _to_tensor(r_np, device, depth), _to_tensor(d_np, device, depth)
+            vif.append(model.compute_vif_features(r, d).double().cpu())
+            adm.append(model.compute_adm_score(r, d).double().cpu())
+            # Motion is the SAD of each frame with the one before, so the batch gets the previous
+            # batch's last frame prepended; vmaf-torch sets the first entry of its input to 0.
+            with_prev = r if prev is None else torch.cat([prev, r])
+            m = model.compute_motion(with_prev).double().cpu()
+            motion.append(m if prev is None else m[1:])
+            prev = r[-1:]
     if not vif:
         raise MediaError(f"no frame of {distorted} or {reference} could be decoded for vmaf-torch")
     vif_t, adm_t = torch.cat(vif), torch.cat(adm)
