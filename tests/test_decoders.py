@@ -219,3 +219,19 @@ def test_saliency_datamodule_decodes_dhf1k_videos_with_pyav(tmp_path: Path) -> N
         assert bool((clip_tensor == clips["pyav"]).all())
     with pytest.raises(ConfigError, match="unknown video decoder 'ffmpeg'"):
         SaliencyDataModule(root=str(root), layout="dhf1k", decoder="ffmpeg")
+
+
+def test_unqa_media_loader_decodes_videos_with_the_chosen_backend(clip: Path) -> None:
+    from avlab.datamodules.unqa import UNQADataModule
+    from avlab.datamodules.unqa_media import MediaLoader
+
+    loaders = {
+        name: MediaLoader(image_size=32, frames=3, motion_frames=4, decoder=name) for name in INSTALLED
+    }
+    frames = {name: m.video_frames(str(clip)) for name, m in loaders.items()}
+    motion = {name: m.motion_clips(str(clip)) for name, m in loaders.items()}
+    assert frames["pyav"].shape == (3, 3, 32, 32) and motion["pyav"].shape == (1, 3, 4, 64, 64)
+    for name in INSTALLED:
+        assert bool((frames[name] == frames["pyav"]).all()) and bool((motion[name] == motion["pyav"]).all())
+    with pytest.raises(ConfigError, match="unknown video decoder 'decordd'. Did you mean `decord`"):
+        UNQADataModule(decoder="decordd")
