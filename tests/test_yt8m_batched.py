@@ -16,6 +16,7 @@ from avlab.datamodules.yt8m import (
     batch_as_is,
     build_feature_cache,
 )
+from avlab.datamodules.yt8m.feature_cache import _BatchBuffers
 from avlab.io.tf_example import encode_example
 from avlab.io.tfrecord import TFRecordWriter
 
@@ -146,3 +147,39 @@ def test_datamodule_train_loader_serves_whole_batches(tmp_path, monkeypatch):
     _assert_same_batches(_epochs(DataLoader(reference, batch_size=8)), _epochs(loader))
     val = list(dm.val_dataloader())
     assert [len(b["video_id"]) for b in val] == [8, 3]  # evaluation keeps its partial batch
+
+
+def test_held_batches_are_never_overwritten(cache):
+    opts = {"shuffle": True, "seed": 2, "block": 16}
+    reference = list(DataLoader(YT8MFeatureCacheDataset(cache, **opts), batch_size=8))
+    loader = DataLoader(
+        YT8MFeatureCacheDataset(cache, batch_size=8, **opts), batch_size=None, collate_fn=batch_as_is
+    )
+    pointers = []
+    for k, (batch, want) in enumerate(zip(loader, reference)):
+        _assert_same_batches([want], [batch])
+        pointers.append(batch["labels"].data_ptr())
+        if k == 1:
+            held_view = batch["labels"][2:4]  # a view keeps the whole batch's memory in use
+        if k == 2:
+            held_array = batch["rgb"].numpy()  # so does an array made from a tensor
+    assert pointers[1] not in pointers[2:] and pointers[2] not in pointers[3:]  # held: never reused
+    assert torch.equal(held_view, reference[1]["labels"][2:4])
+    assert np.array_equal(held_array, reference[2]["rgb"].numpy())
+
+
+def test_batch_buffers_come_back_cleared_only_once_nobody_holds_them():
+    buffers = _BatchBuffers(keep=2)
+    rgb, audio, labels = buffers.get(4, 3, 2, 5)
+    labels.reshape(-1)[[1, 7]] = 1.0
+    buffers.put((rgb, audio, labels), np.array([1, 7]))
+    ident = id(labels)
+    del rgb, audio
+    assert id(buffers.get(4, 3, 2, 5)[2]) != ident  # `labels` is still held here
+    labels_view = labels[1:]
+    del labels
+    assert id(buffers.get(4, 3, 2, 5)[2]) != ident  # a view still holds it
+    del labels_view
+    assert id(buffers.get(3, 3, 2, 5)[2]) != ident  # another batch size
+    again = buffers.get(4, 3, 2, 5)
+    assert id(again[2]) == ident and not again[2].any()  # unreferenced: reused, labels cleared
