@@ -263,7 +263,10 @@ class UNQAModule(AvlabModule):
         db = batch.get("database")
         if int(self.heads_mode) == 0 and db in self.net.database_heads:
             return self.net.database_score(feats, db)
-        raw = self.net.modality_score(feats, batch["modality"], batch.get("has_audio"))
+        return self._unified(self.net.modality_score(feats, batch["modality"], batch.get("has_audio")))
+
+    def _unified(self, raw: Tensor) -> Tensor:
+        """The modality regressors' score as reported: MDT's mapped perceptual quality, else as is."""
         return raw if self.score_mapping is None else self.score_mapping(raw)[1]
 
     # ------------------------------------------------------------------ loops
@@ -409,8 +412,7 @@ class UNQAModule(AvlabModule):
             )
         self.heads_mode.fill_(1)  # predict always uses the modality regressors (the unified model)
         feats = self.features(batch)
-        raw = self.net.modality_score(feats, modality, batch.get("has_audio"))
-        score = float((raw if self.score_mapping is None else self.score_mapping(raw)[1])[0])
+        score = float(self._unified(self.net.modality_score(feats, modality, batch.get("has_audio")))[0])
         used = "video" if modality == "av" and not bool(batch["has_audio"][0]) else modality
         return {
             "input": path,
