@@ -240,3 +240,13 @@ def test_ten_bit_pair_agrees_with_libvmaf(pair, tmp_path):
     for j, feat in enumerate(VMAF_FEATURES):
         assert frame_diff[j] <= PER_FRAME_BOUND[feat], (feat, frame_diff[j])
     assert abs(tor.vmaf - lib.vmaf) <= VMAF_POOLED_BOUND
+
+
+def test_cuda_convolutions_run_in_full_float32():
+    # TF32 convolutions (cuDNN's default on recent GPUs) would cost ~3 digits of every feature.
+    from avlab.features.vmaf_torch import _no_tf32_convolutions
+
+    before = torch.backends.cudnn.allow_tf32
+    with _no_tf32_convolutions(torch.device("cuda")):
+        assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 == before  # the process-wide setting is restored

@@ -320,6 +320,26 @@ def _motion2(motion: np.ndarray) -> np.ndarray:
     return out
 
 
+@contextlib.contextmanager
+def _no_tf32_convolutions(device: torch.device) -> Generator[None, None, None]:
+    """Full float32 convolutions on CUDA while VMAF is computed.
+
+    cuDNN runs float32 convolutions in TF32 (10-bit mantissa) by default on Ampere and later GPUs,
+    and every VMAF filter (VIF's Gaussians, ADM's wavelet, motion's blur) is a convolution, so the
+    GPU would drift from the CPU and from libvmaf by far more than float32 rounding. The setting is
+    process-wide, hence restored afterwards.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+
+
 @torch.no_grad()
 def _compute(
     reference: Path, distorted: Path, *, device: torch.device, batch_pixels: int | None
@@ -347,7 +367,7 @@ def _compute(
         batch_frames=batch_frames,
     )
     # closing(): an error while scoring (e.g. GPU out of memory) stops both ffmpeg processes at once.
-    with contextlib.closing(batches):
+    with contextlib.closing(batches), _no_tf32_convolutions(device):
         for r_np, d_np in batches:
             r, d = _to_tensor(r_np, device, depth), _to_tensor(d_np, device, depth)
             vif.append(model.compute_vif_features(r, d).double().cpu())
