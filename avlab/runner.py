@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -389,7 +390,9 @@ def _fit_and_test(
         wandb_group=wandb_group,
         wandb_job_type=wandb_job_type,
     )
-    ckpt = cfg.ckpt_path if tag in (None, "fold0", "repeat0") else None
+    # ckpt_path resumes the interrupted first fit; later splits of a CV/repeats run start fresh.
+    first_split = tag is None or re.fullmatch(r"[a-z_]+0", tag) is not None
+    ckpt = cfg.ckpt_path if first_split else None
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     results = _test(trainer, model, datamodule, cfg, ckpt_path=best or None)

@@ -126,11 +126,14 @@ def write_summary(loggers: Iterable[Any], metrics: Mapping[str, float]) -> None:
 
 
 def split_group(cfg: DictConfig, run_dir: Path, splits: int) -> str:
-    """W&B group of the runs of one ``avlab train``: the experiment (or ``logger.wandb.group``)
-    for a single run, so runs of one experiment compare side by side; for several folds/repeats
-    that name plus the run directory's, so two CV runs of one experiment never mix."""
-    base = cfg.logger.wandb.group or cfg.experiment
-    return base if splits <= 1 else f"{base}/{run_dir.name}"
+    """W&B group of the runs of one ``avlab train``. An explicit ``logger.wandb.group`` is used as
+    it is: ``avlab sweep`` sets it to the study, so every trial's fold runs and fold summary sit
+    in one group and trials compare side by side. Otherwise the experiment for a single run, so
+    runs of one experiment compare side by side; for several folds/repeats the experiment plus
+    the run directory's name, so two CV runs of one experiment never mix."""
+    if cfg.logger.wandb.group:
+        return str(cfg.logger.wandb.group)
+    return cfg.experiment if splits <= 1 else f"{cfg.experiment}/{run_dir.name}"
 
 
 def log_split_summary(

@@ -140,7 +140,7 @@ def test_groups_single_runs_by_experiment_and_splits_by_invocation(tmp_path: Pat
     assert split_group(cfg, run_dir, 3) == "avq/simple_fusion/20260101-000000"
     named = load_experiment("avq/simple_fusion", ["logger.wandb.group=study"])
     assert split_group(named, run_dir, 1) == "study"
-    assert split_group(named, run_dir, 2) == "study/20260101-000000"
+    assert split_group(named, run_dir, 2) == "study"  # a sweep keeps every trial in its study
     # The logger only holds its init arguments until it is first used: no run starts here.
     (single,) = wandb_loggers(build_loggers(cfg, run_dir, None))
     assert (single._wandb_init["group"], single._wandb_init["job_type"]) == ("avq/simple_fusion", "train")
