@@ -215,8 +215,9 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
         audio_features: the audio extractor (``_target_`` node); default the built-in
             :class:`~avlab.features.audio.SpectralSimilarityExtractor` (512-d).
         target_scale: common MOS scale; scores are IBM-rescaled onto it.
-        holdout_sources: sources held out for testing: a count (drawn with ``split_seed``) or names.
-            The paper holds out 5 of 65.
+        holdout_sources: sources held out for testing: a count (drawn with ``split_seed``), names,
+            or ``all`` for a test-only dataset (cross-dataset testing: every stimulus is scored and
+            nothing trains). The paper holds out 5 of 65.
         val_sources: sources of the training part used for validation (checkpoint selection).
         audio_bitrates: LIVE-SJTU only: audio bitrates kept (the paper drops 8 kb/s).
         logistic: ``None``, ``"4"`` or ``"5"``: also report PLCC/RMSE after a logistic fit.
@@ -237,7 +238,7 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
         n_units: int = 1,
         audio_features: AudioFeatureExtractor | None = None,
         target_scale: tuple[float, float] | list[float] = (1.0, 5.0),
-        holdout_sources: int | list[str] = 5,
+        holdout_sources: int | list[str] | str = 5,
         val_sources: int = 1,
         split_seed: int = 0,
         audio_bitrates: list[int] | None = None,
@@ -436,11 +437,21 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
             return {"train": [s for s in rest if s not in val], "val": val, "test": test}
         n_val = min(self.val_sources, len(rest) - 1)
         val = sorted(rng.choice(rest, size=n_val, replace=False).tolist()) if n_val > 0 else []
+        if not rest:  # holdout_sources=all: a test-only dataset
+            return {"train": [], "val": [], "test": test}
         train = [s for s in rest if s not in val]
         return {"train": train, "val": val or train, "test": test}
 
     def _holdout(self, sources: list[str], rng: np.random.Generator) -> list[str]:
-        """The fixed test sources: ``holdout_sources`` by name, or that many drawn with ``rng``."""
+        """The fixed test sources: ``holdout_sources`` by name, that many drawn with ``rng``, or
+        every source (``all``)."""
+        if self.holdout_sources == "all":
+            if self.split_kind is not None:
+                raise DataError(
+                    f"data.holdout_sources=all leaves no source to train on, so {self.split_kind} "
+                    "splits (cv.folds) cannot be cut; use it for test-only datasets (test_data)"
+                )
+            return list(sources)
         if isinstance(self.holdout_sources, (list, tuple)):
             test = sorted(str(s) for s in self.holdout_sources)
             unknown = [s for s in test if s not in sources]
@@ -449,7 +460,13 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
                     f"data.holdout_sources names unknown source(s) {unknown}; sources are {sources}"
                 )
             return test
-        n = int(self.holdout_sources)
+        try:
+            n = int(self.holdout_sources)
+        except (TypeError, ValueError):
+            raise DataError(
+                f"data.holdout_sources={self.holdout_sources!r} is neither a count, a list of source "
+                "names nor 'all'"
+            ) from None
         if not 0 < n < len(sources):
             raise DataError(
                 f"data.holdout_sources={n} must be between 1 and {len(sources) - 1} ({len(sources)} sources)"
@@ -463,6 +480,9 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
         src = self.table["source"].to_numpy()
         self.split_indices = {k: np.flatnonzero(np.isin(src, v)) for k, v in by_split.items()}
         train = self.split_indices["train"]
+        if train.size == 0:  # a test-only dataset: the model brings its own training statistics
+            self.stats = {}
+            return
         # Standardisation statistics come from the training part only (no test leakage).
         v = self.video[train].reshape(-1, self.video.shape[-1])
         a = self.audio[train].reshape(-1, self.audio.shape[-1])

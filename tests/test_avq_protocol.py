@@ -148,6 +148,21 @@ def test_holdout_is_deterministic_by_seed_and_accepts_names() -> None:
         _parts(_dm(holdout_sources=3), "holdout_fold", 0, 10)
 
 
+def test_holdout_all_makes_a_test_only_dataset_for_cross_dataset_testing() -> None:
+    # LIVE-SJTU as test_data: every one of its sources is scored, nothing of it trains.
+    dm = _dm(holdout_sources="all")
+    parts = _parts(dm, None)
+    assert parts == {"train": set(), "val": set(), "test": {f"src{i:02d}" for i in range(12)}}
+    assert len(dm.split_indices["test"]) == len(dm.table) and dm.stats == {}
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["video"].shape[-1] == 6
+    assert len(dm.arrays("test").target) == len(dm.table)
+    with pytest.raises(DataError, match="holdout_sources=all leaves no source to train on"):
+        _parts(_dm(holdout_sources="all"), "holdout_fold", 0, 3)
+    with pytest.raises(DataError, match="neither a count, a list of source names nor 'all'"):
+        _parts(_dm(holdout_sources="some"), None)
+
+
 def test_rotate_still_tests_every_source_once() -> None:
     dm = _dm(holdout_sources=3, val_sources=1)
     tested = []
