@@ -28,7 +28,7 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -167,6 +167,12 @@ class _FrameSource:
         self.capacity = cache
         self.readers: dict[int, VideoFrames] = {}
 
+    def subset(self, vids: list[int]) -> _FrameSource:
+        """The same decoding of the videos ``vids`` only (renumbered from 0)."""
+        return _FrameSource(
+            [self.videos[v] for v in vids], self.frame_size, self.jpeg_device, decoder=self.decoder
+        )
+
     def decoding(self, vid: int) -> dict[str, str]:
         """How video ``vid`` is decoded and resized (the part of the frame-cache key that says so)."""
         if isinstance(self.videos[vid].frames, Path):
@@ -288,6 +294,16 @@ class _CachedFrames:
 
     def maps(self, vid: int, indices: list[int] | tuple[int, ...]) -> torch.Tensor:
         return torch.from_numpy(self.arrays(vid)[0]["maps"][np.asarray(indices)])
+
+
+#: From this many frames to decode, ``extract_features`` builds videos in several processes
+#: (CPU decoding only; below it, starting the processes costs more than it saves).
+BUILD_PARALLEL_MIN_FRAMES = 2000
+
+
+def _build_video(cache: _CachedFrames) -> bool:
+    """Build the entry of the one video of ``cache`` (a worker process of ``extract_features``)."""
+    return cache.arrays(0)[1]
 
 
 class _AudioSource:
@@ -716,20 +732,32 @@ class SaliencyDataModule(AvlabDataModule):
         cache = _CachedFrames(
             _FrameSource(videos, self.frame_size, self.jpeg_device, decoder=self.decoder), store
         )
-        total, built, t0 = sum(r.n_frames for r in videos), 0, time.perf_counter()
+        total, t0 = sum(r.n_frames for r in videos), time.perf_counter()
+        missing = [v for v in range(len(videos)) if store.open(cache.key(v)) is None]
+        todo = sum(videos[v].n_frames for v in missing)
+        workers = min(os.cpu_count() or 1, 8, len(missing))
         with progress_task("frame cache", total=total, unit="frame", disable=not progress) as task:
-            for vid, rec in enumerate(videos):
-                if cache.arrays(vid, on_frames=task.advance)[1]:
-                    built += 1
-                else:
-                    task.advance(rec.n_frames)
+            task.advance(total - todo)
+            if workers >= 2 and self.jpeg_device == "cpu" and todo >= BUILD_PARALLEL_MIN_FRAMES:
+                # One video per task, sent alone: the full record list can hold 100k+ frame paths.
+                with ProcessPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                    jobs = {
+                        pool.submit(_build_video, _CachedFrames(cache.source.subset([v]), store)): v
+                        for v in missing
+                    }
+                    for job in as_completed(jobs):
+                        job.result()
+                        task.advance(videos[jobs[job]].n_frames)
+            else:
+                for v in missing:
+                    cache.arrays(v, on_frames=task.advance)
         folders = [store.path(cache.key(v)) for v in range(len(videos))]
         return {
             "root": str(root),
             "frame_cache": str(store.root),
             "videos": len(videos),
             "frames": total,
-            "built": built,
+            "built": len(missing),
             "frame_size": list(self.frame_size),
             "jpeg_device": self.jpeg_device,
             "bytes": sum(f.stat().st_size for d in folders for f in d.glob("*.npy")),

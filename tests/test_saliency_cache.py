@@ -133,6 +133,26 @@ def test_extract_features_builds_once_with_provenance(root: Path) -> None:
     assert set(meta["arrays"]) == {"frames", "maps"} and meta["arrays"]["frames"]["shape"][1:] == [32, 56, 3]
 
 
+def test_parallel_build_writes_the_same_entries(root: Path, tmp_path: Path, monkeypatch) -> None:
+    import avlab.datamodules.saliency as sal
+
+    serial = _dm(root).extract_features(progress=False)
+    monkeypatch.setenv("AVLAB_CACHE", str(tmp_path / "parallel"))
+    monkeypatch.setattr(sal, "BUILD_PARALLEL_MIN_FRAMES", 0)
+    monkeypatch.setattr(sal.os, "cpu_count", lambda: 2)
+    dm = _dm(root)
+    parallel = dm.extract_features(progress=False)
+    assert parallel["built"] == serial["built"] > 1 and parallel["bytes"] == serial["bytes"]
+    ds = dm._dataset("test")
+    for v in range(len(ds.videos)):
+        key = ds.frames.key(v)
+        a = FrameStore(tmp_path / "parallel" / "frames").open(key)
+        b = FrameStore(root / ".features" / "frames").open(key)
+        assert a is not None and b is not None
+        for name in ("frames", "maps"):
+            np.testing.assert_array_equal(a[name], b[name])
+
+
 def test_cache_goes_under_avlab_cache_when_set(root: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("AVLAB_CACHE", str(tmp_path / "cache"))
     summary = _dm(root).extract_features(progress=False)
