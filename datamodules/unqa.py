@@ -478,9 +478,9 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
     def _stored(self, uid: int, view: str) -> tuple[np.ndarray, bool]:
         """``(array, built)`` of one view of one stimulus, decoding and storing it when missing.
 
-        Pixels are stored as uint8, i.e. ``round(255 x)`` of the float frames: exact for native crops
-        (no resampling), within 0.5/255 per pixel after resizing (``resize`` and ``fragments`` on
-        images smaller than the crop)."""
+        Pixels are stored as uint8, i.e. ``round(255 x)`` of the float frames: exact where nothing is
+        resampled (native crops and fragments of images at least the crop size), within 0.5/255 per
+        pixel after resizing (``resize`` sampling, and images smaller than the crop)."""
         lab, m = self._label_arrays(), self.media
         media = lab["media"][uid]
         source = lab["audio_src"][uid] if view == "wave" else media
@@ -549,12 +549,18 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
             def fill(out: dict[str, np.ndarray]) -> None:
                 out[view][...] = array
 
-            entry = store.build(
-                key,
-                {view: (array.shape, array.dtype.str)},
-                fill,
-                {"kind": f"unqa-{view}", "params": params, "sources": [fp]},
-            )
+            try:
+                entry = store.build(
+                    key,
+                    {view: (array.shape, array.dtype.str)},
+                    fill,
+                    {"kind": f"unqa-{view}", "params": params, "sources": [fp]},
+                )
+            except PermissionError as exc:
+                raise DataError(
+                    f"cannot write the unqa frame cache under {store.root} ({exc}): set AVLAB_CACHE to a "
+                    "writable folder (the cache then goes to $AVLAB_CACHE/frames) or data.frame_cache=off"
+                ) from exc
             built = True
         self._complete[(uid, view)] = ((fp["size"], fp["mtime_ns"]), store.path(key) / f"{view}.npy")
         return entry[view], built

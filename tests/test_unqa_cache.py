@@ -17,7 +17,8 @@ from PIL import Image
 
 from avlab import cli
 from avlab.datamodules.unqa import UNQADataModule
-from avlab.errors import ConfigError
+from avlab.errors import ConfigError, DataError
+from avlab.features.frame_cache import FrameStore
 from avlab.paths import cache_dir
 
 #: One database per modality.
@@ -191,3 +192,14 @@ def test_test_metrics_do_not_depend_on_the_frame_cache(tmp_path: Path, capsys) -
     test = {k: v for k, v in metrics["off"].items() if k.startswith("test/")}
     assert {"test/koniq/srcc", "test/konvid/srcc", "test/tcd_voip/srcc", "test/live_sjtu/srcc"} <= set(test)
     assert test == {k: metrics["auto"][k] for k in test}
+
+
+def test_unwritable_store_names_the_way_out(demo: Path, monkeypatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(FrameStore, "build", refuse)
+    monkeypatch.setattr(FrameStore, "open", lambda self, key: None)  # force a miss
+    dm = _dm(demo, "auto", {"koniq": DATABASES["koniq"]})
+    with pytest.raises(DataError, match="set AVLAB_CACHE to a writable folder .* or data.frame_cache=off"):
+        dm.load_item(int(dm.parts["test"][0][0]))
