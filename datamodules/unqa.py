@@ -290,6 +290,10 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
 
     def setup(self, stage: str | None = None) -> None:
         self._read_table()
+        if self.frame_cache == "auto":
+            # Every entry is resolved here (built if missing): DataLoader workers, forked later and
+            # anew each epoch, inherit the resolved paths instead of re-hashing every source.
+            self._build_frame_cache(progress=False)
         if self.motion is None and self.motion_extractor is not None:
             self.motion, _ = self._motion_features()
         self._make_splits()

@@ -55,6 +55,10 @@ def _assert_same_batch(a: dict[str, Any], b: dict[str, Any], atol: float = 0.0) 
             assert value == b[key], key
 
 
+def _no_hashing(path: Any) -> None:
+    raise AssertionError(f"{path} was hashed again")
+
+
 def test_stored_batches_equal_decoded_batches(demo: Path) -> None:
     # Native crops never resample, so uint8 storage is exact; random training crops are drawn per
     # step from the stored whole image with the same seeded draws as from the decoded one.
@@ -72,6 +76,10 @@ def test_stored_batches_equal_decoded_batches(demo: Path) -> None:
     # Another step draws other crops of the same images.
     img = auto.parts["train"][0][:4]
     assert not torch.equal(auto.load_batch(img, (3, 7))["frames"], auto.load_batch(img, (3, 8))["frames"])
+    # setup() resolved every entry: reading needs no hashing of sources (forked workers inherit this).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("avlab.datamodules.unqa.file_fingerprint", _no_hashing)
+        _assert_same_batch(stored, auto.load_batch(uids, augment))
     # The evaluation loaders serve whole batches through _Items.__getitems__, equal to per-item ones.
     for loader_off, loader_auto in zip(off.test_dataloader(), auto.test_dataloader(), strict=True):
         for a, b in zip(loader_off, loader_auto, strict=True):
@@ -98,10 +106,15 @@ def test_changed_source_is_decoded_again(demo: Path, tmp_path: Path, monkeypatch
     auto = _dm(root, "auto", dbs)
     uid = int(auto.parts["test"][0][0])
     before = auto.load_item(uid)["frames"]
-    metas = list((root / ".features" / "frames").rglob("meta.json"))
-    assert len(metas) == 1
-    meta = json.loads(metas[0].read_text())
     source = Path(auto.table.iloc[uid]["media"])
+
+    def metas() -> list[dict[str, Any]]:
+        found = [json.loads(m.read_text()) for m in (root / ".features" / "frames").rglob("meta.json")]
+        return [m for m in found if m["sources"][0]["path"] == str(source)]
+
+    # setup() stored every image (so DataLoader workers never hash sources); one entry is this one.
+    assert len(list((root / ".features" / "frames").rglob("meta.json"))) == len(auto.table)
+    [meta] = metas()
     assert meta["kind"] == "unqa-frames" and meta["params"]["decoder"] == "pil-rgb"
     assert meta["sources"][0]["path"] == str(source) and len(meta["sources"][0]["sha1"]) == 40
     assert meta["arrays"]["frames"] == {"shape": [1, 3, 32, 32], "dtype": "uint8"}
@@ -113,7 +126,7 @@ def test_changed_source_is_decoded_again(demo: Path, tmp_path: Path, monkeypatch
     after = auto.load_item(uid)["frames"]
     assert not torch.equal(before, after)
     assert torch.equal(after, _dm(root, "off", dbs).load_item(uid)["frames"])
-    assert len(list((root / ".features" / "frames").rglob("meta.json"))) == 2
+    assert len(metas()) == 2
 
 
 def test_features_command_builds_the_store_once(demo: Path, tmp_path: Path, capsys) -> None:
@@ -200,6 +213,5 @@ def test_unwritable_store_names_the_way_out(demo: Path, monkeypatch) -> None:
 
     monkeypatch.setattr(FrameStore, "build", refuse)
     monkeypatch.setattr(FrameStore, "open", lambda self, key: None)  # force a miss
-    dm = _dm(demo, "auto", {"koniq": DATABASES["koniq"]})
     with pytest.raises(DataError, match="set AVLAB_CACHE to a writable folder .* or data.frame_cache=off"):
-        dm.load_item(int(dm.parts["test"][0][0]))
+        _dm(demo, "auto", {"koniq": DATABASES["koniq"]})  # setup() stores every stimulus
