@@ -18,11 +18,16 @@ from avlab.demo.saliency import build_saliency_demo
 from avlab.errors import ConfigError
 from avlab.features.frame_cache import FrameStore, decode_images, frame_key, resize_frames
 
-#: torchvision's CPU ``decode_jpeg`` against PIL on the demo's JPEG frames: both are libjpeg-turbo,
-#: but their IDCT / chroma upsampling settings differ, so a few pixels differ by a few levels.
-#: Measured on the tiny demo: max 3 levels, mean < 0.2.
-TV_PIL_MAX_DIFF = 8
-TV_PIL_MEAN_DIFF = 1.0
+#: torchvision's CPU ``decode_jpeg`` against PIL. Measured (torchvision 0.29.1, Pillow's wheel): every
+#: pixel equal, on the demo's frames and maps and on 720p Big Buck Bunny JPEGs (both are
+#: libjpeg-turbo with the same IDCT and upsampling defaults). The bound leaves room for other builds
+#: of the two libraries, whose IDCTs may round differently.
+TV_PIL_MAX_DIFF = 2
+TV_PIL_MEAN_DIFF = 0.05
+#: nvJPEG has its own IDCT and chroma upsampling, so edges may differ by more; not yet measured on a
+#: GPU by this suite, hence a loose bound that still catches a wrong colour order or a shifted image.
+NVJPEG_MAX_DIFF = 32
+NVJPEG_MEAN_DIFF = 1.5
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +298,7 @@ def test_cuda_jpeg_decoding_builds_the_cache_close_to_pil(root: Path) -> None:
     gpu = decode_images(files, "cuda", backend="torchvision")
     assert gpu.device.type == "cuda"
     diff = (gpu.cpu().int() - decode_images(files, "cpu", backend="pil").int()).abs()
-    assert int(diff.max()) <= TV_PIL_MAX_DIFF and float(diff.float().mean()) <= TV_PIL_MEAN_DIFF
+    assert int(diff.max()) <= NVJPEG_MAX_DIFF and float(diff.float().mean()) <= NVJPEG_MEAN_DIFF
     cuda, cpu = _dm(root, jpeg_device="cuda"), _dm(root)
     summary = cuda.extract_features(progress=False)
     assert summary["built"] == summary["videos"] and summary["jpeg_device"] == "cuda"

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avlab.errors import ConfigError, FeatureError
+from avlab.errors import ConfigError, DataError, FeatureError, MediaError
 from avlab.features.cache import cache_key
 
 __all__ = [
@@ -237,10 +237,9 @@ def decode_images(
 
     ``backend="pil"`` decodes with PIL on the CPU (avlab's reference decoder); ``"torchvision"``
     decodes JPEGs with :func:`torchvision.io.decode_jpeg` on ``device`` (nvJPEG on ``cuda``, all
-    files in one batched call) and other image types with PIL. On CPU both use libjpeg-turbo, but
-    their IDCT and chroma upsampling differ slightly: pixels differ by a few levels at most
-    (``tests/test_saliency_cache.py`` states the bound), which is why the decoder is part of the
-    frame-cache key.
+    files in one batched call) and other image types with PIL. On the CPU both are libjpeg-turbo
+    and gave identical pixels in avlab's tests; other library builds and nvJPEG may round a few
+    pixels differently, which is why the decoder is part of the frame-cache key.
     """
     from avlab.media.clips import read_image
 
@@ -260,14 +259,10 @@ def decode_images(
             try:
                 data.append(torch.frombuffer(bytearray(paths[i].read_bytes()), dtype=torch.uint8))
             except FileNotFoundError as exc:
-                from avlab.errors import DataError
-
                 raise DataError(f"{paths[i]} does not exist") from exc
         try:
             chw = decode_jpeg(data, mode=ImageReadMode.GRAY if gray else ImageReadMode.RGB, device=device)
         except RuntimeError as exc:
-            from avlab.errors import MediaError
-
             raise MediaError(
                 f"torchvision cannot decode the JPEGs {paths[jpeg[0]]} .. {paths[jpeg[-1]]} on {device} "
                 f"({exc}); re-extract them, or set data.jpeg_device=cpu"
