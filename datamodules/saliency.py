@@ -743,6 +743,14 @@ class SaliencyDataModule(AvlabDataModule):
         missing = [v for v in range(len(videos)) if store.open(cache.key(v)) is None]
         todo = sum(videos[v].n_frames for v in missing)
         workers = min(os.cpu_count() or 1, 8, len(missing))
+        if missing:
+            log.info(
+                "frame cache: decoding %d of %d videos (%d frames) into %s",
+                len(missing),
+                len(videos),
+                todo,
+                store.root,
+            )
         with progress_task("frame cache", total=total, unit="frame", disable=not progress) as task:
             task.advance(total - todo)
             if workers >= 2 and self.jpeg_device == "cpu" and todo >= BUILD_PARALLEL_MIN_FRAMES:
