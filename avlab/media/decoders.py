@@ -16,10 +16,12 @@ Backends (``DECODERS``), each optional at run time:
 ``pyav``
     PyAV (``av``), whose wheels bundle FFmpeg on every platform: the fallback that always works.
 
-``auto`` takes the first available one in that order: decord and torchcodec keep a frame index and
-seek straight to the key frame before each requested frame (random access costs one seek plus
-the frames up to it), and decord decodes sequential runs fastest; PyAV has no frame index, so
-:class:`PyAVBackend` builds one by demuxing the file once, which costs a pass over the packets.
+``auto`` takes the first available one in that order. All three decode at similar speeds
+(bench/decoders.py); what orders them is random access and trust. decord and torchcodec index
+the frames themselves and seek straight to the key frame before a requested frame; decord comes
+first as the backend avlab's results were produced with. PyAV has no frame index, so
+:class:`PyAVBackend` builds one by demuxing the whole file on open (a pass over the packets, no
+decoding) and is last, the fallback that is installed everywhere.
 
 All backends return ``uint8`` RGB arrays ``[T, H, W, 3]`` and count frames the same way (one per
 video packet, in presentation order). At native size every backend's pixels equal decord's on the
@@ -63,7 +65,8 @@ AUTO = "auto"
 DECODERS = ("decord", "torchcodec", "pyav")
 #: What to install for each backend (named in the error when a requested one is missing).
 INSTALL_HINT = {
-    "decord": "`pip install decord2` (or `pip install decord` on x86-64 Linux/Windows)",
+    "decord": "`pip install decord` (x86-64 Linux and Windows; elsewhere `pip install decord2`, which "
+    "fails on some narrow videos, see docs/decoding.md)",
     "torchcodec": "`pip install torchcodec` (the release matching your torch) and, on Linux, the FFmpeg "
     "shared libraries (e.g. `apt install libavcodec59 libavformat59 libavutil57 libswscale6 "
     "libswresample4 libavfilter8 libavdevice59`)",
