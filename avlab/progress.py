@@ -4,8 +4,8 @@ One place decides how progress looks, so feature extraction, cache building, dem
 data checks and sweeps all behave alike:
 
 * stderr is a terminal: a Rich bar (description, bar, count, elapsed, time left);
-* stderr is not a terminal (a log file, CI, a notebook): ``tqdm.auto``, which is a widget in a
-  notebook and a plain text bar with counts and ETA anywhere else;
+* stderr is not a terminal (a log file, CI, a notebook): tqdm, which is a widget in a notebook
+  (``tqdm.auto``, when ipywidgets is installed) and a text bar with counts and ETA anywhere else;
 * quiet (``avlab --quiet``, :func:`set_quiet`, or ``AVLAB_QUIET=1``) or not rank zero: nothing.
 
 The quiet switch lives in the environment, so DDP ranks and other processes started from a
@@ -35,8 +35,6 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from avlab.rundir import is_rank_zero
-
 __all__ = ["QUIET_ENV", "ProgressTask", "backend", "is_quiet", "progress", "progress_task", "set_quiet"]
 
 QUIET_ENV = "AVLAB_QUIET"
@@ -59,6 +57,9 @@ def is_quiet() -> bool:
 
 def backend(disable: bool = False) -> str:
     """``rich``, ``tqdm`` or ``none``: what a progress display started now would use."""
+    # Imported here: shard checks import this module in worker processes that must start fast.
+    from avlab.rundir import is_rank_zero
+
     if disable or is_quiet() or not is_rank_zero():
         return "none"
     return "rich" if sys.stderr.isatty() else "tqdm"
@@ -105,6 +106,18 @@ def _rich_stop() -> None:
         _rich_progress, _rich_users = None, 0
 
 
+def _tqdm() -> Any:
+    # tqdm.auto picks the notebook widget in Jupyter, but without ipywidgets it warns and falls
+    # back to text anyway; Lightning's own bar makes the same check.
+    import importlib.util
+
+    if importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
+    return tqdm
+
+
 def _clock(seconds: float) -> str:
     seconds = round(seconds)
     h, rest = divmod(seconds, 3600)
@@ -140,9 +153,7 @@ class ProgressTask:
             self._bar = _rich_start()
             self._task_id = self._bar.add_task(desc, total=total)
         else:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+            self._bar = _tqdm()(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
 
     def advance(self, n: int = 1) -> None:
         self.done += n
