@@ -283,3 +283,48 @@ def test_resnet_checkpoint_of_another_network_fails_loudly(tmp_path: Path) -> No
         SpatialExtractor("resnet50", stages=[0, 1, 2], weights=str(tmp_path / "resnet18.pth"))
     with pytest.raises(ConfigError, match="torchvision ResNet"):
         SpatialExtractor("vgg16")
+
+
+# =========================================================================== end to end
+@pytest.mark.slow
+def test_mdt_experiment_trains_tests_reloads_and_predicts(tmp_path: Path, capsys) -> None:
+    """`avlab train unqa/strategy_mdt` for one epoch on the tiny demo (15-60 s): no schedule, no
+    step-one regressors, the mapping in the checkpoint, and `avlab predict` scores with it."""
+    import json
+
+    from avlab import cli
+    from avlab.lightningmodules.base import AvlabModule
+
+    fast = [
+        "data.demo_size=tiny",
+        "data.databases.clive=null",
+        "data.databases.tcd_voip=null",
+        "data.databases.konvid=null",
+        "data.databases.live_sjtu=null",
+        "data.image_size=32",
+        "data.audio_seconds=1.0",
+        "logger.wandb.mode=disabled",
+        f"run.root={tmp_path / 'runs'}",
+    ]
+    assert cli.main(["train", "unqa/strategy_mdt", *fast, "trainer.max_epochs=1", "model.lr=1e-3"]) == 0
+    run = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("run directory: "))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"test/koniq/srcc", "test/noizeus/srcc"} <= set(metrics)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    assert "ThreeStepSchedule" not in state["callbacks"] and "WeightedTaskSampling" in state["callbacks"]
+    assert not any(k.startswith("net.database_heads.") for k in state["state_dict"])
+    module = AvlabModule.load_from_checkpoint(ckpt)
+    assert module.strategy == "mdt"
+    torch.testing.assert_close(
+        module.score_mapping.scale["koniq"].detach(), state["state_dict"]["score_mapping.scale.koniq"]
+    )
+    from avlab.datamodules.unqa import UNQADataModule
+    from avlab.paths import cache_dir
+
+    root = UNQADataModule.build_demo(cache_dir() / "demo" / "unqa" / "tiny", size="tiny")
+    image = next((root / "KonIQ-10k" / "1024x768").iterdir())
+    assert cli.main(["predict", "unqa/strategy_mdt", *fast, f"ckpt_path={ckpt}", f"input={image}"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out[: out.rindex("}") + 1])
+    assert result["modality"] == "image" and "MDT" in result["note"] and 0.0 < result["score"] < 1.0
