@@ -220,6 +220,20 @@ def test_a_failing_fill_leaves_no_entry(tmp_path: Path) -> None:
 def test_frame_cache_value_is_checked(root: Path) -> None:
     with pytest.raises(ConfigError, match=r"data.frame_cache must be one of auto, off, got 'yes'"):
         SaliencyDataModule(root=str(root), frame_cache="yes")
+    with pytest.raises(ConfigError, match=r"data.normalize_on must be one of loader, device"):
+        SaliencyDataModule(root=str(root), normalize_on="gpu")
+
+
+def test_frame_cache_off_on_the_command_line_means_off() -> None:
+    from avlab.config import load_experiment
+    from avlab.instantiate import instantiate
+
+    # YAML reads a bare `off` as false; the DataModule takes it as the word it was meant to be.
+    cfg = load_experiment("saliency/avrsp_av", ["data.frame_cache=off", "data.demo_size=tiny"])
+    assert cfg.data.frame_cache is False
+    dm = instantiate(cfg.data)
+    assert dm.frame_cache == "off" and dm.frame_store() is None
+    assert instantiate(load_experiment("saliency/avrsp_av", []).data).frame_cache == "auto"
 
 
 # --------------------------------------------------------------------------- test metrics
