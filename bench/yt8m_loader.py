@@ -119,7 +119,7 @@ def yt8m_loader_figures(
 ) -> dict:
     """Examples/s of the cached yt8m train loader, the memmap floor and TensorFlow's batched parse.
 
-    ``work_dir`` receives the generated shards and the cache. ``tf_python`` is the interpreter
+    ``work_dir/yt8m_loader`` receives the generated shards and the cache. ``tf_python`` is the interpreter
     with TensorFlow (default: ``.venv-bench`` if present); ``cpu`` pins its process (-1: no pinning).
     """
     import torch
@@ -128,8 +128,8 @@ def yt8m_loader_figures(
     from avlab.datamodules.yt8m import YT8MDataModule, YT8MFeatureCacheDataset
     from avlab.progress import set_quiet
 
-    work_dir = Path(work_dir)
-    root = work_dir / "yt8m"
+    work_dir = Path(work_dir) / "yt8m_loader"  # its own folder: bench/loaders.py shares work_dir
+    root = work_dir / "data"
     train = _write_split(root, "train", videos, 8, seed=0)
     _write_split(root, "validate", 4096, 1, seed=1)
     _write_split(root, "test", 512, 1, seed=2)
