@@ -132,8 +132,9 @@ class AvlabDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         # Runs on one process per node: the only place that may write the demo data or caches,
-        # so it fills the same feature cache that `avlab features` fills and setup() reads.
-        self.extract_features(progress=False)
+        # so it fills the same feature cache that `avlab features` fills and setup() reads. Progress
+        # shows here too (a first run may extract for minutes); --quiet silences it.
+        self.extract_features(progress=True)
 
     # ------------------------------------------------------------------ the contract
     def extract_features(self, progress: bool = True) -> dict[str, Any]:
