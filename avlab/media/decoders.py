@@ -14,19 +14,22 @@ Backends (``DECODERS``), each optional at run time:
     FFmpeg 4-8 shared libraries (``apt install libavcodec59 libavformat59 libswscale6 ...``), so
     it is only "available" when those load.
 ``pyav``
-    PyAV (``av``), whose wheels bundle FFmpeg on every platform: the fallback that always works.
+    PyAV (``av``), whose wheels bundle FFmpeg on every platform; installed with avlab everywhere.
 
-``auto`` takes the first available one in that order. All three decode at similar speeds
-(bench/decoders.py); what orders them is random access and trust. decord and torchcodec index
-the frames themselves and seek straight to the key frame before a requested frame; decord comes
-first as the backend avlab's results were produced with. PyAV has no frame index, so
-:class:`PyAVBackend` builds one by demuxing the whole file on open (a pass over the packets, no
-decoding) and is last, the fallback that is installed everywhere.
+``auto`` takes the first available one of ``DECODERS``: PyAV, torchcodec, decord. All three
+decode at similar speeds (bench/decoders.py), so the order is by random access, which is what
+clip sampling needs. Reading single frames at random indices, :class:`PyAVBackend` returned the
+right frame on every file tried (H.264 in MP4, MKV and AVI, with B-frames and open GOPs, MPEG-4
+part 2 with B-frames in AVI and MP4, MJPEG, VP9); torchcodec fails with an error on AVI files
+with B-frames; decord 0.6 silently returns other frames on AVI and MPEG-4 files with B-frames
+and on open-GOP H.264 (upstream issues dmlc/decord#195, #252, #365). PyAV has no frame index of
+its own, so the backend builds one by demuxing the file on open (a pass over the packets, no
+decoding); at native size all three give the same pixels on the files each reads right.
 
 All backends return ``uint8`` RGB arrays ``[T, H, W, 3]`` and count frames the same way (one per
-video packet, in presentation order). At native size every backend's pixels equal decord's on the
-H.264/yuv420p clips avlab uses (tests/test_decoders.py); resized frames differ by backend (the
-resampling filter differs), see ``RESIZE_MEAN_TOLERANCE``.
+video packet, in presentation order). At native size every backend's pixels equal the ffmpeg
+command line's on the H.264/yuv420p clips avlab uses (tests/test_decoders.py); resized frames
+differ by backend (the resampling filter differs), see ``RESIZE_MEAN_TOLERANCE``.
 """
 
 from __future__ import annotations
@@ -61,8 +64,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-#: Backend names, in the order ``auto`` tries them (module docstring: random access, then speed).
-DECODERS = ("decord", "torchcodec", "pyav")
+#: Backend names, in the order ``auto`` tries them (module docstring: exact random access first).
+DECODERS = ("pyav", "torchcodec", "decord")
 #: What to install for each backend (named in the error when a requested one is missing).
 INSTALL_HINT = {
     "decord": "`pip install decord` (x86-64 Linux and Windows; elsewhere `pip install decord2`, which "
@@ -224,7 +227,13 @@ class PyAVBackend(VideoBackend):
     The index holds every video packet's presentation timestamp in presentation order (frame ``i``
     is the ``i``-th) and which of them are key frames. Reading a sorted list of frames decodes
     forward while the next one is close, and seeks to the key frame before it otherwise, so a clip
-    of consecutive frames costs one seek, as with decord.
+    of consecutive frames costs one seek.
+
+    Some files carry no presentation timestamps for reordered frames: H.264 with B-frames in AVI
+    has packet timestamps in decoding order, and the decoder then stamps its output frames out of
+    order. Such a stream is found on open (the first frames' timestamps differ from the packets'),
+    and its frames are then counted as they come out of the decoder, from the start of the file,
+    which is what the ffmpeg command line does: exact, but a backward read decodes from frame 0.
     """
 
     name = "pyav"
@@ -252,14 +261,34 @@ class PyAVBackend(VideoBackend):
             raise
         except Exception as exc:
             raise self._failed(exc, "opened") from exc
-        order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
-        self._pts = np.asarray(pts, dtype=np.int64)[order]
+        decode_order = np.asarray(pts, dtype=np.int64)
+        order = np.argsort(decode_order, kind="stable")
+        self._pts = decode_order[order]
         self._index = {int(p): i for i, p in enumerate(self._pts)}
         self._keys = [i for i, k in enumerate(np.asarray(keys, dtype=bool)[order]) if k] or [0]
         rate = self._stream.average_rate or self._stream.guessed_rate
         self._fps = float(rate) if rate else 0.0
         self._frames: Any = None  # the running decode generator
         self._pos = -1  # index of the last frame it returned
+        self._sequential = False
+        if len(decode_order) > 1 and bool(np.all(np.diff(decode_order) > 0)):
+            # Timestamps already in presentation order: no B-frames, or a container that lost their
+            # order (AVI); the decoder's first frames tell which.
+            try:
+                self._sequential = not self._output_follows_packets()
+            except Exception as exc:
+                raise self._failed(exc) from exc
+
+    def _output_follows_packets(self, n: int = 16) -> bool:
+        """Whether the first ``n`` decoded frames carry the packets' timestamps in presentation order."""
+        self._seek(0)
+        got = []
+        for frame in self._frames:
+            got.append(frame.pts)
+            if len(got) == min(n, len(self._pts)):
+                break
+        self._frames = None
+        return got == self._pts[: len(got)].tolist()
 
     def __len__(self) -> int:
         return len(self._pts)
@@ -277,8 +306,8 @@ class PyAVBackend(VideoBackend):
     def _to_rgb(self, frame: Any) -> np.ndarray:
         if self.width is None:
             return frame.to_ndarray(format="rgb24")
-        # Bilinear: of swscale's filters the closest to decord's resize (mean difference 1.5 of 255
-        # on the test clip, bicubic 2.1); the scaling and the RGB conversion are one swscale pass.
+        # Bilinear, like decord's resize (FFmpeg's scale filter with bilinear flags); the scaling and
+        # the RGB conversion are one swscale pass.
         return frame.reformat(
             width=self.width, height=self.height, format="rgb24", interpolation="BILINEAR"
         ).to_ndarray()
@@ -287,11 +316,18 @@ class PyAVBackend(VideoBackend):
         out = []
         try:
             for target in indices.tolist():
-                next_key = self._keys[max(bisect.bisect_right(self._keys, target) - 1, 0)]
-                if self._frames is None or target <= self._pos or next_key > self._pos + 1:
-                    self._seek(target)
+                if self._sequential:
+                    if self._frames is None or target <= self._pos:
+                        self._seek(0)
+                else:
+                    next_key = self._keys[max(bisect.bisect_right(self._keys, target) - 1, 0)]
+                    if self._frames is None or target <= self._pos or next_key > self._pos + 1:
+                        self._seek(target)
                 for frame in self._frames:
-                    i = self._index.get(frame.pts, -1) if frame.pts is not None else self._pos + 1
+                    if self._sequential:
+                        i = self._pos + 1
+                    else:
+                        i = self._index.get(frame.pts, -1) if frame.pts is not None else self._pos + 1
                     if i < 0:
                         continue  # a leading frame of an open GOP that has no packet of its own
                     self._pos = i
