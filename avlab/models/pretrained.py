@@ -1,7 +1,7 @@
 """Loading upstream checkpoints into avlab's backbones: one strict mechanism, one converter per layout.
 
-Every backbone that can start from public weights (S3D, SoundNet-8, ConvNeXt V2, SlowFast) names
-the upstream **layouts** it accepts. A :class:`Layout` is a key mapping plus checks:
+Every backbone that can start from public weights (S3D, SoundNet-8, ConvNeXt V2, ResNet-50,
+SlowFast) names the upstream **layouts** it accepts. A :class:`Layout` is a key mapping plus checks:
 
 * ``detect(keys)`` recognises the layout from the file's key names (auto-detection), or the user
   names it with the config key next to the weights path (e.g. ``model.net.motion.weights_layout``);
