@@ -360,6 +360,7 @@ class SaliencyModule(AvlabModule):
                 postprocess=post,
                 batch_size=self.predict_batch_size,
                 device=self.device,
+                decoder=datamodule.decoder,
             )
         finally:
             self.train(was_training)

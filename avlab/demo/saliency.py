@@ -8,7 +8,7 @@
     DIR/stavis/annotations/<DB>/<video>/fixMap_00001.mat       binary fixations, variable `eyeMap`
     DIR/stavis/fold_lists/<DB>_list_{train,test}_{1,2,3}_fps.txt   lines `name nframes fps`
     DIR/stavis/fold_lists/DIEM_list_{train,test}_fps.txt           DIEM's single fixed split
-    DIR/DHF1K/video/0001.mp4 ...                               H.264 videos (decoded with decord)
+    DIR/DHF1K/video/0001.mp4 ...                               H.264 videos (decoded by data.decoder)
     DIR/DHF1K/annotation/0001/maps/0001.png                    continuous saliency, 8-bit gray PNG
     DIR/DHF1K/annotation/0001/fixation/0001.png                binary fixations (0/255 PNG)
     DIR/README.txt, DIR/demo_info.json

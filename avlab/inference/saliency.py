@@ -100,12 +100,14 @@ def predict_saliency_media(
     postprocess: Callable[[Tensor, tuple[int, int]], Tensor],
     batch_size: int = 8,
     device: torch.device | str = "cpu",
+    decoder: str = "auto",
 ) -> dict[str, Any]:
     """Maps for every frame of the video ``path``: ``out_dir/maps/<stem>_00001.png`` … and
     ``out_dir/<stem>_saliency.mp4`` (the maps over the frames, with the video's audio).
 
     ``postprocess(map, (H, W))`` turns a model-resolution map into the native-size map in [0, 1]
-    (the evaluation post-processing). Returns a JSON-able summary.
+    (the evaluation post-processing). ``decoder`` is the video backend (``data.decoder``, see
+    :mod:`avlab.media.decoders`). Returns a JSON-able summary.
     """
     from PIL import Image
 
@@ -116,7 +118,7 @@ def predict_saliency_media(
     info = probe(path)  # clear MediaError for a missing, empty or corrupt file
     if not info.has_video:
         raise MediaError(f"{path} has no video stream")
-    video = VideoFrames(path)
+    video = VideoFrames(path, decoder=decoder)
     n, fps = len(video), video.fps or info.fps
     if n < clip_len:
         raise MediaError(f"{path} has {n} frames, fewer than the {clip_len}-frame window of this model")
