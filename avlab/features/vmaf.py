@@ -255,6 +255,33 @@ def _check_pair(reference: Path, distorted: Path) -> tuple[MediaInfo, MediaInfo]
     return ref, dist
 
 
+def check_vmaf_inputs(reference: str | Path, distorted: str | Path, n_units: int) -> tuple[Path, Path]:
+    """The pair as paths, after the checks every VMAF backend makes before any decoding."""
+    reference, distorted = Path(reference), Path(distorted)
+    if n_units < 1:
+        raise FeatureError(f"n_units must be >= 1, got {n_units}")
+    for role, path in (("reference", reference), ("distorted", distorted)):
+        if not path.is_file():
+            raise MediaError(f"{role} video {path} does not exist; check the manifest or the path")
+    return reference, distorted
+
+
+def cached_vmaf(cache: FeatureCache, key: str, params: dict[str, Any]) -> VmafResult | None:
+    """A VMAF result stored under ``key`` (the arrays of :func:`vmaf_arrays`), or None."""
+    hit = cache.get(key)
+    if hit is None:
+        return None
+    return VmafResult(
+        features=hit["features"],
+        vmaf=float(hit["vmaf"]),
+        n_frames=int(hit["n_frames"]),
+        per_frame=hit["per_frame"],
+        per_frame_vmaf=hit["per_frame_vmaf"],
+        from_cache=True,
+        params=params,
+    )
+
+
 def extract_vmaf(
     reference: str | Path,
     distorted: str | Path,
@@ -282,29 +309,16 @@ def extract_vmaf(
     Raises:
         MediaError: missing, corrupt or video-less inputs, too different lengths, libvmaf failure.
     """
-    reference, distorted = Path(reference), Path(distorted)
-    if n_units < 1:
-        raise FeatureError(f"n_units must be >= 1, got {n_units}")
-    for role, path in (("reference", reference), ("distorted", distorted)):
-        if not path.is_file():
-            raise MediaError(f"{role} video {path} does not exist; check the manifest or the path")
+    reference, distorted = check_vmaf_inputs(reference, distorted, n_units)
     params = _params(n_units)
     key = None
     if cache is not None:
         # A hit is keyed by both files' content, so files that produced a valid result before are
         # still valid: skip probing (which costs two ffmpeg calls) on hits.
         key = vmaf_cache_key(reference, distorted, n_units=n_units)
-        hit = cache.get(key)
+        hit = cached_vmaf(cache, key, params)
         if hit is not None:
-            return VmafResult(
-                features=hit["features"],
-                vmaf=float(hit["vmaf"]),
-                n_frames=int(hit["n_frames"]),
-                per_frame=hit["per_frame"],
-                per_frame_vmaf=hit["per_frame_vmaf"],
-                from_cache=True,
-                params=params,
-            )
+            return hit
     ref_info, dist_info = _check_pair(reference, distorted)
 
     threads = n_threads if n_threads > 0 else (os.cpu_count() or 1)

@@ -50,6 +50,8 @@ from avlab.features.vmaf import (
     VMAF_FEATURES,
     VmafResult,
     _check_pair,
+    cached_vmaf,
+    check_vmaf_inputs,
     pool_frames,
     vmaf_arrays,
 )
@@ -411,29 +413,16 @@ def extract_vmaf_torch(
         ConfigError: ``device`` is unknown or names an unavailable GPU.
         MediaError: missing, corrupt or video-less inputs, too different lengths, decoding failure.
     """
-    reference, distorted = Path(reference), Path(distorted)
-    if n_units < 1:
-        raise FeatureError(f"n_units must be >= 1, got {n_units}")
     import_vmaf_torch()  # fail on a missing package before any decoding or hashing
     dev = resolve_device(device)
-    for role, path in (("reference", reference), ("distorted", distorted)):
-        if not path.is_file():
-            raise MediaError(f"{role} video {path} does not exist; check the manifest or the path")
+    reference, distorted = check_vmaf_inputs(reference, distorted, n_units)
     params = _params(n_units)
     key = None
     if cache is not None:
         key = vmaf_torch_cache_key(reference, distorted, n_units=n_units)
-        hit = cache.get(key)
+        hit = cached_vmaf(cache, key, params)
         if hit is not None:
-            return VmafResult(
-                features=hit["features"],
-                vmaf=float(hit["vmaf"]),
-                n_frames=int(hit["n_frames"]),
-                per_frame=hit["per_frame"],
-                per_frame_vmaf=hit["per_frame_vmaf"],
-                from_cache=True,
-                params=params,
-            )
+            return hit
     per_frame, per_frame_vmaf = _compute(reference, distorted, device=dev, batch_pixels=batch_pixels)
     n_eval = len(per_frame)
     if n_eval < n_units:
