@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_configs import SALIENCY_TINY
 
 pytestmark = pytest.mark.ddp
 DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
@@ -73,16 +74,7 @@ def test_avq_trains_under_ddp_and_test_metrics_equal_one_process(tmp_path: Path)
         assert ddp[key] == pytest.approx(single[key], abs=1e-5), key
 
 
-SALIENCY_SMALL = [
-    "data.demo_size=tiny",
-    "data.clip_len=8",
-    "data.frame_size=[32,56]",
-    "data.test_stride=4",
-    "data.batch_size=4",
-    "model.visual.width_mult=0.125",
-    "model.channels=16",
-    "logger.wandb.mode=disabled",
-]
+SALIENCY_SMALL = SALIENCY_TINY
 UNQA_SMALL = [
     "data.demo_size=tiny",
     "data.databases.clive=null",

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_configs import SALIENCY_TINY
 
 from avlab import cli
 from avlab.datamodules.saliency import SaliencyDataModule, collate_saliency
@@ -240,17 +241,10 @@ def test_frame_cache_off_on_the_command_line_means_off() -> None:
 @pytest.mark.slow  # two 1-epoch trainings: ~25 s on 2 CPU cores
 def test_test_metrics_are_identical_with_and_without_the_cache(capsys, tmp_path: Path) -> None:
     base = [
-        "data.demo_size=tiny",
+        *SALIENCY_TINY,
         "data.datasets=[AVAD]",
-        "data.clip_len=8",
-        "data.frame_size=[32,56]",
-        "data.test_stride=4",
-        "data.batch_size=4",
-        "model.visual.width_mult=0.125",
-        "model.channels=16",
         "trainer.max_epochs=1",
         "trainer.accelerator=cpu",
-        "logger.wandb.mode=disabled",
         f"run.root={tmp_path}",
     ]
     metrics = []

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_configs import SALIENCY_TINY
 
 from avlab import cli
 from avlab.config import load_experiment
@@ -18,18 +19,7 @@ from avlab.instantiate import instantiate
 from avlab.media.clips import audio_buffer_len, clip_audio, frame_audio_bounds
 from avlab.media.ffmpeg import run_ffmpeg
 
-SMALL = [
-    "data.demo_size=tiny",
-    "data.clip_len=8",
-    "data.frame_size=[32,56]",
-    "data.test_stride=4",
-    "data.batch_size=4",
-    "model.visual.width_mult=0.125",
-    "model.channels=16",
-    "trainer.max_epochs=1",
-    "trainer.accelerator=cpu",
-    "logger.wandb.mode=disabled",
-]
+SMALL = [*SALIENCY_TINY, "trainer.max_epochs=1", "trainer.accelerator=cpu"]
 
 
 def _train(capsys, name: str, *overrides: str) -> Path:
