@@ -5,7 +5,18 @@ a whole batch per column read (``YT8MFeatureCacheDataset.read_rows``). Measured,
 (median of ``repeats`` interleaved rounds after one warm-up epoch, files in the page cache, one process):
 
 * ``datamodule_train_cached`` — ``YT8MDataModule(feature_cache=True).train_dataloader()``: the
-  shuffled training batches that Lightning receives (``num_workers=0``);
+  shuffled training batches that Lightning receives (``num_workers=0``), with the dense
+  ``[256, 3862]`` float32 labels built in the loader (``data.labels_on=loader``, the default);
+* ``datamodule_train_cached_labels_on_device`` — the same loader with ``data.labels_on=device``:
+  its batches carry each video's classes (``label_offsets`` / ``label_classes``) and the
+  DataModule's ``on_after_batch_transfer`` builds the dense labels on the training device, so
+  that step is not part of the loader (on a GPU it is one ``index_put_`` on the device);
+* ``labels_on_device_densified_on_cpu`` — that loader plus ``densify_labels`` on the CPU: what
+  ``labels_on=device`` costs when the training device is the CPU itself;
+* ``to_cuda_labels_on_loader`` / ``to_cuda_labels_on_device`` — on a machine with CUDA only: each
+  mode's train batches moved to the GPU as Lightning moves them (plain ``.to``; the loader does
+  not pin memory) with, for ``device``, ``densify_labels`` there, synchronised per batch. This is
+  where the dense mode's 4 MB of mostly-zero labels per batch cost a host-to-device copy;
 * ``datamodule_val_cached`` — its validation loader (unshuffled: contiguous slices);
 * ``per_example_cached`` — the same cache read one example at a time and collated by the
   DataLoader (how the cache was read before batched reading), for the speed-up;
@@ -16,7 +27,8 @@ a whole batch per column read (``YT8MFeatureCacheDataset.read_rows``). Measured,
   interpreter (``.venv-bench``); ``"not installed"`` without one.
 
 Goal (``goal``): the cached train loader at ≥ 5 × TensorFlow's batched parse, or ≥ 0.5 × the
-memmap floor.
+memmap floor, in the better of the two documented modes (``labels_on`` ``loader`` / ``device``);
+``goal.mode`` names it, and ``vs_memmap_floor`` gives both modes' ratios.
 
 The data is a generated video-level split (``videos`` training videos in 8 shards, 1–4 labels each
 out of 3862, random features) in the official layout, so the DataModule reads it as it would the
@@ -44,6 +56,8 @@ import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 BATCH = 256
+#: The train loader's figure per documented ``data.labels_on`` mode.
+MODES = {"loader": "datamodule_train_cached", "device": "datamodule_train_cached_labels_on_device"}
 
 
 def _reader_bench() -> Any:
@@ -126,6 +140,7 @@ def yt8m_loader_figures(
     from torch.utils.data import DataLoader
 
     from avlab.datamodules.yt8m import YT8MDataModule, YT8MFeatureCacheDataset
+    from avlab.datamodules.yt8m.feature_cache import densify_labels
     from avlab.progress import set_quiet
 
     work_dir = Path(work_dir) / "yt8m_loader"  # its own folder: bench/loaders.py shares work_dir
@@ -159,10 +174,35 @@ def yt8m_loader_figures(
             )
             loader = dm.train_dataloader()  # one loader over epochs, as Lightning uses it
             val_loader = dm.val_dataloader()
+            # Same cache (same shards and settings), labels left sparse for the device.
+            device_dm = YT8MDataModule(
+                root=str(root), feature_cache=True, batch_size=BATCH, vocabulary=None, labels_on="device"
+            )
+            device_loader = device_dm.train_dataloader()
+            densified_loader = device_dm.train_dataloader()
             n_batch: Callable[[Any], int] = lambda batch: len(batch["video_id"])
+            n_dense: Callable[[Any], int] = lambda batch: len(
+                densify_labels(batch, device_dm.num_classes)["labels"]
+            )
+            readers: dict[str, tuple[Callable[[], Iterable[Any]], Callable[[Any], int]]] = {}
+            if torch.cuda.is_available():
+                cuda_loader, cuda_device_loader = dm.train_dataloader(), device_dm.train_dataloader()
+
+                def to_cuda(batch: dict[str, Any], densify: bool) -> int:
+                    moved = {k: v.to("cuda") if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                    if densify:
+                        moved = densify_labels(moved, device_dm.num_classes)
+                    torch.cuda.synchronize()  # the copy and the densify are part of the step's input
+                    return len(moved["labels"])
+
+                readers["to_cuda_labels_on_loader"] = (lambda: cuda_loader, lambda b: to_cuda(b, False))
+                readers["to_cuda_labels_on_device"] = (lambda: cuda_device_loader, lambda b: to_cuda(b, True))
             rounds = _rates(
                 {
+                    **readers,
                     "datamodule_train_cached": (lambda: loader, n_batch),
+                    "datamodule_train_cached_labels_on_device": (lambda: device_loader, n_batch),
+                    "labels_on_device_densified_on_cpu": (lambda: densified_loader, n_dense),
                     "datamodule_val_cached": (lambda: val_loader, n_batch),
                     "per_example_cached": (lambda: DataLoader(per_example, batch_size=BATCH), n_batch),
                     "memmap_floor": (floor, int),
@@ -185,7 +225,10 @@ def yt8m_loader_figures(
         "feature_cache_build_s": round(build_s, 2),
         **rates,
         "batched_vs_per_example": round(rates["datamodule_train_cached"] / rates["per_example_cached"], 2),
-        "vs_memmap_floor": round(rates["datamodule_train_cached"] / rates["memmap_floor"], 2),
+        **({} if torch.cuda.is_available() else {"to_cuda": "not measured: no CUDA device"}),
+        "vs_memmap_floor": {
+            mode: round(rates[name] / rates["memmap_floor"], 2) for mode, name in MODES.items()
+        },
         "rounds": {name: [round(x, 1) for x in v] for name, v in rounds.items()},
     }
 
@@ -209,13 +252,21 @@ def yt8m_loader_figures(
             tf_rate = round(statistics.median(out["jobs"]["video_mf_batched256"]["rates"]), 1)
             figures["tensorflow_version"] = out["tensorflow_version"]
             figures["tensorflow_video_mf_batched256"] = tf_rate
-            figures["vs_tensorflow_batched256"] = round(rates["datamodule_train_cached"] / tf_rate, 2)
+            figures["vs_tensorflow_batched256"] = {
+                mode: round(rates[name] / tf_rate, 2) for mode, name in MODES.items()
+            }
         except Exception as exc:  # noqa: BLE001 - a missing/broken TF must not lose avlab's figures
             figures["tensorflow_video_mf_batched256"] = f"failed: {exc}"
+    # The goal is judged on the faster documented mode; `mode` says which one that is.
+    best = max(MODES, key=lambda mode: rates[MODES[mode]])
     figures["goal"] = {
-        "rule": "train loader >= 5 x TensorFlow batched parse_example, or >= 0.5 x memmap floor",
-        "ge_5x_tensorflow_batched": None if tf_rate is None else figures["vs_tensorflow_batched256"] >= 5.0,
-        "ge_half_memmap_floor": figures["vs_memmap_floor"] >= 0.5,
+        "rule": "train loader >= 5 x TensorFlow batched parse_example, or >= 0.5 x memmap floor, "
+        "in the faster of data.labels_on=loader / device",
+        "mode": f"labels_on={best}",
+        "ge_5x_tensorflow_batched": None
+        if tf_rate is None
+        else figures["vs_tensorflow_batched256"][best] >= 5.0,
+        "ge_half_memmap_floor": figures["vs_memmap_floor"][best] >= 0.5,
     }
     figures["goal"]["met"] = bool(figures["goal"]["ge_5x_tensorflow_batched"]) or bool(
         figures["goal"]["ge_half_memmap_floor"]

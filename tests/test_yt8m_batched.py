@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from avlab import cli
 from avlab.datamodules.yt8m import (
     YT8MDataModule,
     YT8MFeatureCacheDataset,
@@ -16,7 +19,8 @@ from avlab.datamodules.yt8m import (
     batch_as_is,
     build_feature_cache,
 )
-from avlab.datamodules.yt8m.feature_cache import _BatchBuffers
+from avlab.datamodules.yt8m.feature_cache import _BatchBuffers, densify_labels
+from avlab.errors import ConfigError
 from avlab.io.tf_example import encode_example
 from avlab.io.tfrecord import TFRecordWriter
 
@@ -183,3 +187,100 @@ def test_batch_buffers_come_back_cleared_only_once_nobody_holds_them():
     assert id(buffers.get(3, 3, 2, 5)[2]) != ident  # another batch size
     again = buffers.get(4, 3, 2, 5)
     assert id(again[2]) == ident and not again[2].any()  # unreferenced: reused, labels cleared
+
+
+def _data_root(root: Path) -> Path:
+    for split, n in (("train", VIDEOS), ("validate", 11), ("test", 9)):
+        _write_split(root / "video" / f"{split}0000.tfrecord", split[0], n, seed=len(split))
+    return root
+
+
+def _assert_identical(want: list[dict], got: list[dict]) -> None:
+    """Same keys in the same order, same values, dtypes and shapes."""
+    assert len(want) == len(got) > 0
+    for w, g in zip(want, got):
+        assert list(w) == list(g)
+        for key, value in w.items():
+            if isinstance(value, torch.Tensor):
+                assert value.dtype == g[key].dtype and torch.equal(value, g[key]), key
+            else:
+                assert value == g[key], key
+
+
+@pytest.mark.parametrize("split", ["train", "val"], ids=["shuffled", "unshuffled"])
+def test_labels_on_device_gives_the_model_the_same_batches(tmp_path, monkeypatch, split):
+    monkeypatch.setenv("AVLAB_CACHE", str(tmp_path / "cache"))
+    root = _data_root(tmp_path / "data")
+    opts = {"root": str(root), "num_classes": NUM_CLASSES, "feature_cache": True, "batch_size": 8}
+    loader_dm = YT8MDataModule(**opts, vocabulary=None, seed=3)
+    device_dm = YT8MDataModule(**opts, vocabulary=None, seed=3, labels_on="device")
+    loader_dm.extract_features(progress=False)
+    n = 2 if split == "train" else 1  # 2 training epochs: the shuffle advances alike
+    want = _epochs(getattr(loader_dm, f"{split}_dataloader")(), n)
+    raw = _epochs(getattr(device_dm, f"{split}_dataloader")(), n)
+    for batch in raw:  # what the loader carries: the classes, no dense matrix
+        assert "labels" not in batch
+        assert batch["label_offsets"].dtype == batch["label_classes"].dtype == torch.int64
+        assert len(batch["label_offsets"]) == len(batch["video_id"]) + 1
+        assert int(batch["label_offsets"][-1]) == len(batch["label_classes"])
+    assert sum(len(b["label_classes"]) for b in raw) == sum(int(b["labels"].sum()) for b in want) > 0
+    got = [device_dm.on_after_batch_transfer(b, 0) for b in raw]
+    _assert_identical(want, got)
+    assert all(loader_dm.on_after_batch_transfer(b, 0) is b for b in want)  # dense: left as it is
+
+
+def test_densify_labels_handles_videos_without_labels_and_empty_batches():
+    batch = {
+        "index": torch.arange(3),
+        "label_offsets": torch.tensor([0, 2, 2, 3]),
+        "label_classes": torch.tensor([4, 1, 0]),
+    }
+    out = densify_labels(batch, 5)
+    assert list(out) == ["index", "labels"]
+    assert torch.equal(out["labels"], torch.tensor([[0, 1, 0, 0, 1], [0] * 5, [1, 0, 0, 0, 0]]).float())
+    empty = densify_labels(
+        {
+            "label_offsets": torch.zeros(1, dtype=torch.int64),
+            "label_classes": torch.zeros(0, dtype=torch.int64),
+        },
+        5,
+    )
+    assert empty["labels"].shape == (0, 5) and empty["labels"].dtype == torch.float32
+
+
+def test_sparse_labels_need_whole_batches(cache):
+    with pytest.raises(ValueError, match="sparse_labels needs batch_size"):
+        YT8MFeatureCacheDataset(cache, sparse_labels=True)
+
+
+def test_labels_on_rejects_unknown_values():
+    with pytest.raises(ConfigError, match=r"data.labels_on must be one of loader, device; got 'gpu'"):
+        YT8MDataModule(labels_on="gpu")
+
+
+def test_training_with_labels_on_device_gives_the_same_metrics(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("AVLAB_CACHE", str(tmp_path / "cache"))
+    tiny = YT8MDataModule.build_demo(tmp_path / "data", size="tiny")
+    metrics = {}
+    for where in ("loader", "device"):
+        args = [
+            "train",
+            "yt8m/fc_late_fusion",
+            "logger.wandb.mode=disabled",
+            "trainer.accelerator=cpu",
+            "trainer.max_epochs=2",
+            "data.batch_size=32",
+            "model.net.hidden=32",
+            "model.lr=1e-3",
+            "data.feature_cache=true",
+            f"data.labels_on={where}",
+            f"data.root={tiny}",
+            f"run.root={tmp_path / where}",
+        ]
+        assert cli.main(args) == 0
+        out = capsys.readouterr().out
+        run_dir = Path(out.strip().splitlines()[-1].removeprefix("run directory: "))
+        metrics[where] = json.loads((run_dir / "metrics.json").read_text())
+    scores = {k: v for k, v in metrics["loader"].items() if k.startswith(("test/", "val/"))}
+    assert "test/gap" in scores and "test/loss" in scores and all(map(math.isfinite, scores.values()))
+    assert {k: metrics["device"][k] for k in scores} == scores

@@ -16,6 +16,7 @@ from avlab.datamodules.yt8m.feature_cache import (
     YT8MFeatureCacheDataset,
     batch_as_is,
     build_feature_cache,
+    densify_labels,
     feature_cache_key,
 )
 from avlab.datamodules.yt8m.records import YT8MRecordDataset
@@ -56,6 +57,15 @@ class YT8MDataModule(AvlabDataModule):
             frame-level MF+STD, where decoding costs far more than the training step; the cache
             is keyed by the shards (path, size, mtime) and the feature settings. Batches are read
             from it whole (:meth:`YT8MFeatureCacheDataset.read_rows`).
+        labels_on: where the dense float32 multi-hot ``labels`` ``[B, num_classes]`` are built.
+            ``loader``: in the DataLoader, as part of the batch. ``device``: with
+            ``feature_cache``, the loader carries each example's classes in CSR form
+            (``label_offsets``, ``label_classes``; a few int64 per video instead of 15 KB of
+            mostly zeros through the loader and the host-to-device copy) and
+            :meth:`on_after_batch_transfer` builds ``labels`` on the training device, so the
+            model receives the same batch either way. Meant for GPU training: with the CPU as the
+            training device, densifying there costs more than the loader saves. The TFRecord
+            stream (no feature cache) and :meth:`shard_loader` always yield dense labels.
     """
 
     task = "yt8m"
@@ -80,6 +90,7 @@ class YT8MDataModule(AvlabDataModule):
         seed: int = 0,
         check_records: int = 64,
         feature_cache: bool = False,
+        labels_on: str = "loader",
     ) -> None:
         super().__init__(root=root, demo_size=demo_size, batch_size=batch_size, num_workers=num_workers)
         self.visual_dim, self.audio_dim = check_schema(schema, features)
@@ -91,6 +102,9 @@ class YT8MDataModule(AvlabDataModule):
         self.skip_corrupt, self.verify_crc, self.max_frames = skip_corrupt, verify_crc, max_frames
         self.shuffle_buffer, self.seed, self.check_records = shuffle_buffer, seed, check_records
         self.feature_cache = feature_cache
+        if labels_on not in ("loader", "device"):
+            raise ConfigError(f"data.labels_on must be one of loader, device; got {labels_on!r}")
+        self.labels_on = labels_on
         self.datasets: dict[str, YT8MRecordDataset | YT8MFeatureCacheDataset] = {}
         self._vocab: pd.DataFrame | None = None
         self._tables: dict[str, pd.DataFrame] = {}
@@ -174,6 +188,7 @@ class YT8MDataModule(AvlabDataModule):
                     seed=self.seed,
                     balance_batch_size=self.batch_size if train else None,
                     batch_size=self.batch_size,  # whole batches per read: see _loader
+                    sparse_labels=self.labels_on == "device",  # see on_after_batch_transfer
                 )
             else:
                 self.datasets[split] = records
@@ -192,6 +207,16 @@ class YT8MDataModule(AvlabDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,  # workers keep their epoch counter (shuffling)
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``labels_on=device``: the cached batches' sparse labels become the dense float32
+        ``labels`` ``[B, num_classes]`` on the device Lightning moved the batch to
+        (:func:`densify_labels`); other batches pass unchanged. Lightning calls this for training,
+        validation and test batches alike; code that iterates these loaders itself calls
+        :func:`densify_labels` too."""
+        if isinstance(batch, dict) and "label_offsets" in batch:
+            return densify_labels(batch, self.num_classes)
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -5,7 +5,10 @@ trains and evaluates from :class:`YT8MFeatureCacheDataset`. Worth it for frame-l
 decoding 300 frames per video costs far more than the training step. With ``batch_size`` the
 dataset reads whole batches (one indexed read of each column per batch) instead of assembling
 examples one at a time in Python, and yields exactly the batches a ``DataLoader(batch_size=...)``
-would collate from its per-example stream.
+would collate from its per-example stream. With ``sparse_labels`` those batches carry each
+example's classes (``label_offsets`` / ``label_classes``) instead of the dense multi-hot matrix,
+and :func:`densify_labels` rebuilds it wherever the batch is (the DataModule's
+``data.labels_on=device`` does so on the training device).
 
 The cache folder's name is its provenance (:func:`feature_cache_key`): the shards' paths, sizes
 and modification times, the feature settings and the format version, so changed shards or
@@ -40,6 +43,7 @@ __all__ = [
     "YT8MFeatureCacheDataset",
     "batch_as_is",
     "build_feature_cache",
+    "densify_labels",
     "feature_cache_key",
 ]
 
@@ -154,6 +158,27 @@ def batch_as_is(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
+def densify_labels(batch: dict[str, Any], num_classes: int) -> dict[str, Any]:
+    """Replace a batch's sparse labels (``label_offsets`` int64 ``[n + 1]``, ``label_classes``
+    int64 ``[nnz]``: example ``i`` has classes ``label_classes[offsets[i]:offsets[i + 1]]``) by
+    the dense float32 multi-hot ``labels`` ``[n, num_classes]``, built on the device the sparse
+    tensors are on, with one ``index_put_``. Every other key is left as it is, and ``labels`` ends
+    up last, where :meth:`YT8MFeatureCacheDataset.read_rows` puts it without ``sparse_labels``.
+
+    Sync-free on a GPU: ``repeat_interleave`` is told its output size (the classes' count, known
+    from the tensor's shape), so nothing waits for the device.
+    """
+    offsets, classes = batch.pop("label_offsets"), batch.pop("label_classes")
+    n = offsets.numel() - 1
+    labels = torch.zeros((n, num_classes), dtype=torch.float32, device=classes.device)
+    rows = torch.repeat_interleave(
+        torch.arange(n, device=classes.device), torch.diff(offsets), output_size=classes.numel()
+    )
+    labels.index_put_((rows, classes), torch.ones((), dtype=torch.float32, device=classes.device))
+    batch["labels"] = labels
+    return batch
+
+
 class _BatchBuffers:
     """Output arrays of earlier batches, reused once nothing refers to them any more.
 
@@ -177,9 +202,10 @@ class _BatchBuffers:
         return all(sys.getrefcount(entry[0][j]) <= alone for j in range(len(entry[0])))
 
     def get(self, n: int, visual_dim: int, audio_dim: int, num_classes: int) -> tuple[np.ndarray, ...]:
-        """``rgb`` and ``audio`` (contents undefined) and all-zero ``labels`` for ``n`` rows."""
+        """``rgb`` and ``audio`` (contents undefined) and all-zero ``labels`` for ``n`` rows
+        (``num_classes=0``: an empty ``[n, 0]`` matrix, for batches that carry sparse labels)."""
         for k, entry in enumerate(self._pool):
-            if entry[0][0].shape[0] == n and self._unused(entry):
+            if entry[0][2].shape == (n, num_classes) and self._unused(entry):
                 (rgb, audio, labels), ones = self._pool.pop(k)
                 labels.reshape(-1)[ones] = 0.0
                 return rgb, audio, labels
@@ -209,6 +235,11 @@ class YT8MFeatureCacheDataset(IterableDataset):
     once by :meth:`read_rows`. They equal, tensor for tensor, what ``DataLoader(per-example
     dataset, batch_size=B)`` collates from the same share, so use them with
     ``DataLoader(dataset, batch_size=None, collate_fn=batch_as_is)``.
+
+    ``sparse_labels=True`` (needs ``batch_size``) leaves the dense ``labels`` out of the batches
+    and carries ``label_offsets`` / ``label_classes`` instead (see :meth:`read_rows`): a 3862-wide
+    float32 label matrix is 3.4x the bytes of the video-level features, almost all zeros.
+    :func:`densify_labels` turns such a batch into the dense one, equal tensor for tensor.
     """
 
     def __init__(
@@ -222,6 +253,7 @@ class YT8MFeatureCacheDataset(IterableDataset):
         balance_batch_size: int | None = None,
         block: int = 256,
         batch_size: int | None = None,
+        sparse_labels: bool = False,
     ) -> None:
         super().__init__()
         self.cache = Path(cache)
@@ -238,6 +270,9 @@ class YT8MFeatureCacheDataset(IterableDataset):
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be positive or None; found {batch_size}")
         self.batch_size = batch_size
+        if sparse_labels and batch_size is None:
+            raise ValueError("sparse_labels needs batch_size: single examples always carry dense labels")
+        self.sparse_labels = bool(sparse_labels)
         self._epoch = 0
         self._arrays: dict[str, np.ndarray] | None = None
         self._buffers = _BatchBuffers()
@@ -323,7 +358,9 @@ class YT8MFeatureCacheDataset(IterableDataset):
     def read_rows(self, rows: np.ndarray) -> dict[str, Any]:
         """The examples at cache ``rows`` (in that order) as one batch: what the default collate
         makes of the per-example samples (``index`` int64, ``video_id`` a list of str, ``rgb`` /
-        ``audio`` / ``labels`` float32 ``[len(rows), d]``).
+        ``audio`` / ``labels`` float32 ``[len(rows), d]``). With ``sparse_labels``, ``labels`` is
+        replaced by ``label_offsets`` int64 ``[len(rows) + 1]`` and ``label_classes`` int64
+        ``[nnz]`` (the CSR form of the same matrix; :func:`densify_labels` expands it).
 
         Each column is read once: a slice when the rows are consecutive (unshuffled reading), else
         one ``np.take`` in the requested order. Reading in ascending order and then reordering was
@@ -334,7 +371,8 @@ class YT8MFeatureCacheDataset(IterableDataset):
         a = self._open()
         rows = np.asarray(rows, np.int64)
         n = len(rows)
-        rgb, audio, y = self._buffers.get(n, self.visual_dim, self.audio_dim, self.num_classes)
+        width = 0 if self.sparse_labels else self.num_classes
+        rgb, audio, y = self._buffers.get(n, self.visual_dim, self.audio_dim, width)
         if n and rows[-1] - rows[0] == n - 1 and (n == 1 or bool(np.all(np.diff(rows) == 1))):
             lo, hi = int(rows[0]), int(rows[-1]) + 1
             np.copyto(rgb, a["rgb"][lo:hi])
@@ -350,16 +388,25 @@ class YT8MFeatureCacheDataset(IterableDataset):
         starts, counts = offsets[rows], offsets[rows + 1] - offsets[rows]
         ends = np.cumsum(counts)
         positions = np.arange(int(ends[-1]) if n else 0) + np.repeat(starts - (ends - counts), counts)
-        ones = np.repeat(np.arange(n) * self.num_classes, counts) + a["labels"][positions]
-        y.reshape(-1)[ones] = 1.0
-        self._buffers.put((rgb, audio, y), ones)
-        return {
+        classes = a["labels"][positions]
+        batch: dict[str, Any] = {
             "index": torch.from_numpy(a["index"][rows].astype(np.int64)),
             "video_id": [v.decode() for v in a["video_id"][rows]],
             "rgb": torch.from_numpy(rgb),
             "audio": torch.from_numpy(audio),
-            "labels": torch.from_numpy(y),
         }
+        if self.sparse_labels:
+            self._buffers.put((rgb, audio, y), np.zeros(0, np.int64))
+            label_offsets = np.zeros(n + 1, np.int64)
+            label_offsets[1:] = ends
+            batch["label_offsets"] = torch.from_numpy(label_offsets)
+            batch["label_classes"] = torch.from_numpy(classes.astype(np.int64))
+            return batch
+        ones = np.repeat(np.arange(n) * self.num_classes, counts) + classes
+        y.reshape(-1)[ones] = 1.0
+        self._buffers.put((rgb, audio, y), ones)
+        batch["labels"] = torch.from_numpy(y)
+        return batch
 
     def _generate(self, rows: np.ndarray) -> Iterator[dict[str, Any]]:
         a = self._open()
