@@ -75,8 +75,12 @@ def test_every_packaged_table_is_complete(name: str, tmp_path: Path) -> None:
         if row.experiment:  # rows without one show the paper's values only
             find_experiment(row.experiment)
         assert row.source.startswith(table.source), f"{row.name}: the source names the paper's table and row"
-        # The paper leaves a cell empty only where the row cannot have a value (unqa Table VII's "-").
-        assert len(row.paper) == len(table.columns) or table.name == "unqa/table7", row.name
+        # The paper leaves a cell empty only where the row cannot have a value (unqa Tables VII and X's
+        # "-", Table III's methods of one modality) or where its text cannot be read (footnoted).
+        assert len(row.paper) == len(table.columns) or table.name in PARTIAL_ROWS, row.name
+
+
+PARTIAL_ROWS = ("unqa/table3", "unqa/table7", "unqa/table10")
 
 
 def test_yt8m_table1_holds_the_papers_fifteen_rows() -> None:
