@@ -130,7 +130,12 @@ def test_changed_source_is_decoded_again(demo: Path, tmp_path: Path, monkeypatch
     assert len(metas()) == 2
 
 
-def test_features_command_builds_the_store_once(demo: Path, tmp_path: Path, capsys) -> None:
+def test_features_command_builds_the_store_once(
+    demo: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store under this copy of the data: the session's shared $AVLAB_CACHE may already hold these
+    # demo stimuli (entries are keyed by content) from another test, in shuffled orders.
+    monkeypatch.delenv("AVLAB_CACHE")
     root = tmp_path / "qa"
     shutil.copytree(demo / "TCD-VoIP", root / "TCD-VoIP")
     shutil.copytree(demo / "KoNViD-1k", root / "KoNViD-1k")
