@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_configs import SALIENCY_TINY
+from media_helpers import SALIENCY_TINY
 
 pytestmark = pytest.mark.ddp
 DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]

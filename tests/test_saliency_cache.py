@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from media_helpers import SALIENCY_TINY
 from PIL import Image
-from tiny_configs import SALIENCY_TINY
 
 from avlab import cli
 from avlab.datamodules.saliency import SaliencyDataModule, collate_saliency

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_configs import SALIENCY_TINY
+from media_helpers import SALIENCY_TINY
 
 from avlab import cli
 from avlab.config import load_experiment
