@@ -134,19 +134,24 @@ def test_demo_rows_share_runs_and_table6_keeps_each_rows_steps(tmp_path: Path) -
         return {r.row.name: r for r in plan(load_table(name), runs_root=tmp_path) if r.row.experiment}
 
     t3, t5, t6, t10 = (resolved(f"unqa/table{i}") for i in (3, 5, 6, 10))
-    # Tables III and X use Table V's demo overlay, so their UNQA row is Table V's run.
-    assert t3["UNQA"].config_hash == t5["UNQA"].config_hash == t10["UNQA"].config_hash
-    # Table VI has none: the overlay's step list would replace the ablations' own.
-    steps = {n: [s["name"] for s in r.cfg.callbacks.extra.schedule.steps] for n, r in t6.items()}
-    assert steps == {
-        "w/o FS": ["modality_heads", "finetune"],
-        "w/o SS": ["database_heads", "finetune"],
-        "w/o TS": ["database_heads", "modality_heads"],
-        "UNQA": ["database_heads", "modality_heads", "finetune"],
+    # Tables III, VI and X use Table V's demo overlay, so their UNQA row is Table V's run.
+    assert t3["UNQA"].config_hash == t5["UNQA"].config_hash == t6["UNQA"].config_hash
+    assert t10["UNQA"].config_hash == t5["UNQA"].config_hash
+    # The overlay's step list would replace the ablations' own: each Table VI row's own demo
+    # overlay puts back its two steps, at the demo lengths (database 10, modality 3, finetune 2).
+    steps = {
+        n: [(s["name"], s["epochs"], s["lr"]) for s in r.cfg.callbacks.extra.schedule.steps]
+        for n, r in t6.items()
     }
+    db, mod, ft = ("database_heads", 10, 1e-3), ("modality_heads", 3, 1e-3), ("finetune", 2, 1e-3)
+    assert steps == {"w/o FS": [mod, ft], "w/o SS": [db, ft], "w/o TS": [db, mod], "UNQA": [db, mod, ft]}
     for r in t6.values():
         epochs = sum(s["epochs"] for s in r.cfg.callbacks.extra.schedule.steps)
         assert r.cfg.trainer.max_epochs == epochs, r.row.name
+    # Off the demo data a row's own demo overlay does not apply: the paper's 20/10/10 lengths.
+    real = plan(load_table("unqa/table6"), ["data.root=/nonexistent/unqa"], runs_root=tmp_path)
+    wo_fs = next(r for r in real if r.row.name == "w/o FS")
+    assert [s["epochs"] for s in wo_fs.cfg.callbacks.extra.schedule.steps] == [10, 10]
 
 
 def test_column_keys_are_keys_the_unqa_module_logs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -153,15 +153,21 @@ def resolve_row(
     from avlab.config import load_experiment
 
     def load(demo: bool) -> DictConfig:
-        ov = [*table.overlay, *(table.demo_overlay if demo else []), *overlays]
-        items = [*table.overrides, *(table.demo_overrides if demo else []), *row.overrides, *overrides]
+        ov = [*table.overlay, *(table.demo_overlay + row.demo_overlay if demo else []), *overlays]
+        items = [
+            *table.overrides,
+            *(table.demo_overrides if demo else []),
+            *row.overrides,
+            *(row.demo_overrides if demo else []),
+            *overrides,
+        ]
         if runs_root is not None:
             items.append(f"run.root={runs_root}")
         return load_experiment(row.experiment, items, overlays=_overlay_paths(table, ov))
 
     cfg = load(False)
     used = data_used(cfg)
-    if used.demo and (table.demo_overlay or table.demo_overrides):
+    if used.demo and (table.demo_overlay or table.demo_overrides or row.demo_overlay or row.demo_overrides):
         cfg = load(True)
         used = data_used(cfg)
     return cfg, used, Path(str(cfg.run.root))

@@ -3,7 +3,8 @@
 A table names its rows (an experiment plus overrides each), its columns (metric keys of
 ``metrics.json``, or ``params`` for a count the model gives without training), the values the
 paper publishes with their source (table and row), the evaluation protocol, optional overlays and
-overrides for every row (``demo_overlay``/``demo_overrides`` only when a row runs on demo data),
+overrides for every row (``demo_overlay``/``demo_overrides`` only when a row runs on demo data;
+a row may add its own after the table's),
 and footnotes saying where avlab's setup differs from the paper's. Example::
 
     title: Comparison on the internal dataset
@@ -68,6 +69,10 @@ class Row:
     source: str = ""
     #: Published values by column id; a column the paper leaves empty is simply absent.
     paper: dict[str, float] = field(default_factory=dict)
+    #: This row's demo-scale overlays/overrides, after the table's (only on demo data): for a row
+    #: whose own settings the table's demo overlay would replace, e.g. a shortened step list.
+    demo_overlay: list[str] = field(default_factory=list)
+    demo_overrides: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -113,7 +118,7 @@ _TOP_KEYS = {
     "needs",
 }
 _COLUMN_KEYS = {"id", "name", "key", "kind", "scale", "digits", "better", "params_overrides"}
-_ROW_KEYS = {"name", "experiment", "overrides", "group", "source", "paper"}
+_ROW_KEYS = {"name", "experiment", "overrides", "group", "source", "paper", "demo_overlay", "demo_overrides"}
 
 
 def tables_root() -> Path:
@@ -230,6 +235,8 @@ def load_table(name: str) -> TableSpec:
                 group=str(node.get("group", "")),
                 source=str(node.get("source", "")),
                 paper={str(k): float(v) for k, v in paper.items() if v is not None},
+                demo_overlay=_str_list(node.get("demo_overlay"), where + "demo_overlay", problems),
+                demo_overrides=_str_list(node.get("demo_overrides"), where + "demo_overrides", problems),
             )
         )
     if not rows:
