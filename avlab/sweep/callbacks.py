@@ -5,9 +5,44 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 from typing import Any
+
+#: Set by the sweep's Ctrl-C handler. The KeyboardInterrupt a signal raises can be lost: raised
+#: inside a ``__del__`` or a weakref callback, Python prints "Exception ignored" and goes on, and a
+#: 5000-epoch trial then trains on. The trial's fits check this flag after every batch and raise it
+#: again, so one Ctrl-C always ends the sweep.
+CTRL_C = threading.Event()
+
+
+@contextlib.contextmanager
+def ctrl_c_recorded() -> Iterator[None]:
+    """Within the block, Ctrl-C sets :data:`CTRL_C` and raises KeyboardInterrupt; the previous handler
+    comes back after it. An ignored SIGINT stays ignored (a background job of a script is meant to
+    be immune to the terminal's Ctrl-C), as does any handler outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN or previous is None:
+        yield
+        return
+
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        CTRL_C.set()
+        raise KeyboardInterrupt
+
+    CTRL_C.clear()
+    signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        CTRL_C.clear()
 
 
 @functools.cache
@@ -49,6 +84,10 @@ def pruning_callback_class() -> type:
             self._fits += 1
             self._ddp_pruned, self._pruned_epoch = False, 0
             super().on_fit_start(trainer, pl_module)
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+            if CTRL_C.is_set():  # a Ctrl-C whose KeyboardInterrupt was lost (see CTRL_C)
+                raise KeyboardInterrupt
 
         def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
             import optuna

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -18,7 +17,12 @@ from omegaconf import OmegaConf
 
 from avlab.errors import AvlabError, ConfigError, did_you_mean
 from avlab.progress import progress_task
-from avlab.sweep.callbacks import finish_stray_wandb_run, pruning_callback_class, trial_wandb_callback
+from avlab.sweep.callbacks import (
+    ctrl_c_recorded,
+    finish_stray_wandb_run,
+    pruning_callback_class,
+    trial_wandb_callback,
+)
 from avlab.sweep.ddp import CHANNEL_ENV, DDP_STATUS_WAIT_S, Channel, follow, is_follower
 from avlab.sweep.space import check_space, param_overrides, yaml_value
 from avlab.sweep.spec import build_pruner, build_sampler, load_sweep
@@ -234,15 +238,13 @@ def run_sweep(
 
     interrupted, error = False, None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), ctrl_c_recorded():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.optimize(guarded, n_trials=n_trials, catch=(Exception,))
     except _OutOfStep as exc:
         error = str(exc)
     except KeyboardInterrupt:
-        interrupted = True
-        # Lightning ignores SIGINT after its own Ctrl-C handling; the rest of this process should not.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        interrupted = True  # ctrl_c_recorded has put the previous SIGINT handler back
     finally:
         trials_done.close()
         # Other ranks waiting for a next trial see the end marker, or the folder gone, and exit 0.
