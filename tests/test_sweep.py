@@ -349,18 +349,19 @@ def test_a_ctrl_c_whose_keyboard_interrupt_is_lost_still_stops_the_trial() -> No
             for _ in range(10_000):  # the handler runs in here: Python drops its KeyboardInterrupt
                 pass
 
-    before = signal.getsignal(signal.SIGINT)
-    with ctrl_c_recorded():
-        victim = DiesOnCtrlC()
-        del victim  # no KeyboardInterrupt reaches this frame...
-        assert CTRL_C.is_set()  # ...but the Ctrl-C is on record
-        pruning = pruning_callback_class()(optuna.create_study().ask(), "val/loss")
-        with pytest.raises(KeyboardInterrupt):  # and the trial's next batch ends the fit
-            pruning.on_train_batch_end(None, None, None, None, 0)
-    assert signal.getsignal(signal.SIGINT) is before and not CTRL_C.is_set()
-    # An ignored SIGINT (a script's background job) stays ignored.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Start from Python's default Ctrl-C handling, whatever an earlier test left in this worker.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        with ctrl_c_recorded():
+            victim = DiesOnCtrlC()
+            del victim  # no KeyboardInterrupt reaches this frame...
+            assert CTRL_C.is_set()  # ...but the Ctrl-C is on record
+            pruning = pruning_callback_class()(optuna.create_study().ask(), "val/loss")
+            with pytest.raises(KeyboardInterrupt):  # and the trial's next batch ends the fit
+                pruning.on_train_batch_end(None, None, None, None, 0)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and not CTRL_C.is_set()
+        # An ignored SIGINT (a script's background job) stays ignored.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         with ctrl_c_recorded():
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
