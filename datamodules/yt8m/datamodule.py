@@ -369,18 +369,7 @@ class YT8MDataModule(AvlabDataModule):
 
 def _scan_table(dataset: YT8MRecordDataset) -> pd.DataFrame:
     """The :meth:`YT8MDataModule.sample_table` of a record stream: one unshuffled single-process pass."""
-    reader = YT8MRecordDataset(
-        dataset.paths,
-        schema=dataset.schema,
-        features=dataset.features,
-        num_classes=dataset.num_classes,
-        skip_corrupt=dataset.skip_corrupt,
-        verify_crc=dataset.verify_crc,
-        max_frames=dataset.max_frames,
-        rank=0,
-        world_size=1,
-        source=dataset.source,
-    )
+    reader = dataset.whole_stream()
     rows = []
     for sample in reader:
         shard, record = split_record_key(sample["index"])

@@ -82,18 +82,7 @@ def build_feature_cache(
     if (out / "meta.json").is_file():
         return out
     # One reader over everything, whatever the DDP/worker context of the caller.
-    src = YT8MRecordDataset(
-        dataset.paths,
-        schema=dataset.schema,
-        features=dataset.features,
-        num_classes=dataset.num_classes,
-        skip_corrupt=dataset.skip_corrupt,
-        verify_crc=dataset.verify_crc,
-        max_frames=dataset.max_frames,
-        rank=0,
-        world_size=1,
-        source=dataset.source,
-    )
+    src = dataset.whole_stream()
     capacity = sum(cached_count(p) for p in src.paths)  # upper bound: skipped records leave rows unused
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)

@@ -115,6 +115,22 @@ class YT8MRecordDataset(IterableDataset):
         # visible in the main process: one row per worker, so no two processes write one cell.
         self._corrupt_counts = torch.zeros(64, 2, dtype=torch.int64).share_memory_()
 
+    def whole_stream(self) -> YT8MRecordDataset:
+        """The same records, unshuffled, as one reader over every shard whatever the DDP/worker
+        context of the caller: for passes that must see each record once (tables, caches)."""
+        return YT8MRecordDataset(
+            self.paths,
+            schema=self.schema,
+            features=self.features,
+            num_classes=self.num_classes,
+            skip_corrupt=self.skip_corrupt,
+            verify_crc=self.verify_crc,
+            max_frames=self.max_frames,
+            rank=0,
+            world_size=1,
+            source=self.source,
+        )
+
     # ------------------------------------------------------------------ bookkeeping
     @property
     def skipped_corrupt(self) -> int:
