@@ -1,4 +1,4 @@
-"""The ``avlab`` command line: train, test, predict, data, features, sweep, compare."""
+"""The ``avlab`` command line: train, test, predict, data, features, sweep, compare, table, cache."""
 
 from __future__ import annotations
 
@@ -137,6 +137,9 @@ def _parser() -> argparse.ArgumentParser:
     from avlab.tables import add_parser as add_table_parser
 
     add_table_parser(sub)  # `avlab table`: a paper table, paper vs avlab (avlab/tables/)
+    from avlab.cache_admin import add_parser as add_cache_parser
+
+    add_cache_parser(sub)  # `avlab cache list|prune` (avlab/cache_admin.py)
     _quiet_anywhere(p)
     return p
 
@@ -292,6 +295,10 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             pruner=args.pruner,
         )
         return 130 if result is not None and result.interrupted else 0
+    if args.command == "cache":
+        from avlab import cache_admin
+
+        return cache_admin.main(args)
     if args.command == "table":
         from avlab import tables
 

@@ -254,10 +254,15 @@ class _CachedFrames:
 
     def identity(self, vid: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """(params, source fingerprint) of video ``vid``'s entry: what its key is made of."""
+        params = {"frame_size": list(self.source.frame_size), "decoder": self.source.decoding(vid)}
+        return params, sources_fingerprint(self.source_files(vid))
+
+    def source_files(self, vid: int) -> list[Path]:
+        """Every file video ``vid``'s entry is decoded from, as absolute paths: recorded in the entry
+        so that ``avlab cache prune`` can tell, from any working folder, when one has changed."""
         rec = self.source.videos[vid]
         files = [rec.frames] if isinstance(rec.frames, Path) else list(rec.frames)
-        params = {"frame_size": list(self.source.frame_size), "decoder": self.source.decoding(vid)}
-        return params, sources_fingerprint(files + list(rec.maps))
+        return [Path(f).absolute() for f in files + list(rec.maps)]
 
     def key(self, vid: int) -> str:
         return frame_key("saliency-frames", *self.identity(vid))
@@ -286,6 +291,7 @@ class _CachedFrames:
             "video": f"{rec.dataset}/{rec.name}",
             "params": params,
             "sources": sources,
+            "source_files": [str(f) for f in self.source_files(vid)],
         }
         key = frame_key("saliency-frames", params, sources)
         arrays, built = self.store.open_or_build(key, spec, fill, prov)

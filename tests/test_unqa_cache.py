@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from avlab import cli
+from avlab.cache_admin import CacheEntry, prune, scan
 from avlab.datamodules.unqa import UNQADataModule
 from avlab.errors import ConfigError, DataError
 from avlab.features.frame_cache import FrameStore
@@ -128,6 +129,17 @@ def test_changed_source_is_decoded_again(demo: Path, tmp_path: Path, monkeypatch
     assert not torch.equal(before, after)
     assert torch.equal(after, _dm(root, "off", dbs).load_item(uid)["frames"])
     assert len(metas()) == 2
+    # `avlab cache prune` finds the superseded entry (and the motion features of the same file) and
+    # removes only those; the rewritten image is served from its new entry.
+    by_status: dict[str, list[CacheEntry]] = {}
+    for entry in scan([root]):
+        by_status.setdefault(entry.status, []).append(entry)
+    assert set(by_status) <= {"current", "changed"}
+    stale_frames = [e for e in by_status["changed"] if e.area == "frames"]
+    assert len(stale_frames) == 1 and str(source) in stale_frames[0].reason
+    prune([root])
+    assert len(metas()) == 1 and all(e.status == "current" for e in scan([root]))
+    assert torch.equal(_dm(root, "auto", dbs).load_item(uid)["frames"], after)
 
 
 def test_features_command_builds_the_store_once(

@@ -22,6 +22,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -32,10 +33,26 @@ import numpy as np
 from avlab.errors import FeatureError
 from avlab.rundir import atomic_path
 
-__all__ = ["FeatureCache", "cache_key", "cached", "dataset_feature_cache", "file_fingerprint"]
+__all__ = ["FeatureCache", "cache_key", "cached", "dataset_feature_cache", "file_fingerprint", "mark_used"]
 
 # (resolved path, size, mtime_ns) -> sha1; files are re-hashed only when they change.
 _SHA1_MEMO: dict[tuple[str, int, int], str] = {}
+# Readers refresh an entry's last-use time at most this often: one metadata write a day at most.
+_MARK_USED_EVERY_S = 86400.0
+
+
+def mark_used(meta: Path) -> None:
+    """Record that the cache entry described by the file ``meta`` was read now.
+
+    The last use is ``meta``'s modification time, which ``avlab cache prune --older-than`` and
+    ``--max-size`` order entries by. It is refreshed at most once a day, so reading costs no
+    write per step; a read-only cache (a shared dataset folder) is read as usual.
+    """
+    try:
+        if time.time() - meta.stat().st_mtime > _MARK_USED_EVERY_S:
+            os.utime(meta)
+    except OSError:
+        pass
 
 
 def file_fingerprint(path: str | Path) -> dict[str, Any]:
@@ -54,7 +71,8 @@ def file_fingerprint(path: str | Path) -> dict[str, Any]:
                 h.update(block)
         digest = h.hexdigest()
         _SHA1_MEMO[memo_key] = digest
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha1": digest}
+    # The absolute path lets `avlab cache prune` find the source again from any working folder.
+    return {"path": str(path.absolute()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha1": digest}
 
 
 def _canonical(obj: Any) -> Any:
@@ -104,10 +122,12 @@ class FeatureCache:
             return None
         try:
             with np.load(npz, allow_pickle=False) as data:
-                return {name: data[name] for name in data.files}
+                arrays = {name: data[name] for name in data.files}
         except (OSError, ValueError, zipfile.BadZipFile, EOFError):
             # A damaged entry (disk full, foreign tampering) is recomputed rather than trusted.
             return None
+        mark_used(meta)
+        return arrays
 
     def provenance(self, key: str) -> dict[str, Any] | None:
         """The provenance sidecar of ``key`` (None when absent)."""

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from avlab.errors import ConfigError, DataError, FeatureError, MediaError
-from avlab.features.cache import cache_key
+from avlab.features.cache import cache_key, mark_used
 
 __all__ = [
     "FRAME_CACHE_VERSION",
@@ -148,6 +148,8 @@ class FrameStore:
             if list(arr.shape) != spec["shape"] or str(arr.dtype) != spec["dtype"]:
                 return None
             out[name] = arr
+        if out:
+            mark_used(self.path(key) / "meta.json")
         return out or None
 
     def build(

@@ -16,14 +16,18 @@ from avlab.io.tfrecord import count_records
 from avlab.paths import cache_dir
 from avlab.rundir import atomic_write
 
-__all__ = ["cached_count"]
+__all__ = ["cached_count", "count_key"]
+
+
+def count_key(path: Path) -> str:
+    """The cache key of a shard's count as the shard is now: SHA-1 of its resolved path, size, mtime."""
+    st = path.stat()
+    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
 
 
 def cached_count(path: Path) -> int:
     """Record count of a shard, cached on disk by (path, size, mtime) so scans happen once."""
-    st = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
-    cache = cache_dir() / "tfrecord_counts" / f"{key}.json"
+    cache = cache_dir() / "tfrecord_counts" / f"{count_key(path)}.json"
     try:
         return int(json.loads(cache.read_text())["count"])
     except (OSError, ValueError, KeyError):
@@ -31,7 +35,8 @@ def cached_count(path: Path) -> int:
     n = count_records(path)
     try:
         # Atomic: concurrent workers never read half a file.
-        atomic_write(cache, json.dumps({"path": str(path), "count": n}))
+        # The resolved path lets `avlab cache prune` recompute the key and spot a rewritten shard.
+        atomic_write(cache, json.dumps({"path": str(path.resolve()), "count": n}))
     except OSError:
         pass
     return n

@@ -36,6 +36,7 @@ from avlab.datamodules.yt8m.records import YT8MRecordDataset
 from avlab.datamodules.yt8m.schema import RECORD_KEY_SHIFT
 from avlab.datamodules.yt8m.sharding import equal_batches_quota, resolve_dist
 from avlab.errors import DataError
+from avlab.features.cache import mark_used
 from avlab.progress import progress_task
 
 __all__ = [
@@ -129,6 +130,11 @@ def build_feature_cache(
         "audio_dim": src.audio_dim,
         "skipped_corrupt": src.skipped_corrupt,
         "sources": [str(p) for p in src.paths],
+        # What the key is made of, so `avlab cache prune` can tell when a shard was rewritten.
+        "source_stats": [
+            {"path": str(p.resolve()), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+            for p in src.paths
+        ],
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # last: marks a complete cache
     try:
@@ -250,6 +256,7 @@ class YT8MFeatureCacheDataset(IterableDataset):
         if not meta_path.is_file():
             raise DataError(f"{self.cache} is not a complete YouTube-8M feature cache (no meta.json)")
         self.meta = json.loads(meta_path.read_text())
+        mark_used(meta_path)
         self.count = int(self.meta["count"])
         self.num_classes = int(self.meta["num_classes"])
         self.visual_dim, self.audio_dim = int(self.meta["visual_dim"]), int(self.meta["audio_dim"])
