@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from avlab.data_fingerprint import describe_record
 from avlab.errors import DataError
 
 #: Config sections that differ between any two runs and say nothing about the model.
@@ -79,6 +80,8 @@ def compare_runs(run_dirs: list[Path], metrics: str = "test/", config_diff: bool
             cells.append("—" if v is None else (f"{v:.4f} ± {std:.4f}" if std is not None else f"{v:.4f}"))
         table.add_row(f"{cfg.get('description') or cfg.get('experiment', d.parent.name)}", *cells)
     flat = [{k: v for k, v in _flatten(cfg).items() if k.split(".")[0] not in _IGNORED} for _, _, cfg in runs]
+    for f, (d, _, _) in zip(flat, runs, strict=True):
+        f.update(describe_record(d))  # the same config over changed data is a difference too
     diff_keys = sorted(
         k for k in set().union(*flat) if len({json.dumps(f.get(k), default=str) for f in flat}) > 1
     )

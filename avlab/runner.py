@@ -33,6 +33,7 @@ import avlab
 from avlab.baselines.base import ClosedFormEstimator
 from avlab.callbacks.data_wait import METRIC, DataWait
 from avlab.callbacks.rng_state import RNGStateCheckpoint
+from avlab.data_fingerprint import write_data_record
 from avlab.datamodules.base import AvlabDataModule, SupportsArrays
 from avlab.errors import ConfigError
 from avlab.instantiate import instantiate, resolve_target
@@ -355,12 +356,27 @@ def _train(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Callback]) 
     if is_rank_zero():
         if len(per_split) > 1:
             _write_splits_csv(run_dir, per_split)
+        _record_data(run_dir, cfg, datamodule)
         metrics = write_metrics(run_dir, metrics)
         if len(per_split) > 1 and lightning_model:  # estimators log no W&B runs to summarise
             log_split_summary(
                 cfg, run_dir, wandb_mode(cfg), group, splits[0][0] or "split", per_split, metrics
             )
     return RunResult(run_dir, metrics, per_split, summary, val_metrics)
+
+
+def _record_data(run_dir: Path, cfg: DictConfig, datamodule: Any) -> None:
+    """``data.json``: fingerprints of the dataset folders the run read (``avlab table`` reuses a
+    run only while they hold), written before ``metrics.json`` so every finished run has one."""
+    roots = {}
+    if isinstance(datamodule, AvlabDataModule):
+        roots["data"] = datamodule.dataset_root()
+    if cfg.get("test_data") is not None:
+        other = instantiate(cfg.test_data)
+        if isinstance(other, AvlabDataModule):
+            roots["test_data"] = other.dataset_root()
+    if roots:
+        write_data_record(run_dir, roots)
 
 
 def _attach(module: Any, run_dir: Path, cfg: DictConfig) -> None:

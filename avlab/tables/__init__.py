@@ -72,7 +72,7 @@ def make_table(
             }[res.action]
             ran = f"{res.row.experiment} {' '.join(res.row.overrides)}".strip()
             where = f" [{ran}] config {res.config_hash}" if ran else ""
-            print(f"{res.row.name}{where}: {what}")
+            print(f"{res.row.name}{where}: {what}" + (f" ({res.note})" if res.note else ""))
         return TableResult(table, rows, None, render.print_table(table, rows, dry_run=True))
     run_missing(rows)
     cfg = next((r.cfg for r in rows if r.cfg is not None), None)

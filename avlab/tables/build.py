@@ -2,7 +2,9 @@
 
 A finished run is a run directory with ``config.yaml`` (the resolved config the runner wrote) and
 ``metrics.json``. Its config hash is computed from ``config.yaml`` itself, so any run of the same
-resolved config is reused, whether ``avlab table`` or ``avlab train`` made it. The hash leaves out
+resolved config is reused, whether ``avlab table`` or ``avlab train`` made it, as long as the dataset
+folders it read still hold the data it fingerprinted (``data.json``, :mod:`avlab.data_fingerprint`):
+a corrected score file or an added video makes the row run again. The hash leaves out
 what cannot change a result: where runs and logs go (``run``, ``logger``), the progress bar, the
 description, and the avlab version and commit stamped into ``config.yaml`` (so a code change does
 not by itself invalidate a table; delete the run directories to recompute).
@@ -21,6 +23,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from avlab.data_fingerprint import stale_data
 from avlab.errors import ConfigError
 from avlab.tables.spec import Column, Row, TableSpec
 
@@ -60,6 +63,8 @@ class RowResult:
     computed: dict[str, float] = field(default_factory=dict)
     error: str = ""
     seconds: float = 0.0
+    #: Why a run with the same config was not reused (its data changed), for the dry run and log.
+    note: str = ""
 
     def value(self, col: Column) -> float | None:
         """avlab's value in the paper's unit, or ``None`` when there is none."""
@@ -200,6 +205,7 @@ def plan(
     run it would reuse and the values that need no run."""
     results = []
     needs_run = any(c.kind == "metric" for c in table.columns)
+    fingerprints: dict[str, dict[str, Any]] = {}  # each dataset folder is walked once per table
     problems = []
     for row in table.rows:
         if not row.experiment:
@@ -220,9 +226,12 @@ def plan(
             res.action = "none"
         else:
             found = find_finished_run(root, str(cfg.experiment), res.config_hash)
-            if found is not None:
+            why_not = stale_data(found, fingerprints) if found is not None else None
+            if found is not None and why_not is None:
                 res.action, res.run_dir = "reuse", found
                 res.metrics = json.loads((found / "metrics.json").read_text())
+            elif found is not None:
+                res.note = f"not reusing {found.name}: {why_not}"
         results.append(res)
     if problems:
         raise ConfigError(
@@ -239,6 +248,8 @@ def run_missing(results: list[RowResult], log: Any = print) -> None:
     todo = [r for r in results if r.action == "run"]
     for i, res in enumerate(todo, 1):
         log(f"[{i}/{len(todo)}] avlab train {res.row.experiment} ({res.row.name}) ...")
+        if res.note:
+            log(f"    {res.note}")
         start = time.perf_counter()
         try:
             out = runner.train(res.cfg)
