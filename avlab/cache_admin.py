@@ -33,7 +33,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,6 +220,26 @@ def _scan_feature_store(root: Path) -> Iterator[CacheEntry]:
             yield CacheEntry("features", item, files, size, item.stat().st_mtime, status, reason, info)
 
 
+def _folder_entry(
+    area: str, folder: Path, check: Callable[[dict[str, Any]], tuple[str, str]], info_keys: Sequence[str]
+) -> CacheEntry:
+    """An entry stored as a folder whose ``meta.json`` is written last (its mtime is the last use)."""
+    size, _ = _tree_size(folder)
+    meta_path = folder / "meta.json"
+    meta = _read_json(meta_path)
+    if meta is None:
+        return CacheEntry(area, folder, (folder,), size, folder.stat().st_mtime, "partial", "no meta.json")
+    status, reason = check(meta)
+    info = {key: meta.get(key) for key in info_keys}
+    return CacheEntry(area, folder, (folder,), size, meta_path.stat().st_mtime, status, reason, info)
+
+
+def _check_yt8m_sources(meta: dict[str, Any]) -> tuple[str, str]:
+    if not meta.get("source_stats"):
+        return "unchecked", "built before avlab recorded its shards' sizes and times"
+    return _check_stats(meta["source_stats"])
+
+
 def _scan_frame_store(root: Path) -> Iterator[CacheEntry]:
     """:class:`~avlab.features.frame_cache.FrameStore` entries: ``root/<xx>/<key>/meta.json``."""
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and _HEX2.fullmatch(p.name)):
@@ -230,17 +250,7 @@ def _scan_frame_store(root: Path) -> Iterator[CacheEntry]:
                 continue
             if not (item.is_dir() and _HEX40.fullmatch(item.name)):
                 continue
-            size, _ = _tree_size(item)
-            meta_path = item / "meta.json"
-            meta = _read_json(meta_path)
-            if meta is None:
-                mtime = item.stat().st_mtime
-                yield CacheEntry("frames", item, (item,), size, mtime, "partial", "no meta.json")
-                continue
-            status, reason = _check_frame_sources(meta)
-            info = {"kind": meta.get("kind"), "video": meta.get("video")}
-            last = meta_path.stat().st_mtime
-            yield CacheEntry("frames", item, (item,), size, last, status, reason, info)
+            yield _folder_entry("frames", item, _check_frame_sources, ("kind", "video"))
 
 
 def _scan_yt8m_features(root: Path) -> Iterator[CacheEntry]:
@@ -251,21 +261,7 @@ def _scan_yt8m_features(root: Path) -> Iterator[CacheEntry]:
             continue
         if _TMP_PID.search(item.name):
             continue  # a build in progress
-        size, _ = _tree_size(item)
-        meta_path = item / "meta.json"
-        meta = _read_json(meta_path)
-        if meta is None:
-            mtime = item.stat().st_mtime
-            yield CacheEntry("yt8m-features", item, (item,), size, mtime, "partial", "no meta.json")
-            continue
-        stats = meta.get("source_stats")
-        if stats:
-            status, reason = _check_stats(stats)
-        else:
-            status, reason = "unchecked", "built before avlab recorded its shards' sizes and times"
-        last = meta_path.stat().st_mtime
-        info = {"count": meta.get("count"), "features": meta.get("features")}
-        yield CacheEntry("yt8m-features", item, (item,), size, last, status, reason, info)
+        yield _folder_entry("yt8m-features", item, _check_yt8m_sources, ("count", "features"))
 
 
 def _scan_tfrecord_counts(root: Path) -> Iterator[CacheEntry]:
