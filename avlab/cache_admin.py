@@ -28,6 +28,7 @@ per step and a read-only dataset folder still works.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -417,11 +418,12 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "cache",
         help="What avlab's caches hold, and removing entries that can never be read again.",
-        description="List or prune avlab's caches: decoded frames, extracted features, the yt8m "
-        "feature cache and TFRecord counts. Entries whose sources changed (so they are never read "
-        "again), of an older layout, or left by interrupted builds are pruned by default.",
-        epilog="Examples: avlab cache list   avlab cache prune --dry-run   "
-        "avlab cache prune /data/diem --missing --older-than 90   avlab cache prune --max-size 200G",
+        description="List or prune avlab's caches: decoded frames, extracted features, the yt8m\n"
+        "feature cache and TFRecord counts. Entries whose sources changed (so they are never\n"
+        "read again), of an older layout, or left by interrupted builds are pruned by default.",
+        epilog="examples:\n  avlab cache list --entries\n  avlab cache prune --dry-run\n"
+        "  avlab cache prune /data/diem --missing --older-than 90\n  avlab cache prune --max-size 200G",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     csub = p.add_subparsers(dest="cache_command", metavar="SUBCOMMAND")
     where_help = (
