@@ -33,7 +33,7 @@ import avlab
 from avlab.baselines.base import ClosedFormEstimator
 from avlab.callbacks.data_wait import METRIC, DataWait
 from avlab.callbacks.rng_state import RNGStateCheckpoint
-from avlab.data_fingerprint import write_data_record
+from avlab.data_fingerprint import read_data_record, write_data_record
 from avlab.datamodules.base import AvlabDataModule, SupportsArrays
 from avlab.errors import ConfigError
 from avlab.instantiate import instantiate, resolve_target
@@ -365,9 +365,13 @@ def _train(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Callback]) 
     return RunResult(run_dir, metrics, per_split, summary, val_metrics)
 
 
-def _record_data(run_dir: Path, cfg: DictConfig, datamodule: Any) -> None:
+def _record_data(run_dir: Path, cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
     """``data.json``: fingerprints of the dataset folders the run read (``avlab table`` reuses a
-    run only while they hold), written before ``metrics.json`` so every finished run has one."""
+    run only while they hold), written once per run directory (the first fold writes it) and
+    before ``metrics.json``, so every finished run has one."""
+    existing = read_data_record(run_dir)
+    if existing is not None:
+        return existing
     roots = {}
     if isinstance(datamodule, AvlabDataModule):
         roots["data"] = datamodule.dataset_root()
@@ -375,8 +379,15 @@ def _record_data(run_dir: Path, cfg: DictConfig, datamodule: Any) -> None:
         other = instantiate(cfg.test_data)
         if isinstance(other, AvlabDataModule):
             roots["test_data"] = other.dataset_root()
-    if roots:
-        write_data_record(run_dir, roots)
+    return write_data_record(run_dir, roots) if roots else {}
+
+
+def _data_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The data fingerprints as W&B summary keys, so runs over different data tell apart there too."""
+    out: dict[str, Any] = {}
+    for name, fp in record.items():
+        out[f"data/{name}/sha1"], out[f"data/{name}/files"] = fp.get("sha1"), fp.get("files")
+    return out
 
 
 def _attach(module: Any, run_dir: Path, cfg: DictConfig) -> None:
@@ -418,7 +429,8 @@ def _fit_and_test(
     if wait is not None and wait.mean_fraction() is not None:
         results[METRIC] = wait.mean_fraction()
         lines.append(wait.summary_line())
-    write_summary(trainer.loggers, results)
+    data = _data_summary(_record_data(run_dir, cfg, datamodule)) if is_rank_zero() else {}
+    write_summary(trainer.loggers, {**results, **data})
     finish_loggers(trainer)
     return results, lines, val
 

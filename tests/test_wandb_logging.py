@@ -119,6 +119,9 @@ def test_cv_run_logs_media_summaries_one_group_and_a_summary_run(
         row = folds.iloc[k]
         for key in (c for c in folds.columns if c.startswith("test/")):
             assert run["summary"][key] == pytest.approx(row[key], rel=1e-6), key
+        # ... and the fingerprint of the data it read, as data.json does.
+        data = json.loads((run_dir / "data.json").read_text())["data"]
+        assert run["summary"]["data/data/sha1"] == data["sha1"] and run["summary"]["data/data/files"] > 0
 
     summary = by_type["summary"][0]
     assert summary["run"].display_name == f"{group}/summary"
