@@ -22,6 +22,7 @@ The shared evaluation hook (the same for every task, see ``docs/architecture.md`
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,22 @@ class AvlabModule(LightningModule):
         :meth:`eval_outputs`. Returns ``{metric: value}``, logged as ``<stage>/<metric>``.
         """
         return {}
+
+    def frozen_in_eval(self) -> list[torch.nn.Module]:
+        """Submodules kept in eval mode on purpose while training: frozen extractors whose BatchNorm
+        statistics and dropout must stay as they are. None by default."""
+        return []
+
+    def on_fit_start(self) -> None:
+        # Lightning warns that modules in eval mode "may lead to unexpected behavior". When they are
+        # exactly the frozen extractors above, that is the design, and the warning only alarms; any
+        # other module in eval mode changes the count, so the warning still shows for it.
+        frozen = {id(m) for root in self.frozen_in_eval() for m in root.modules()}
+        in_eval = [m for m in self.modules() if not m.training]
+        if in_eval and all(id(m) in frozen for m in in_eval):
+            warnings.filterwarnings(
+                "ignore", message=rf"Found {len(in_eval)} module\(s\) in eval mode at the start of training"
+            )
 
     def on_validation_epoch_end(self) -> None:
         self.finish_stage("val")

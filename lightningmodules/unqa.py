@@ -208,6 +208,11 @@ class UNQAModule(AvlabModule):
         ]
         self.train(self.training)
 
+    def frozen_in_eval(self) -> list[torch.nn.Module]:
+        """The extractors this step does not train, and the (always frozen) SlowFast."""
+        parts = [getattr(self.net, name) for name in getattr(self, "_frozen", [])]
+        return parts + ([self.net.motion] if self.net.motion is not None else [])
+
     def train(self, mode: bool = True) -> UNQAModule:
         super().train(mode)
         if mode:
