@@ -86,6 +86,9 @@ class CallbacksConfig:
     #: (``train/data_wait_fraction`` in the loggers and metrics.json); off by default because a
     #: timing would make otherwise identical runs' metrics differ.
     data_wait: bool = False
+    #: Stop with a clear error at the first training step whose loss is NaN or infinite
+    #: (``callbacks/nonfinite.py``); a diverged run cannot recover.
+    stop_on_nonfinite: bool = True
     #: ``rich`` | ``tqdm`` | ``none`` | ``auto`` (rich on a terminal, tqdm otherwise); quiet makes it none.
     progress_bar: str = "auto"
     #: Extra Lightning callbacks by name: ``{name: {_target_: ..., ...}}``.

@@ -31,6 +31,10 @@ class FeatureError(AvlabError):
     """A cached or precomputed feature has the wrong shape, width or content."""
 
 
+class TrainingDiverged(AvlabError):
+    """The training loss became NaN or infinite; the message says where, and whether the data did."""
+
+
 def closest(name: str, candidates: Iterable[str], n: int = 1) -> list[str]:
     """The candidates closest to ``name``, for 'did you mean ...?' hints."""
     candidates = list(candidates)

@@ -57,6 +57,29 @@ def test_toy_training_under_ddp_matches_one_process(toy_experiment: Path, tmp_pa
     assert len(list(ddp_dir.parent.iterdir())) == 2
 
 
+def test_a_nan_target_on_one_rank_stops_every_rank(toy_experiment: Path, tmp_path: Path) -> None:
+    # Row 0 is a training row: only the rank whose batch holds it sees the NaN score, yet both ranks
+    # must stop at the same step (or the other would wait in its next all-reduce until timeout).
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("AVLAB_RUN_DIR", None)
+    args = ["train", str(toy_experiment), "data.batch_size=8", "data.nan_targets=[0]", *DDP]
+    proc = subprocess.run(
+        [sys.executable, "-m", "avlab.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "non-finite" in line]
+    assert any("non-finite values in `y`" in line for line in errors), proc.stderr[-3000:]
+    assert any("on another process" in line for line in errors), proc.stderr[-3000:]
+    (status,) = tmp_path.glob("runs/*/*/status.json")
+    assert json.loads(status.read_text())["status"] == "failed"
+
+
 def test_avq_trains_under_ddp_and_test_metrics_equal_one_process(tmp_path: Path) -> None:
     common = [
         "data.demo_size=tiny",

@@ -33,10 +33,18 @@ class ToyDataModule(AvlabDataModule):
     supported_protocols = ("fold",)
 
     def __init__(
-        self, root: str | None = None, n: int = 96, dim: int = 4, batch_size: int = 16, noise: float = 0.05
+        self,
+        root: str | None = None,
+        n: int = 96,
+        dim: int = 4,
+        batch_size: int = 16,
+        noise: float = 0.05,
+        nan_targets: tuple[int, ...] = (),
     ) -> None:
         super().__init__(root=root, batch_size=batch_size)
         self.n, self.dim, self.noise = n, dim, noise
+        #: Rows whose target is made NaN: a bad score in the data, for the divergence tests.
+        self.nan_targets = tuple(nan_targets)
 
     @staticmethod
     def build_demo(out_dir: Path, size: str = "small") -> Path:
@@ -56,7 +64,8 @@ class ToyDataModule(AvlabDataModule):
         if not path.is_file():
             raise DataError(f"{path} missing")
         data = np.load(path)
-        self.x, self.y = data["x"], data["y"]
+        self.x, self.y = data["x"], data["y"].copy()
+        self.y[list(self.nan_targets)] = np.nan
         order = np.arange(len(self.y))
         if self.split_kind == "fold":
             test = order[self.split_index :: self.split_count]

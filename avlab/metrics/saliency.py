@@ -169,7 +169,8 @@ def auc_judd(pred: Tensor, fix: Tensor) -> Tensor:
     s = pred.reshape(-1).to(torch.float64)
     f = fix.reshape(-1) > 0
     n_fix, n_pix = int(f.sum()), s.numel()
-    if n_fix == 0 or n_fix == n_pix:
+    # A NaN in the map (a diverged model) would sort anywhere and give an area above 1, not NaN.
+    if n_fix == 0 or n_fix == n_pix or not bool(torch.isfinite(s).all()):
         return torch.tensor(math.nan, dtype=torch.float64, device=pred.device)
     lo, hi = s.min(), s.max()
     if hi == lo:  # MATLAB: (S - min) / 0 -> all NaN -> score NaN
