@@ -86,9 +86,9 @@ class CallbacksConfig:
     #: (``train/data_wait_fraction`` in the loggers and metrics.json); off by default because a
     #: timing would make otherwise identical runs' metrics differ.
     data_wait: bool = False
-    #: Stop with a clear error at the first training step whose loss is NaN or infinite
-    #: (``callbacks/nonfinite.py``); a diverged run cannot recover.
-    stop_on_nonfinite: bool = True
+    #: ``loss`` | ``gradients`` | ``none``: stop with a clear error at the first training step whose
+    #: loss (or, with ``gradients``, a gradient) is NaN or infinite (``callbacks/nonfinite.py``).
+    stop_on_nonfinite: str = "loss"
     #: ``rich`` | ``tqdm`` | ``none`` | ``auto`` (rich on a terminal, tqdm otherwise); quiet makes it none.
     progress_bar: str = "auto"
     #: Extra Lightning callbacks by name: ``{name: {_target_: ..., ...}}``.
@@ -489,6 +489,9 @@ def _check_scalar(node: DictConfig, key: str, ftype: Any, full: str) -> list[str
     expected = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(scalar)
     if expected is None or value is None:
         return []
+    if isinstance(value, bool) and expected is str:
+        # YAML 1.1 reads on/off/yes/no as booleans: `key=off` arrives here as False.
+        return [f"`{full}` must be a string, got {value!r}; YAML reads on/off/yes/no/true/false as booleans"]
     if isinstance(value, bool) and expected is not bool:
         return [f"`{full}` must be a number, got {value!r}"]
     if not isinstance(value, expected):

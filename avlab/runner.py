@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 import avlab
 from avlab.baselines.base import ClosedFormEstimator
 from avlab.callbacks.data_wait import METRIC, DataWait
+from avlab.callbacks.nonfinite import MODES as NONFINITE_MODES
 from avlab.callbacks.nonfinite import StopOnNonFinite
 from avlab.callbacks.rng_state import RNGStateCheckpoint
 from avlab.data_fingerprint import read_data_record, write_data_record
@@ -204,8 +205,13 @@ def build_callbacks(
         )
     if c.data_wait:
         callbacks.append(DataWait())
-    if c.stop_on_nonfinite:
-        callbacks.append(StopOnNonFinite())
+    mode = str(c.stop_on_nonfinite)
+    if mode not in NONFINITE_MODES:
+        raise ConfigError(
+            f"callbacks.stop_on_nonfinite must be one of {', '.join(NONFINITE_MODES)}, got {mode!r}"
+        )
+    if mode != "none":
+        callbacks.append(StopOnNonFinite(gradients=mode == "gradients"))
     if c.lr_monitor and has_logger:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     bar = progress_bar_kind(c.progress_bar)

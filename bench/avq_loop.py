@@ -20,6 +20,7 @@ from lightning import Trainer, seed_everything
 from torch.utils.data import DataLoader, TensorDataset
 
 from avlab.callbacks.data_wait import DataWait
+from avlab.callbacks.nonfinite import StopOnNonFinite
 from avlab.lightningmodules.avq import AVQModule
 from avlab.losses import CCCRMSELoss
 from avlab.models.avq import AttentiveAVFusionNet
@@ -60,7 +61,8 @@ def lightning_epochs(loader: DataLoader) -> float:
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        callbacks=[wait],
+        # avlab's default run also checks every step's loss (callbacks.stop_on_nonfinite=loss).
+        callbacks=[wait, StopOnNonFinite()],
     )
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader)

@@ -2,17 +2,22 @@
 
 Lightning trains on after a NaN or infinite loss: every later step is NaN too, the weights turn
 to NaN, and hours later the test reports NaN correlations, or rank-based numbers that mean
-nothing. A diverged run cannot recover, so :class:`StopOnNonFinite` (``callbacks.stop_on_nonfinite``,
-on by default) raises :class:`~avlab.errors.TrainingDiverged` at the first such step:
+nothing. A diverged run cannot recover, so :class:`StopOnNonFinite` raises
+:class:`~avlab.errors.TrainingDiverged` at the first such step (``callbacks.stop_on_nonfinite``):
 
-* before the optimizer step, when a gradient is NaN or infinite: the message names the
-  parameters (a finite loss can still give NaN gradients, from an overflow in a backward pass);
-* after the step, when the loss is: the message says which float tensors of the batch already
-  held non-finite values (bad data) or that none did (the model or its precision).
+* ``loss`` (default): after each step, when the loss is NaN or infinite. The message says which
+  float tensors of the batch already held non-finite values (bad data) or that none did (the
+  model or its precision). It costs one scalar read per step.
+* ``gradients``: also before each optimizer step, when a gradient is: the run stops before the
+  optimizer writes it into the weights, and the message names the parameters. A finite loss can
+  give NaN gradients (an overflow in a backward pass), which this catches a step earlier. It costs
+  a fused norm over all gradients per step: about 4 ms per step for avq's 7.35M-parameter model on
+  2 CPU cores (10 % of its step), microseconds on a GPU. Off under ``16-mixed``, whose gradient
+  scaler skips overflowing steps by design.
+* ``none``: train on regardless.
 
-The run directory is then marked failed, with the message, like any other failed run. Checking
-costs a fused norm of the gradients and two scalar reads per step. In ``16-mixed`` training the
-gradient check is off: its gradient scaler skips steps whose gradients overflow, by design.
+Under DDP the decision is shared, so every rank stops at the same step. The run directory is then
+marked failed, with the message, like any other failed run.
 """
 
 from __future__ import annotations
@@ -58,15 +63,22 @@ def _cause(trainer: Trainer, batch: Any) -> str:
     return (
         "the batch is finite, so the model diverged or a layer's backward pass overflowed: lower "
         "model.lr, clip gradients (trainer.gradient_clip_val=1.0), or train in full precision "
-        f"(trainer.precision=32-true) if it runs in {trainer.precision}"
+        f"(trainer.precision=32-true) if it runs in {trainer.precision}; "
+        "callbacks.stop_on_nonfinite=gradients names the parameters whose gradients go first"
     )
 
 
-class StopOnNonFinite(Callback):
-    """Raise :class:`~avlab.errors.TrainingDiverged` when a training step's gradients or loss are NaN
-    or infinite, before the optimizer writes such gradients into the weights."""
+#: ``callbacks.stop_on_nonfinite`` values.
+MODES = ("loss", "gradients", "none")
 
-    def __init__(self) -> None:
+
+class StopOnNonFinite(Callback):
+    """Raise :class:`~avlab.errors.TrainingDiverged` when a training step's loss (and, with
+    ``gradients=True``, its gradients, before the optimizer writes them into the weights) is NaN or
+    infinite."""
+
+    def __init__(self, gradients: bool = False) -> None:
+        self.gradients = gradients
         self._batch: Any = None
         self._batch_idx = 0
 
@@ -79,12 +91,14 @@ class StopOnNonFinite(Callback):
         cause = _cause(trainer, batch)
         raise TrainingDiverged(
             f"{what} at training step {step} (epoch {trainer.current_epoch}, batch {batch_idx}); {then}. "
-            f"Cause: {cause}. callbacks.stop_on_nonfinite=false trains on regardless."
+            f"Cause: {cause}. callbacks.stop_on_nonfinite=none trains on regardless."
         )
 
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        if not self.gradients:
+            return
         if str(trainer.precision) in ("16-mixed", "16"):  # float16 AMP, not bf16 (which has no scaler)
             return  # the gradient scaler skips overflowing steps itself; they are not a divergence
         named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]

@@ -61,7 +61,7 @@ def _fit(module: AvlabModule, loader: DataLoader, callbacks: list) -> Trainer:
 
 def test_a_diverging_model_stops_at_the_step_that_diverged() -> None:
     with pytest.raises(TrainingDiverged) as err:
-        _fit(_Regressor(nan_at=5), _loader(), [StopOnNonFinite()])
+        _fit(_Regressor(nan_at=5), _loader(), [StopOnNonFinite(gradients=True)])
     message = str(err.value)
     # The NaN loss gives NaN gradients: caught before the optimizer writes them into the weights.
     assert message.startswith("non-finite gradients in 2 of 2 parameters (net.weight, net.bias)")
@@ -84,22 +84,23 @@ def test_a_nan_in_the_data_is_named_as_the_cause() -> None:
 def test_train_marks_the_run_failed_with_the_reason(toy_experiment: Path, tmp_path: Path, capsys) -> None:
     # SGD at lr 1e30 sends the toy regression to infinity within a few steps.
     base = ["train", str(toy_experiment), "model.lr=1e30", "logger.wandb.mode=disabled"]
-    assert cli.main([*base, f"run.root={tmp_path}"]) == 2
+    assert cli.main([*base, f"run.root={tmp_path}", "callbacks.stop_on_nonfinite=gradients"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: non-finite gradients") and "the model diverged" in err
     (status_file,) = tmp_path.glob("*/*/status.json")
     status = json.loads(status_file.read_text())
     assert status["status"] == "failed" and status["error"].startswith("TrainingDiverged: non-finite")
-    assert cli.main([*base, f"run.root={tmp_path / 'on'}", "callbacks.stop_on_nonfinite=false"]) == 0
+    assert cli.main([*base, f"run.root={tmp_path / 'loss'}"]) == 2  # the default loss check
+    assert capsys.readouterr().err.startswith("error: train loss is")
+    assert cli.main([*base, f"run.root={tmp_path / 'none'}", "callbacks.stop_on_nonfinite=none"]) == 0
+    assert cli.main([*base, f"run.root={tmp_path / 'x'}", "callbacks.stop_on_nonfinite=maybe"]) == 2
+    assert "callbacks.stop_on_nonfinite must be one of loss, gradients, none" in capsys.readouterr().err
 
 
-def test_a_nan_loss_with_the_gradient_check_off_is_still_caught_after_the_step() -> None:
-    class _SkipGradientCheck(StopOnNonFinite):
-        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-            pass  # as under 16-mixed, where the gradient scaler owns overflowing gradients
-
+def test_the_default_loss_check_stops_after_the_step() -> None:
+    # As under 16-mixed, where the gradient scaler owns overflowing gradients, the loss check remains.
     with pytest.raises(TrainingDiverged, match=r"^train loss is nan at training step 6 \(epoch 1, batch 1\)"):
-        _fit(_Regressor(nan_at=5), _loader(), [_SkipGradientCheck()])
+        _fit(_Regressor(nan_at=5), _loader(), [StopOnNonFinite()])
 
 
 def test_the_gradient_check_is_off_only_under_float16_amp() -> None:
@@ -109,10 +110,12 @@ def test_the_gradient_check_is_off_only_under_float16_amp() -> None:
 
     module = _Regressor()
     module.net.weight.grad = torch.full_like(module.net.weight, math.nan)
-    StopOnNonFinite().on_before_optimizer_step(_Precision("16-mixed"), module, None)  # the scaler's job
+    check = StopOnNonFinite(gradients=True)
+    check.on_before_optimizer_step(_Precision("16-mixed"), module, None)  # the scaler's job
+    StopOnNonFinite().on_before_optimizer_step(_Precision("32-true"), module, None)  # loss mode: no check
     for precision in ("bf16-mixed", "32-true", "16-true"):
         with pytest.raises(TrainingDiverged, match=r"gradients in 1 of 1 parameters \(net.weight\)"):
-            StopOnNonFinite().on_before_optimizer_step(_Precision(precision), module, None)
+            check.on_before_optimizer_step(_Precision(precision), module, None)
 
 
 def test_auc_judd_of_a_map_with_nan_is_nan() -> None:
