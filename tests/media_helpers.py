@@ -1,9 +1,12 @@
-"""What several tests share: media built on the fly from the tiny demo databases, and the overrides
-that shrink a task to CPU-test size."""
+"""What several tests share: media built on the fly from the tiny demo databases, the overrides
+that shrink a task to CPU-test size, and a bare CPU Trainer for tests of a hook or a callback."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from lightning import Trainer
 
 from avlab.media.ffmpeg import probe, run_ffmpeg
 
@@ -18,6 +21,20 @@ SALIENCY_TINY = [
     "model.channels=16",
     "logger.wandb.mode=disabled",
 ]
+
+
+def bare_trainer(**kwargs: Any) -> Trainer:
+    """A CPU Trainer without loggers, checkpoints, progress bar or model summary; ``kwargs`` add to
+    or replace its arguments."""
+    args = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return Trainer(**{**args, **kwargs})
 
 
 def mux_av(video: Path, wav: Path, out: Path) -> Path:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning import LightningModule, Trainer
+from lightning import LightningModule
+from media_helpers import bare_trainer
 from torch.utils.data import DataLoader, Dataset
 
 from avlab import cli
@@ -52,17 +53,7 @@ class _SlowStep(LightningModule):
 
 def _fit(item_sleep: float, tmp_path: Path) -> DataWait:
     wait = DataWait()
-    trainer = Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[wait],
-        default_root_dir=str(tmp_path),
-    )
+    trainer = bare_trainer(max_epochs=2, callbacks=[wait], default_root_dir=str(tmp_path))
     trainer.fit(_SlowStep(), DataLoader(_SleepyRows(item_sleep), batch_size=BATCH))
     assert len(wait.epoch_fractions) == 2 and len(wait.steps) == STEPS
     assert float(trainer.callback_metrics[METRIC]) == pytest.approx(wait.epoch_fractions[-1])

@@ -19,18 +19,22 @@ pytestmark = pytest.mark.ddp
 DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
 
 
-def avlab(*args: str, cwd: Path) -> Path:
+def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("AVLAB_RUN_DIR", None)
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "avlab.cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
         env=env,
-        timeout=600,
+        timeout=timeout,
         check=False,
     )
+
+
+def avlab(*args: str, cwd: Path) -> Path:
+    proc = run_cli(*args, cwd=cwd)
     if proc.returncode != 0:
         # Every rank's error line, not only the tail: the rank that failed first is the cause.
         errors = [line for line in proc.stderr.splitlines() if "Error" in line or "Exception" in line]
@@ -60,18 +64,8 @@ def test_toy_training_under_ddp_matches_one_process(toy_experiment: Path, tmp_pa
 def test_a_nan_target_on_one_rank_stops_every_rank(toy_experiment: Path, tmp_path: Path) -> None:
     # Row 0 is a training row: only the rank whose batch holds it sees the NaN score, yet both ranks
     # must stop at the same step (or the other would wait in its next all-reduce until timeout).
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("AVLAB_RUN_DIR", None)
     args = ["train", str(toy_experiment), "data.batch_size=8", "data.nan_targets=[0]", *DDP]
-    proc = subprocess.run(
-        [sys.executable, "-m", "avlab.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    proc = run_cli(*args, cwd=tmp_path, timeout=300)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if "non-finite" in line]
     assert any("non-finite values in `y`" in line for line in errors), proc.stderr[-3000:]

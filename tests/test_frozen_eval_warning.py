@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from lightning import Trainer
+from media_helpers import bare_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -46,15 +46,7 @@ class FrozenExtractorModule(AvlabModule):
 
 def _fit_warnings(module: AvlabModule) -> list[str]:
     data = TensorDataset(torch.randn(16, 4), torch.randn(16))
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = bare_trainer(max_steps=2, limit_val_batches=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(module.train(), DataLoader(data, batch_size=8))

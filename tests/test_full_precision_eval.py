@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning import Trainer
+from media_helpers import bare_trainer
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -51,15 +51,7 @@ class _TrainerPrecisionProbe(_Probe):
 
 def _run(module: _Probe) -> dict[str, tuple[bool, torch.dtype]]:
     loader = DataLoader(torch.randn(8, 3), batch_size=4)
-    trainer = Trainer(
-        accelerator="cpu",
-        precision="bf16-mixed",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = bare_trainer(precision="bf16-mixed", max_epochs=1)
     trainer.fit(module, loader, loader)
     trainer.test(module, loader, verbose=False)
     return module.seen

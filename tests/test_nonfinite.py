@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning import Trainer
+from media_helpers import bare_trainer
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -46,15 +47,7 @@ def _loader(nan_target_in_batch: int | None = None) -> DataLoader:
 
 
 def _fit(module: AvlabModule, loader: DataLoader, callbacks: list) -> Trainer:
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
+    trainer = bare_trainer(max_epochs=2, callbacks=callbacks)
     trainer.fit(module, loader)
     return trainer
 
