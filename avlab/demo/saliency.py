@@ -229,7 +229,7 @@ def _save_gray(path: Path, x: np.ndarray) -> None:
 def _encode_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
     import subprocess
 
-    from avlab.media.ffmpeg import ffmpeg_exe
+    from avlab.media.ffmpeg import ffmpeg_exe, raw_rgb_input
 
     path.parent.mkdir(parents=True, exist_ok=True)
     _, h, w, _ = frames.shape
@@ -239,16 +239,7 @@ def _encode_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
         "-nostdin",
         "-v",
         "error",
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "rgb24",
-        "-s",
-        f"{w}x{h}",
-        "-r",
-        f"{fps}",
-        "-i",
-        "-",
+        *raw_rgb_input(w, h, f"{fps}"),
         "-c:v",
         "libx264",
         "-preset",

@@ -56,7 +56,7 @@ import numpy as np
 
 from avlab.errors import ConfigError
 from avlab.media.decoders import open_video, read_frames, take_frames
-from avlab.media.ffmpeg import run_ffmpeg
+from avlab.media.ffmpeg import raw_rgb_input, run_ffmpeg
 from avlab.progress import progress
 
 __all__ = ["BUILDER_VERSION", "DEMO_DATABASES", "build_unqa_demo"]
@@ -341,16 +341,7 @@ def _encode_h264(
         [
             "-v",
             "error",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-s",
-            f"{w}x{h}",
-            "-r",
-            f"{fps:.5f}",
-            "-i",
-            str(raw),
+            *raw_rgb_input(w, h, f"{fps:.5f}", str(raw)),
             *vf,
             "-c:v",
             "libx264",

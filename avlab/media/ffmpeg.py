@@ -23,7 +23,16 @@ import numpy as np
 
 from avlab.errors import MediaError
 
-__all__ = ["MediaInfo", "count_frames", "ffmpeg_exe", "ffmpeg_version", "load_audio", "probe", "run_ffmpeg"]
+__all__ = [
+    "MediaInfo",
+    "count_frames",
+    "ffmpeg_exe",
+    "ffmpeg_version",
+    "load_audio",
+    "probe",
+    "raw_rgb_input",
+    "run_ffmpeg",
+]
 
 
 @functools.lru_cache(maxsize=1)
@@ -44,6 +53,12 @@ def ffmpeg_version() -> str:
     """First line of ``ffmpeg -version``; part of feature-cache keys so a new binary invalidates them."""
     proc = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True, check=False)
     return proc.stdout.splitlines()[0].strip() if proc.stdout else "unknown"
+
+
+def raw_rgb_input(width: int, height: int, fps: str, source: str = "-") -> list[str]:
+    """ffmpeg input arguments for packed 8-bit RGB frames of ``width`` × ``height`` at ``fps``
+    (as written, so a caller keeps its exact rate string), read from ``source`` (``-``: stdin)."""
+    return ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", fps, "-i", source]
 
 
 def _tail(text: str, n: int = 15) -> str:

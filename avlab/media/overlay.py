@@ -14,7 +14,7 @@ from types import TracebackType
 import numpy as np
 
 from avlab.errors import MediaError
-from avlab.media.ffmpeg import ffmpeg_exe
+from avlab.media.ffmpeg import ffmpeg_exe, raw_rgb_input
 
 __all__ = ["OverlayWriter", "blend_heatmap", "jet_lut"]
 
@@ -61,16 +61,7 @@ class OverlayWriter:
             "-nostdin",
             "-v",
             "error",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-s",
-            f"{width}x{height}",
-            "-r",
-            f"{fps}",
-            "-i",
-            "-",
+            *raw_rgb_input(width, height, f"{fps}"),
             "-i",
             str(source),
             "-map",
