@@ -22,6 +22,15 @@ SALIENCY_TINY = [
     "logger.wandb.mode=disabled",
 ]
 
+#: yt8m on its tiny demo at CPU-test size: one epoch of a 32-wide model.
+YT8M_TINY = [
+    "logger.wandb.mode=disabled",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "data.batch_size=32",
+    "model.net.hidden=32",
+]
+
 
 def bare_trainer(**kwargs: Any) -> Trainer:
     """A CPU Trainer without loggers, checkpoints, progress bar or model summary; ``kwargs`` add to

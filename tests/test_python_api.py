@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from media_helpers import YT8M_TINY
 
 import avlab
 from avlab.compare import compare_runs
@@ -32,13 +33,7 @@ AVQ = [
     "data.val_sources=1",
     "trainer.max_epochs=2",
 ]
-YT8M = [
-    "logger.wandb.mode=disabled",
-    "trainer.accelerator=cpu",
-    "trainer.max_epochs=1",
-    "data.batch_size=32",
-    "model.net.hidden=32",
-]
+YT8M = YT8M_TINY
 
 
 @pytest.fixture(scope="module")

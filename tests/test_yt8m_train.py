@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from media_helpers import YT8M_TINY
 from torch import nn
 
 from avlab import cli
@@ -25,13 +26,7 @@ from avlab.metrics.yt8m import YT8MMetrics
 from avlab.models.yt8m.fc_residual import FCResidualGatedLateFusion
 from avlab.models.yt8m.params import yt8m_experiments
 
-SMALL = [
-    "logger.wandb.mode=disabled",
-    "trainer.accelerator=cpu",
-    "trainer.max_epochs=1",
-    "data.batch_size=32",
-    "model.net.hidden=32",
-]
+SMALL = YT8M_TINY
 
 
 @pytest.fixture(scope="module")

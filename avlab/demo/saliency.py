@@ -157,13 +157,10 @@ def _decode_clip(path: Path, width: int, height: int = 180) -> np.ndarray:
     """All frames of a clip, scaled to ``width × height`` (bicubic), as uint8 ``[T, H, W, 3]``."""
     import subprocess
 
-    from avlab.media.ffmpeg import ffmpeg_exe
+    from avlab.media.ffmpeg import ffmpeg_command
 
     proc = subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-hide_banner",
-            "-nostdin",
+        ffmpeg_command(
             "-v",
             "error",
             "-i",
@@ -177,7 +174,7 @@ def _decode_clip(path: Path, width: int, height: int = 180) -> np.ndarray:
             "-pix_fmt",
             "rgb24",
             "-",
-        ],
+        ),
         capture_output=True,
         check=False,
     )
@@ -229,14 +226,11 @@ def _save_gray(path: Path, x: np.ndarray) -> None:
 def _encode_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
     import subprocess
 
-    from avlab.media.ffmpeg import ffmpeg_exe, raw_rgb_input
+    from avlab.media.ffmpeg import ffmpeg_command, raw_rgb_input
 
     path.parent.mkdir(parents=True, exist_ok=True)
     _, h, w, _ = frames.shape
-    cmd = [
-        ffmpeg_exe(),
-        "-hide_banner",
-        "-nostdin",
+    cmd = ffmpeg_command(
         "-v",
         "error",
         *raw_rgb_input(w, h, f"{fps}"),
@@ -254,7 +248,7 @@ def _encode_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
         "+bitexact",
         "-y",
         str(path),
-    ]
+    )
     proc = subprocess.run(cmd, input=frames.tobytes(), capture_output=True, check=False)
     if proc.returncode != 0:
         raise MediaError(f"ffmpeg could not write {path}: {proc.stderr.decode(errors='replace')[-500:]}")

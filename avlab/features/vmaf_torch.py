@@ -55,7 +55,7 @@ from avlab.features.vmaf import (
     pool_frames,
     vmaf_arrays,
 )
-from avlab.media.ffmpeg import ffmpeg_exe, ffmpeg_version
+from avlab.media.ffmpeg import ffmpeg_command, ffmpeg_version
 
 __all__ = [
     "DEFAULT_BATCH_PIXELS",
@@ -225,10 +225,7 @@ def _open_luma(
     chain.append("extractplanes=y")
     depth = _bit_depth(pix_fmt)
     out_fmt = "gray" if depth <= 8 else f"gray{depth}le"
-    cmd = [
-        ffmpeg_exe(),
-        "-hide_banner",
-        "-nostdin",
+    cmd = ffmpeg_command(
         "-v",
         "error",
         "-i",
@@ -245,7 +242,7 @@ def _open_luma(
         "-f",
         "rawvideo",
         "-",
-    ]
+    )
     # A file, not a pipe: a full stderr pipe would block ffmpeg. _LumaPipe.close closes it.
     stderr = tempfile.TemporaryFile()  # noqa: SIM115
     try:

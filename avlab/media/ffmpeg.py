@@ -26,6 +26,7 @@ from avlab.errors import MediaError
 __all__ = [
     "MediaInfo",
     "count_frames",
+    "ffmpeg_command",
     "ffmpeg_exe",
     "ffmpeg_version",
     "load_audio",
@@ -55,6 +56,14 @@ def ffmpeg_version() -> str:
     return proc.stdout.splitlines()[0].strip() if proc.stdout else "unknown"
 
 
+def ffmpeg_command(*args: str | Path) -> list[str]:
+    """``ffmpeg -hide_banner -nostdin ARGS``: the banner only clutters error messages, and
+    ``-nostdin`` stops ffmpeg from reading the terminal (it would otherwise swallow keystrokes or
+    block when run in the background). For callers that stream through ``subprocess`` themselves;
+    :func:`run_ffmpeg` uses it too."""
+    return [ffmpeg_exe(), "-hide_banner", "-nostdin", *(str(a) for a in args)]
+
+
 def raw_rgb_input(width: int, height: int, fps: str, source: str = "-") -> list[str]:
     """ffmpeg input arguments for packed 8-bit RGB frames of ``width`` × ``height`` at ``fps``
     (as written, so a caller keeps its exact rate string), read from ``source`` (``-``: stdin)."""
@@ -69,10 +78,9 @@ def _tail(text: str, n: int = 15) -> str:
 def run_ffmpeg(args: list[str], *, what: str, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
     """Run ffmpeg with ``args`` (without the executable) and return the completed process.
 
-    ``-hide_banner -nostdin`` are always added: the banner only clutters error messages, and
-    ``-nostdin`` stops ffmpeg from reading the terminal (it would otherwise swallow keystrokes
-    or block when run in the background). ``cwd`` lets callers name output files relative to a
-    folder (e.g. a libvmaf log, whose path would otherwise need filtergraph escaping).
+    The command is :func:`ffmpeg_command`'s (``-hide_banner -nostdin`` added). ``cwd`` lets
+    callers name output files relative to a folder (e.g. a libvmaf log, whose path would
+    otherwise need filtergraph escaping).
 
     Raises:
         MediaError: when ffmpeg exits non-zero; the message says ``what`` was being done and
@@ -80,7 +88,7 @@ def run_ffmpeg(args: list[str], *, what: str, cwd: str | Path | None = None) -> 
     """
     if isinstance(args, str):  # a shell string would be split wrongly and is unsafe
         raise TypeError("run_ffmpeg takes an argument list, not a string")
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", *[str(a) for a in args]]
+    cmd = ffmpeg_command(*args)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=cwd)
     except OSError as exc:  # pragma: no cover - only when the binary vanished
@@ -193,10 +201,7 @@ def probe(path: str | Path) -> MediaInfo:
     # The exit status is not used (it is non-zero for audio-only files, which have no output
     # stream); success is judged from what ffmpeg printed.
     proc = subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-hide_banner",
-            "-nostdin",
+        ffmpeg_command(
             "-i",
             str(path),
             "-map",
@@ -209,7 +214,7 @@ def probe(path: str | Path) -> MediaInfo:
             "pipe:1",
             "-nostats",
             "-",
-        ],
+        ),
         capture_output=True,
         text=True,
         check=False,

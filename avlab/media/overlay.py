@@ -14,7 +14,7 @@ from types import TracebackType
 import numpy as np
 
 from avlab.errors import MediaError
-from avlab.media.ffmpeg import ffmpeg_exe, raw_rgb_input
+from avlab.media.ffmpeg import ffmpeg_command, raw_rgb_input
 
 __all__ = ["OverlayWriter", "blend_heatmap", "jet_lut"]
 
@@ -55,10 +55,7 @@ class OverlayWriter:
     ) -> None:
         self.out, self.width, self.height = Path(out), int(width), int(height)
         w2, h2 = width + (width % 2), height + (height % 2)
-        self.cmd = [
-            ffmpeg_exe(),
-            "-hide_banner",
-            "-nostdin",
+        self.cmd = ffmpeg_command(
             "-v",
             "error",
             *raw_rgb_input(width, height, f"{fps}"),
@@ -86,7 +83,7 @@ class OverlayWriter:
             f"{n_frames / fps:.6f}",
             "-y",
             str(self.out),
-        ]
+        )
         self.proc: subprocess.Popen | None = None
         self.written = 0
 
