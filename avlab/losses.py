@@ -38,7 +38,10 @@ def _flat_pair(pred: Tensor, target: Tensor, what: str) -> tuple[Tensor, Tensor]
             f"{what}: pred and target must have the same number of elements, "
             f"found {pred.numel()} and {target.numel()}"
         )
-    return pred, target.to(pred.dtype)
+    # At least float32: under bf16 mixed precision the head's output is bf16, and casting the
+    # targets down to it would quantise the MOS (3.21 -> 3.219) and the loss's sums.
+    dtype = torch.promote_types(pred.dtype, torch.float32)
+    return pred.to(dtype), target.to(dtype)
 
 
 def concordance_cc(pred: Tensor, target: Tensor, unbiased: bool = False) -> Tensor:

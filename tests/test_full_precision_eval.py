@@ -93,3 +93,30 @@ def test_a_checkpoint_scores_the_same_at_bf16_mixed_as_at_32_true(tmp_path: Path
         test_dir = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("run directory: "))
         scores[precision] = json.loads((test_dir / "metrics.json").read_text())
     assert scores["bf16-mixed"] == scores["32-true"]
+
+
+@pytest.mark.parametrize("name", ["srcc_loss", "mae_rank_loss", "ccc_rmse", "mdt"])
+def test_losses_compute_in_float32_from_a_bf16_head(name: str) -> None:
+    from avlab.losses import CCCRMSELoss, mdt_loss
+    from avlab.metrics.rank import mae_rank_loss, srcc_loss
+
+    losses = {
+        "srcc_loss": srcc_loss,
+        "mae_rank_loss": mae_rank_loss,
+        "ccc_rmse": CCCRMSELoss(),
+        "mdt": lambda p, t: mdt_loss(p, p, p, t, 4.0),  # relative, mapped and aligned scores alike
+    }
+    g = torch.Generator().manual_seed(0)
+    pred = (3 + 0.3 * torch.randn(32, generator=g)).bfloat16()  # a head's output under bf16 autocast
+    target = 3 + 0.3 * torch.randn(32, generator=g)  # MOS such as 3.21 must not be rounded to bf16
+    reference = pred.float().requires_grad_()
+    losses[name](reference, target).backward()
+    head = pred.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = losses[name](head, target)
+    loss.backward()
+    assert loss.dtype == torch.float32
+    # The same loss as from the float32 copy of the head's output; the gradient differs only by its
+    # rounding to the head's bf16 (before: 20 % for the soft-rank SRCC loss).
+    assert float(loss) == pytest.approx(float(losses[name](pred.float(), target)), rel=1e-6)
+    torch.testing.assert_close(head.grad.float(), reference.grad, rtol=0.01, atol=1e-4)

@@ -22,7 +22,9 @@ __all__ = ["exact_rank", "mae_rank_loss", "pairwise_rank_loss", "soft_rank", "so
 
 
 def _flat(x: Tensor, what: str) -> Tensor:
-    x = x.reshape(-1)
+    # At least float32: a bf16 head output (mixed precision) would quantise the pairwise differences
+    # and give the soft-rank gradients ~20 % error; the cast keeps the gradient flowing back to it.
+    x = x.reshape(-1).to(torch.promote_types(x.dtype, torch.float32))
     if x.numel() < 2:
         raise ValueError(f"{what} needs at least 2 samples in the batch, found {x.numel()}")
     return x
@@ -63,7 +65,7 @@ def soft_srcc(pred: Tensor, target: Tensor, temperature: float = 0.05) -> Tensor
     pred, target = _flat(pred, "soft_srcc"), _flat(target, "soft_srcc")
     if pred.shape != target.shape:
         raise ValueError(f"soft_srcc: pred and target differ in length ({pred.numel()} vs {target.numel()})")
-    return _pearson(soft_rank(pred, temperature), exact_rank(target).to(pred.dtype))
+    return _pearson(soft_rank(pred, temperature), exact_rank(target).to(pred.dtype))  # pred: >= float32
 
 
 def srcc_loss(pred: Tensor, target: Tensor, temperature: float = 0.05) -> Tensor:
@@ -74,7 +76,8 @@ def srcc_loss(pred: Tensor, target: Tensor, temperature: float = 0.05) -> Tensor
 def pairwise_rank_loss(pred: Tensor, target: Tensor) -> Tensor:
     """Eq. 11–13: ``1/B² Σ_i Σ_j max(0, |s_i − s_j| − e(s_i, s_j)·(o_i − o_j))``,
     e = +1 if s_i ≥ s_j else −1."""
-    o, s = _flat(pred, "pairwise_rank_loss"), _flat(target, "pairwise_rank_loss").to(pred.dtype)
+    o = _flat(pred, "pairwise_rank_loss")
+    s = _flat(target, "pairwise_rank_loss").to(o.dtype)
     ds = s[:, None] - s[None, :]
     e = torch.where(ds >= 0, torch.ones_like(ds), -torch.ones_like(ds))  # eq. 13
     do = o[:, None] - o[None, :]
@@ -84,5 +87,6 @@ def pairwise_rank_loss(pred: Tensor, target: Tensor) -> Tensor:
 
 def mae_rank_loss(pred: Tensor, target: Tensor, rank_weight: float = 1.0) -> Tensor:
     """Step-one loss ``L = L_MAE + L_rank`` (eq. 9, MAE eq. 10); ``rank_weight`` = 1 is the paper."""
-    o, s = _flat(pred, "mae_rank_loss"), _flat(target, "mae_rank_loss").to(pred.dtype)
+    o = _flat(pred, "mae_rank_loss")
+    s = _flat(target, "mae_rank_loss").to(o.dtype)
     return (o - s).abs().mean() + rank_weight * pairwise_rank_loss(o, s)
