@@ -249,7 +249,7 @@ class AVQDataModule(AvlabDataModule, SupportsArrays):
         vmaf_device: str = "auto",
         demo_size: str = "small",
         batch_size: int = 32,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
     ) -> None:
         super().__init__(root=root, demo_size=demo_size, batch_size=batch_size, num_workers=num_workers)
         if format != "auto":

@@ -21,6 +21,7 @@ Batches are dicts of tensors that carry each sample's dataset index under ``inde
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -83,6 +84,21 @@ class ArraySplit:
             )
 
 
+#: ``data.num_workers: auto`` uses at most this many workers per process: beyond it, more workers
+#: cost memory (each holds its own copies and prefetched batches) for little more throughput.
+MAX_AUTO_WORKERS = 8
+
+
+def auto_workers(devices: int = 1) -> int:
+    """``data.num_workers: auto`` for a process that shares this node's CPUs with ``devices - 1``
+    others: its share of the CPUs it may run on, minus one for the main process, capped."""
+    try:
+        cpus = len(os.sched_getaffinity(0))  # what a cgroup / SLURM allocation allows, not the host's total
+    except AttributeError:  # macOS
+        cpus = os.cpu_count() or 1
+    return max(0, min(MAX_AUTO_WORKERS, cpus // max(1, int(devices)) - 1))
+
+
 class AvlabDataModule(LightningDataModule):
     """Base DataModule: dataset folder resolution, demo fallback, split protocols, checks, and the
     contract methods (:meth:`extract_features`, :meth:`sample_table`, :meth:`dataset_info`)."""
@@ -91,7 +107,11 @@ class AvlabDataModule(LightningDataModule):
     task: str = ""
 
     def __init__(
-        self, root: str | None = None, demo_size: str = "small", batch_size: int = 32, num_workers: int = 0
+        self,
+        root: str | None = None,
+        demo_size: str = "small",
+        batch_size: int = 32,
+        num_workers: int | str = 0,
     ) -> None:
         super().__init__()
         self.root = root
@@ -101,6 +121,24 @@ class AvlabDataModule(LightningDataModule):
         self.split_kind: str | None = None
         self.split_index = 0
         self.split_count = 1
+
+    # ------------------------------------------------------------------ loader workers
+    @property
+    def num_workers(self) -> int:
+        """DataLoader worker processes per training process. ``data.num_workers: auto`` means the
+        CPUs this process may use, shared among the trainer's devices on this node, one left for
+        the main process, at most :data:`MAX_AUTO_WORKERS`; 0 on a machine with one CPU per device."""
+        if self._num_workers != "auto":
+            return self._num_workers
+        devices = getattr(getattr(self, "trainer", None), "num_devices", None) or 1
+        return auto_workers(devices)
+
+    @num_workers.setter
+    def num_workers(self, value: int | str) -> None:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            self._num_workers = value
+            return
+        raise ConfigError(f"data.num_workers must be a whole number >= 0 or `auto`, got {value!r}")
 
     # ------------------------------------------------------------------ dataset folder
     @property

@@ -558,7 +558,7 @@ class SaliencyDataModule(AvlabDataModule):
         normalize_on: str = "loader",
         demo_size: str = "small",
         batch_size: int = 8,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         decoder: str = "auto",
     ) -> None:
         super().__init__(root=root, demo_size=demo_size, batch_size=batch_size, num_workers=num_workers)
@@ -601,7 +601,7 @@ class SaliencyDataModule(AvlabDataModule):
         self.split_seed = split_seed
         self.frame_cache, self.jpeg_device = frame_cache, check_jpeg_device(jpeg_device)
         self.normalize_on = normalize_on
-        if jpeg_device == "cuda" and frame_cache == "off" and num_workers > 0:
+        if jpeg_device == "cuda" and frame_cache == "off" and self.num_workers > 0:
             raise ConfigError(
                 "data.jpeg_device=cuda with data.frame_cache=off decodes in the DataLoader workers, "
                 "which cannot use CUDA once the trainer has; set data.num_workers=0, or "

@@ -170,7 +170,7 @@ class UNQADataModule(AvlabDataModule, SupportsTaskSampling):
         dataset_name: str | None = None,
         demo_size: str = "small",
         batch_size: int = 8,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         motion: MotionExtractor | None = None,
         motion_batch: int = 4,
         decoder: str = "auto",

@@ -20,6 +20,7 @@ SALIENCY_TINY = [
     "model.visual.width_mult=0.125",
     "model.channels=16",
     "logger.wandb.mode=disabled",
+    "data.num_workers=0",  # the experiments' `auto` would start worker processes for tiny clips
 ]
 
 #: yt8m on its tiny demo at CPU-test size: one epoch of a 32-wide model.

@@ -57,3 +57,38 @@ def test_the_cpu_overlay_is_where_the_cpu_is_chosen(experiment: str) -> None:
     assert load_experiment(experiment, validate_targets=False).trainer.accelerator == "auto"
     cpu = load_experiment(experiment, validate_targets=False, overlays=[f"unqa/{CPU_OVERLAY}"])
     assert cpu.trainer.accelerator == "cpu"
+
+
+def test_auto_workers_share_the_usable_cpus_among_the_devices(monkeypatch) -> None:
+    import os
+
+    from avlab.datamodules import base
+    from avlab.datamodules.saliency import SaliencyDataModule
+    from avlab.errors import ConfigError
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert [base.auto_workers(d) for d in (1, 2, 4, 8, 16)] == [8, 7, 3, 1, 0]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert base.auto_workers(1) == 0  # one CPU: the main process loads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    dm = SaliencyDataModule(num_workers="auto", demo_size="tiny")
+    assert dm.num_workers == 5  # no trainer attached: one device
+
+    class _Trainer:
+        num_devices = 2
+
+    dm.trainer = _Trainer()
+    assert dm.num_workers == 2  # 6 CPUs / 2 devices - 1
+    assert SaliencyDataModule(num_workers=3).num_workers == 3
+    for bad in (-1, "many", 2.5, True):
+        with pytest.raises(ConfigError, match="data.num_workers must be a whole number >= 0 or `auto`"):
+            SaliencyDataModule(num_workers=bad)
+
+
+def test_paper_experiments_default_to_auto_workers_and_cpu_overlays_to_none() -> None:
+    from avlab.config import load_experiment
+
+    for name in ("saliency/avrsp_av", "saliency/avrsp_visual", "unqa/unqa_paper"):
+        assert load_experiment(name).data.num_workers == "auto", name
+    assert load_experiment("saliency/avrsp_av", overlays=["saliency/_cpu"]).data.num_workers == 0

@@ -75,7 +75,7 @@ class YT8MDataModule(AvlabDataModule):
         root: str | None = None,
         demo_size: str = "small",
         batch_size: int = 256,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         schema: str = "video",
         features: str = "mf",
         num_classes: int = 3862,
