@@ -22,8 +22,8 @@ Every entry gets one status:
 Pruning removes ``changed``, ``outdated`` and ``partial`` entries by default, ``missing`` ones
 with ``--missing``, and any entry by last use with ``--older-than DAYS`` or ``--max-size SIZE``
 (least recently used first). The last use is the modification time of the entry's metadata file,
-which readers refresh at most once a day (:func:`mark_used`), so reading a cache costs no write
-per step and a read-only dataset folder still works.
+which readers refresh at most once a day (:func:`avlab.features.cache.mark_used`), so reading a
+cache costs no write per step and a read-only dataset folder still works.
 """
 
 from __future__ import annotations
@@ -40,13 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from avlab.errors import ConfigError, FeatureError
-from avlab.features.cache import file_fingerprint, mark_used
+from avlab.features.cache import file_fingerprint
 from avlab.features.frame_cache import FRAME_CACHE_VERSION, sources_fingerprint
 
 __all__ = [
     "STATUSES",
     "CacheEntry",
-    "mark_used",
     "parse_size",
     "prune",
     "scan",

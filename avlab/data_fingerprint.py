@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from avlab.features.cache import file_fingerprint
 from avlab.rundir import atomic_write
 
 __all__ = [
@@ -50,14 +51,6 @@ CONTENT_SUFFIXES = frozenset(
 CONTENT_MAX_BYTES = 64 * 1024 * 1024
 
 
-def _file_sha1(path: str) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def data_fingerprint(root: str | Path) -> dict[str, Any]:
     """``{"root", "files", "bytes", "sha1"}`` of the dataset folder ``root`` (or of one file)."""
     root = Path(root).expanduser().absolute()
@@ -78,7 +71,7 @@ def data_fingerprint(root: str | Path) -> dict[str, Any]:
                 continue  # a dangling link is not data
             suffix = os.path.splitext(name)[1].lower()
             if suffix in CONTENT_SUFFIXES and st.st_size <= CONTENT_MAX_BYTES:
-                what = _file_sha1(path)
+                what = file_fingerprint(path)["sha1"]  # memoised per (path, size, mtime)
             else:
                 what = str(st.st_mtime_ns)
             rel = os.path.relpath(path, root.parent if root.is_file() else root)
